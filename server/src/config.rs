@@ -1,0 +1,590 @@
+//! Settings: what an operator can tune, where each value comes from, and the
+//! checks that stop the server before it touches data when a value is wrong.
+//!
+//! Layers, later wins:
+//! 1. the defaults compiled in here (also written out in `config/exdaas.toml`);
+//! 2. the TOML file (`--config PATH`, else `config/exdaas.toml` when present);
+//! 3. environment variables `EXDAAS_<SECTION>__<KEY>`;
+//! 4. the ExDaas aliases `PORT`, `SHARD_LIMIT` and `DETS_ROOT`, so deployment
+//!    scripts written for the Elixir original keep working.
+//!
+//! Each layer is checked on its own before the layers are merged, so an
+//! unknown key or a value of the wrong type is reported together with the file
+//! or variable that supplied it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::PluginSpec;
+
+/// The file read when no `--config` is given; missing is fine.
+pub const DEFAULT_CONFIG_PATH: &str = "config/exdaas.toml";
+
+/// Every setting of the server. Field docs are the reference; the commented
+/// `config/exdaas.toml` mirrors them and a unit test keeps the two in step.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// How the HTTP listener behaves.
+    pub server: ServerSettings,
+    /// Where and how data is made durable.
+    pub storage: StorageSettings,
+    /// The in-memory read cache in front of the stores.
+    pub cache: CacheSettings,
+    /// Per-request size limits.
+    pub limits: LimitSettings,
+    /// WebAssembly validators and transforms, run in order on matching writes.
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address and port to listen on. Loopback by default so a fresh install
+    /// is not reachable from the network until the operator says so.
+    pub listen: String,
+    /// How long a SIGTERM/SIGINT waits for in-flight requests before the
+    /// writers are drained and the stores closed anyway.
+    pub shutdown_timeout_ms: u64,
+    /// Largest request body read into memory; larger bodies get 413 without
+    /// being read.
+    pub max_body_bytes: usize,
+    /// A client that has not sent complete request headers within this time
+    /// is disconnected, so slow clients cannot pin connections.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:4000".to_owned(),
+            shutdown_timeout_ms: 10_000,
+            max_body_bytes: 2 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Directory holding one store file per shard plus the manifest.
+    pub data_dir: PathBuf,
+    /// Number of shards; fixed for the life of a data directory.
+    pub shards: u32,
+    /// Most writes one shard writer puts into a single transaction (one fsync).
+    pub max_batch: usize,
+    /// Writes that may wait for a shard writer before callers are held back.
+    pub queue_depth: usize,
+    /// Page cache of each store file, in bytes (persy's own cache).
+    pub store_cache_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            shards: 4,
+            max_batch: 256,
+            queue_depth: 4096,
+            store_cache_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Read cache settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Total bytes of keys and values kept in memory, split evenly over shards.
+    pub capacity_bytes: u64,
+    /// Refill the cache from disk in the background after a start.
+    pub warm_on_start: bool,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            capacity_bytes: 128 * 1024 * 1024,
+            warm_on_start: true,
+        }
+    }
+}
+
+/// Size limits on what clients may store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Longest key, in UTF-8 bytes.
+    pub max_key_bytes: usize,
+    /// Largest stored JSON value, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A setting that cannot be used, with where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named with `--config` does not exist.
+    #[error("config file {0}: not found")]
+    FileMissing(PathBuf),
+    /// A layer has an unknown key, a value of the wrong type or bad syntax.
+    #[error("{source_name}: {message}")]
+    Layer {
+        /// The file path or environment variable(s) of the layer.
+        source_name: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("setting {key} (from {origin}): {message}")]
+    Invalid {
+        /// Dotted setting name, e.g. `storage.shards`.
+        key: String,
+        /// Where the value came from.
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The merged settings plus the record of which layer supplied each key, so
+/// later checks (and `check-config`) can say where a value came from.
+#[derive(Debug, Clone)]
+pub struct LoadedSettings {
+    /// The effective settings.
+    pub settings: Settings,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Dotted keys set by the file.
+    file_keys: Vec<String>,
+    /// Dotted key -> environment variable that set it.
+    env_keys: BTreeMap<String, String>,
+}
+
+impl LoadedSettings {
+    /// Where the value of `key` came from, in words an operator can act on.
+    pub fn origin(&self, key: &str) -> String {
+        if let Some(var) = self.env_keys.get(key) {
+            return format!("environment variable {var}");
+        }
+        if self
+            .file_keys
+            .iter()
+            .any(|k| k == key || k.starts_with(&format!("{key}.")))
+        {
+            if let Some(file) = &self.file {
+                return format!("file {}", file.display());
+            }
+        }
+        "built-in default".to_owned()
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.settings
+            .server
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: "server.listen".into(),
+                origin: self.origin("server.listen"),
+                message: format!(
+                    "{:?} is not an address:port ({e})",
+                    self.settings.server.listen
+                ),
+            })
+    }
+}
+
+/// Loads settings from the default file location and the process environment.
+pub fn load(explicit_file: Option<&Path>) -> Result<LoadedSettings, ConfigError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    load_from(explicit_file, &env)
+}
+
+/// Loads settings with an explicit environment, so tests need not mutate the
+/// process environment.
+pub fn load_from(
+    explicit_file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<LoadedSettings, ConfigError> {
+    let file = match explicit_file {
+        Some(path) if !path.exists() => return Err(ConfigError::FileMissing(path.to_owned())),
+        Some(path) => Some(path.to_owned()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+
+    let mut builder = config::Config::builder();
+    let mut file_keys = Vec::new();
+    if let Some(path) = &file {
+        let source = config::File::from(path.as_path()).format(config::FileFormat::Toml);
+        let layer = config::Config::builder()
+            .add_source(source.clone())
+            .build()
+            .map_err(|e| layer_error(&format!("file {}", path.display()), e))?;
+        check_layer(&layer, &format!("file {}", path.display()))?;
+        collect_keys(&layer, &mut file_keys);
+        builder = builder.add_source(source);
+    }
+
+    // Only variables with a section separator belong to the settings tree;
+    // others under the prefix (EXDAAS_LOG, EXDAAS_LOG_FORMAT) are the logger's.
+    let mut env_map = config::Map::new();
+    let mut env_keys = BTreeMap::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("EXDAAS_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        env_map.insert(var.clone(), value.clone());
+        env_keys.insert(key, var.clone());
+    }
+    if !env_map.is_empty() {
+        let source = config::Environment::with_prefix("EXDAAS")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(env_map));
+        let names: Vec<&str> = env_keys.values().map(String::as_str).collect();
+        let name = format!("environment ({})", names.join(", "));
+        let layer = config::Config::builder()
+            .add_source(source.clone())
+            .build()
+            .map_err(|e| layer_error(&name, e))?;
+        check_layer(&layer, &name)?;
+        builder = builder.add_source(source);
+    }
+
+    let merged = builder
+        .build()
+        .map_err(|e| layer_error("configuration", e))?;
+    let mut settings: Settings = merged
+        .try_deserialize()
+        .map_err(|e| layer_error("configuration", e))?;
+
+    let mut loaded = LoadedSettings {
+        settings: Settings::default(),
+        file,
+        file_keys,
+        env_keys,
+    };
+    apply_exdaas_aliases(&mut settings, env, &mut loaded.env_keys)?;
+    loaded.settings = settings;
+    validate(&loaded)?;
+    Ok(loaded)
+}
+
+fn layer_error(source_name: &str, e: config::ConfigError) -> ConfigError {
+    ConfigError::Layer {
+        source_name: source_name.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Deserialises one layer alone: every field has a default, so this fails
+/// only on unknown keys and wrong types, and the error can name the layer.
+fn check_layer(layer: &config::Config, name: &str) -> Result<(), ConfigError> {
+    layer
+        .clone()
+        .try_deserialize::<Settings>()
+        .map(|_| ())
+        .map_err(|e| layer_error(name, e))
+}
+
+fn collect_keys(layer: &config::Config, out: &mut Vec<String>) {
+    fn walk(prefix: &str, value: &config::Value, out: &mut Vec<String>) {
+        if let Ok(table) = value.clone().into_table() {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                walk(&key, &v, out);
+            }
+        } else {
+            out.push(prefix.to_owned());
+        }
+    }
+    if let Ok(table) = layer
+        .clone()
+        .try_deserialize::<config::Map<String, config::Value>>()
+    {
+        for (k, v) in table {
+            walk(&k, &v, out);
+        }
+    }
+}
+
+/// `PORT`, `SHARD_LIMIT` and `DETS_ROOT` as the Elixir release read them.
+fn apply_exdaas_aliases(
+    settings: &mut Settings,
+    env: &BTreeMap<String, String>,
+    env_keys: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    let invalid = |key: &str, var: &str, message: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        origin: format!("environment variable {var}"),
+        message,
+    };
+    if let Some(port) = env.get("PORT") {
+        let port: u16 = port.trim().parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                "PORT",
+                format!("{port:?} is not a port number (0-65535)"),
+            )
+        })?;
+        let host = settings
+            .server
+            .listen
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "127.0.0.1".to_owned());
+        settings.server.listen = SocketAddr::new(
+            host.parse()
+                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+            port,
+        )
+        .to_string();
+        env_keys.insert("server.listen".into(), "PORT".into());
+    }
+    if let Some(shards) = env.get("SHARD_LIMIT") {
+        settings.storage.shards = shards.trim().parse().map_err(|_| {
+            invalid(
+                "storage.shards",
+                "SHARD_LIMIT",
+                format!("{shards:?} is not a whole number above 0"),
+            )
+        })?;
+        env_keys.insert("storage.shards".into(), "SHARD_LIMIT".into());
+    }
+    if let Some(root) = env.get("DETS_ROOT") {
+        if root.is_empty() {
+            return Err(invalid(
+                "storage.data_dir",
+                "DETS_ROOT",
+                "must not be empty".into(),
+            ));
+        }
+        settings.storage.data_dir = PathBuf::from(root);
+        env_keys.insert("storage.data_dir".into(), "DETS_ROOT".into());
+    }
+    Ok(())
+}
+
+/// Range checks on the merged settings.
+fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
+    let s = &loaded.settings;
+    let check = |ok: bool, key: &str, message: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                origin: loaded.origin(key),
+                message: message.to_owned(),
+            })
+        }
+    };
+    loaded.listen_addr()?;
+    check(s.storage.shards > 0, "storage.shards", "must be above 0")?;
+    check(
+        s.storage.shards <= 1024,
+        "storage.shards",
+        "must be at most 1024",
+    )?;
+    check(
+        s.storage.max_batch > 0,
+        "storage.max_batch",
+        "must be above 0",
+    )?;
+    check(
+        s.storage.queue_depth > 0,
+        "storage.queue_depth",
+        "must be above 0",
+    )?;
+    check(
+        !s.storage.data_dir.as_os_str().is_empty(),
+        "storage.data_dir",
+        "must not be empty",
+    )?;
+    check(
+        s.limits.max_key_bytes > 0,
+        "limits.max_key_bytes",
+        "must be above 0",
+    )?;
+    check(
+        s.limits.max_value_bytes > 0,
+        "limits.max_value_bytes",
+        "must be above 0",
+    )?;
+    check(
+        s.server.max_body_bytes > 0,
+        "server.max_body_bytes",
+        "must be above 0",
+    )?;
+    for (i, plugin) in s.plugins.iter().enumerate() {
+        plugin.validate().map_err(|message| ConfigError::Invalid {
+            key: format!("plugins[{i}] ({})", plugin.name),
+            origin: loaded.origin("plugins"),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let loaded = load_from(Some(Path::new("/nonexistent.toml")), &env(&[]));
+        assert!(matches!(loaded, Err(ConfigError::FileMissing(_))));
+        let f = file("");
+        let s = load_from(Some(f.path()), &env(&[])).unwrap().settings;
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.server.listen, "127.0.0.1:4000");
+        assert_eq!(s.storage.shards, 4);
+        assert_eq!(s.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_aliases_override_env() {
+        let f = file("[storage]\nshards = 2\n[server]\nlisten = \"127.0.0.1:5000\"\n");
+        let l = load_from(
+            Some(f.path()),
+            &env(&[
+                ("EXDAAS_STORAGE__SHARDS", "8"),
+                ("PORT", "4100"),
+                ("DETS_ROOT", "/tmp/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(l.settings.storage.shards, 8);
+        assert_eq!(l.settings.server.listen, "127.0.0.1:4100");
+        assert_eq!(l.settings.storage.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            l.origin("storage.shards"),
+            "environment variable EXDAAS_STORAGE__SHARDS"
+        );
+        assert!(l.origin("server.listen").contains("PORT"));
+        let l = load_from(Some(f.path()), &env(&[("SHARD_LIMIT", "3")])).unwrap();
+        assert_eq!(l.settings.storage.shards, 3);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_source() {
+        let f = file("[storage]\nshardz = 2\n");
+        let err = load_from(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("shardz") && err.contains(&f.path().display().to_string()),
+            "{err}"
+        );
+        let f = file("");
+        let err = load_from(Some(f.path()), &env(&[("EXDAAS_STORAGE__NOPE", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope") && err.contains("EXDAAS_STORAGE__NOPE"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_setting_and_origin() {
+        let f = file("[storage]\nshards = 0\n");
+        let err = load_from(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("storage.shards") && err.contains("file"),
+            "{err}"
+        );
+        let f = file("");
+        let err = load_from(Some(f.path()), &env(&[("SHARD_LIMIT", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SHARD_LIMIT"), "{err}");
+        let err = load_from(Some(f.path()), &env(&[("SHARD_LIMIT", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SHARD_LIMIT") && err.contains("many"), "{err}");
+        let err = load_from(Some(f.path()), &env(&[("EXDAAS_STORAGE__SHARDS", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("EXDAAS_STORAGE__SHARDS"), "{err}");
+        let err = load_from(Some(f.path()), &env(&[("PORT", "99999")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORT"), "{err}");
+        let f = file("[server]\nlisten = \"nowhere\"\n");
+        let err = load_from(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.listen") && err.contains("nowhere"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_config_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/exdaas.toml");
+        let loaded = load_from(Some(&path), &env(&[])).unwrap();
+        assert_eq!(loaded.settings, Settings::default());
+        // Every setting is written out (commented or not) in the shipped file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let json = serde_json::to_value(Settings::default()).unwrap();
+        for (section, fields) in json.as_object().unwrap() {
+            let Some(fields) = fields.as_object() else {
+                continue;
+            };
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "section {section} missing"
+            );
+            for field in fields.keys() {
+                assert!(
+                    text.contains(&format!("{field} =")),
+                    "{section}.{field} missing"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Every way a request can fail, and the one place where a failure becomes
+//! an HTTP status and a JSON body.
+//!
+//! Error bodies always have the shape
+//! `{"error":{"code":"...","message":"..."}}`; plugin rejections and
+//! failures add `plugin` (and `reason` / `kind`) next to `code`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::storage::StoreError;
+
+/// A request that cannot be answered with success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; `code` is a stable machine-readable name.
+    #[error("{message}")]
+    BadRequest {
+        /// e.g. `invalid_key`, `invalid_json`, `invalid_query`, `invalid_header`.
+        code: &'static str,
+        /// What was wrong, for a human.
+        message: String,
+    },
+    /// Nothing is stored under the key, or no such route.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// `If-Match` / `If-None-Match` did not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// A body or value over its configured limit.
+    #[error("{message}")]
+    TooLarge {
+        /// `body_too_large` or `value_too_large`.
+        code: &'static str,
+        /// Which limit, and its size.
+        message: String,
+    },
+    /// The body is not declared as JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The write kept racing with other writes to the same key.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed or is unavailable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    /// Shorthand for a 400 with a code and message.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The status and stable code of this error.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            Self::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+            Self::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            Self::Conflict(_) => (StatusCode::CONFLICT, "write_conflict"),
+            Self::Store(e) => match e {
+                StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+                StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            },
+        }
+    }
+
+    /// The HTTP answer for this error.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::error!(code, error = %self, "request failed");
+        }
+        let mut body = Map::new();
+        body.insert("code".into(), Value::from(code));
+        body.insert("message".into(), Value::from(self.to_string()));
+        let mut response = json_response(status, &json!({ "error": body }));
+        if let Self::MethodNotAllowed { allow } = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    raw_json_response(status, Bytes::from(value.to_string()))
+}
+
+/// A response whose body is already-serialised JSON.
+pub fn raw_json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn statuses_are_decided_here() {
+        let cases = [
+            (ApiError::bad_request("invalid_key", "x"), 400),
+            (ApiError::NotFound("x".into()), 404),
+            (ApiError::MethodNotAllowed { allow: "GET" }, 405),
+            (ApiError::PreconditionFailed("x".into()), 412),
+            (ApiError::UnsupportedMediaType("x".into()), 415),
+            (ApiError::Store(StoreError::Poisoned(1)), 503),
+            (ApiError::Store(StoreError::Io("disk".into())), 500),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.into_response().status().as_u16(), status);
+        }
+        let r = ApiError::MethodNotAllowed { allow: "GET, PUT" }.into_response();
+        assert_eq!(r.headers()[ALLOW], "GET, PUT");
+    }
+}

@@ -1,0 +1,307 @@
+//! The native key-value API, `/v1/kv`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::request::{self, etag, EtagCondition};
+use crate::app::App;
+use crate::error::{json_response, raw_json_response, ApiError};
+use crate::storage::{Expect, WriteOutcome};
+
+type HttpResponse = Response<Full<Bytes>>;
+
+/// Default and largest page size of a listing.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+fn with_etag(mut response: HttpResponse, version: u64) -> HttpResponse {
+    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+        response.headers_mut().insert(ETAG, v);
+    }
+    response
+}
+
+/// `GET` / `HEAD /v1/kv/{key}`.
+pub async fn get(app: &App, req: &Request<Incoming>, key: &str) -> Result<HttpResponse, ApiError> {
+    let Some(value) = app.storage.get(key).await? else {
+        return Err(ApiError::NotFound(format!(
+            "no value stored under key {key:?}"
+        )));
+    };
+    if let Some(cond) = request::etag_condition(req.headers(), IF_NONE_MATCH.as_str())? {
+        if cond.matches(Some(value.version)) {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            return Ok(with_etag(r, value.version));
+        }
+    }
+    Ok(with_etag(
+        raw_json_response(StatusCode::OK, value.json.clone()),
+        value.version,
+    ))
+}
+
+/// The write condition a request's `If-Match` / `If-None-Match` asks for.
+fn write_expect(req: &Request<Incoming>) -> Result<Expect, ApiError> {
+    let if_match = request::etag_condition(req.headers(), IF_MATCH.as_str())?;
+    let if_none = request::etag_condition(req.headers(), IF_NONE_MATCH.as_str())?;
+    match (if_match, if_none) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_header",
+            "send either If-Match or If-None-Match, not both",
+        )),
+        (Some(EtagCondition::Any), None) => Ok(Expect::Present),
+        (Some(EtagCondition::Versions(v)), None) => Ok(Expect::OneOf(v)),
+        (None, Some(EtagCondition::Any)) => Ok(Expect::Absent),
+        (None, Some(EtagCondition::Versions(_))) => Err(ApiError::bad_request(
+            "invalid_header",
+            "on writes If-None-Match only supports *",
+        )),
+        (None, None) => Ok(Expect::Any),
+    }
+}
+
+fn precondition_failed(current: Option<u64>) -> ApiError {
+    ApiError::PreconditionFailed(match current {
+        Some(v) => format!("precondition failed: the current version is {v}"),
+        None => "precondition failed: the key does not exist".to_owned(),
+    })
+}
+
+/// Reads and checks a JSON value body.
+async fn json_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    request::require_json(req.headers())?;
+    let (parts, body) = req.into_parts();
+    let bytes =
+        request::read_body(&parts.headers, body, app.settings.server.max_body_bytes).await?;
+    request::check_json_value(&bytes, app.settings.limits.max_value_bytes)?;
+    Ok(bytes)
+}
+
+fn key_version(status: StatusCode, key: &str, version: u64) -> HttpResponse {
+    with_etag(
+        json_response(status, &json!({"key": key, "version": version})),
+        version,
+    )
+}
+
+/// `PUT /v1/kv/{key}`.
+pub async fn put(app: &App, req: Request<Incoming>, key: &str) -> Result<HttpResponse, ApiError> {
+    let expect = write_expect(&req)?;
+    let json = json_body(app, req).await?;
+    match app.put(key, json, expect).await? {
+        WriteOutcome::Created { version } => Ok(key_version(StatusCode::CREATED, key, version)),
+        WriteOutcome::Replaced { version } | WriteOutcome::Unchanged { version } => {
+            Ok(key_version(StatusCode::OK, key, version))
+        }
+        WriteOutcome::Conflict { current } => Err(precondition_failed(current)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `DELETE /v1/kv/{key}`.
+pub async fn delete(
+    app: &App,
+    req: &Request<Incoming>,
+    key: &str,
+) -> Result<HttpResponse, ApiError> {
+    let expect = match write_expect(req)? {
+        Expect::Absent => {
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                "If-None-Match is not supported on DELETE",
+            ))
+        }
+        other => other,
+    };
+    match app.delete(key, expect).await? {
+        WriteOutcome::Deleted { .. } => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        WriteOutcome::Missing => Err(ApiError::NotFound(format!(
+            "no value stored under key {key:?}"
+        ))),
+        WriteOutcome::Conflict { current } => Err(precondition_failed(current)),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(outcome: WriteOutcome) -> ApiError {
+    ApiError::Store(crate::storage::StoreError::Corrupt(format!(
+        "unexpected write outcome {outcome:?}"
+    )))
+}
+
+/// `POST /v1/kv`: store under a new server-assigned key.
+pub async fn create(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let json = json_body(app, req).await?;
+    let (key, version) = app.create(json).await?;
+    let mut response = key_version(StatusCode::CREATED, &key, version);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/kv/{key}")) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Options of a listing, from the query string.
+#[derive(Debug, PartialEq)]
+struct ListQuery {
+    prefix: String,
+    after: Option<String>,
+    limit: usize,
+    values: bool,
+}
+
+fn parse_list_query(query: Option<&str>, max_key_bytes: usize) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery {
+        prefix: String::new(),
+        after: None,
+        limit: DEFAULT_LIMIT,
+        values: false,
+    };
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "prefix" => q.prefix = value.into_owned(),
+            "after" => {
+                request::check_key(&value, max_key_bytes)?;
+                q.after = Some(value.into_owned());
+            }
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("limit must be 1..={MAX_LIMIT}, got {value:?}"),
+                        )
+                    })?;
+            }
+            "values" => {
+                q.values = match value.as_ref() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "invalid_query",
+                            format!("values must be true or false, got {value:?}"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter {other:?}; use prefix, after, limit, values"),
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// `GET /v1/kv?prefix=&after=&limit=&values=`.
+pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let q = parse_list_query(req.uri().query(), app.settings.limits.max_key_bytes)?;
+    let page = app
+        .storage
+        .list(&q.prefix, q.after.as_deref(), q.limit)
+        .await?;
+    // Values are stored as JSON text already; splice them in rather than
+    // parsing and re-serialising every one.
+    let mut out = BytesMut::with_capacity(64 + page.items.len() * 48);
+    out.put_slice(b"{\"items\":[");
+    for (i, (key, value)) in page.items.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(b"{\"key\":");
+        out.put_slice(&serde_json::to_vec(key).unwrap_or_default());
+        out.put_slice(format!(",\"version\":{}", value.version).as_bytes());
+        if q.values {
+            out.put_slice(b",\"value\":");
+            out.put_slice(&value.json);
+        }
+        out.put_u8(b'}');
+    }
+    out.put_slice(b"],\"next\":");
+    match page.items.last().filter(|_| page.more) {
+        Some((key, _)) => out.put_slice(&serde_json::to_vec(key).unwrap_or_default()),
+        None => out.put_slice(b"null"),
+    }
+    out.put_u8(b'}');
+    Ok(raw_json_response(StatusCode::OK, out.freeze()))
+}
+
+/// Routes a request under `/v1/kv`; `rest` is what follows it.
+pub async fn route(
+    app: &App,
+    req: Request<Incoming>,
+    rest: &str,
+) -> Result<HttpResponse, ApiError> {
+    if rest.is_empty() || rest == "/" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => list(app, &req).await,
+            Method::POST => create(app, req).await,
+            _ => Err(ApiError::MethodNotAllowed {
+                allow: "GET, HEAD, POST",
+            }),
+        };
+    }
+    let Some(raw_key) = rest.strip_prefix('/') else {
+        return Err(ApiError::NotFound(format!(
+            "no route for {}",
+            req.uri().path()
+        )));
+    };
+    let key = request::parse_key(raw_key, app.settings.limits.max_key_bytes)?;
+    match *req.method() {
+        Method::GET | Method::HEAD => get(app, &req, &key).await,
+        Method::PUT => put(app, req, &key).await,
+        Method::DELETE => delete(app, &req, &key).await,
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: "GET, HEAD, PUT, DELETE",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn list_query_parsing() {
+        let q = parse_list_query(
+            Some("prefix=users%2F&after=users%2F3&limit=5&values=true"),
+            512,
+        )
+        .unwrap();
+        assert_eq!(
+            q,
+            ListQuery {
+                prefix: "users/".into(),
+                after: Some("users/3".into()),
+                limit: 5,
+                values: true
+            }
+        );
+        assert_eq!(parse_list_query(None, 512).unwrap().limit, DEFAULT_LIMIT);
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "values=maybe",
+            "bogus=1",
+        ] {
+            assert!(parse_list_query(Some(bad), 512).is_err(), "{bad}");
+        }
+    }
+}

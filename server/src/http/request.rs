@@ -1,0 +1,251 @@
+//! Turning raw request parts into checked values: keys, bodies, query
+//! parameters and conditional headers. Every failure is a 4xx `ApiError`
+//! that says what was wrong.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+
+use crate::error::ApiError;
+
+/// Decodes and checks a key taken from the path: percent-decoded, valid
+/// UTF-8, 1..=`max_bytes` bytes, no control characters.
+pub fn parse_key(raw: &str, max_bytes: usize) -> Result<String, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_key",
+                "key is not valid UTF-8 after percent-decoding",
+            )
+        })?;
+    check_key(&decoded, max_bytes)?;
+    Ok(decoded.into_owned())
+}
+
+/// Checks a decoded key against the key rules.
+pub fn check_key(key: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "key must not be empty",
+        ));
+    }
+    if key.len() > max_bytes {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            format!(
+                "key is {} bytes; the limit (limits.max_key_bytes) is {max_bytes}",
+                key.len()
+            ),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            "key must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Requires a JSON content type (`application/json`, or any `+json` type).
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "missing Content-Type; send application/json".into(),
+        ));
+    };
+    let media = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json" || media.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {media:?} is not supported; send application/json"
+        )))
+    }
+}
+
+/// Reads the whole body, refusing (413) anything over `limit` bytes without
+/// buffering it: a declared Content-Length over the limit is refused before
+/// reading, and a chunked body is cut off as soon as it passes the limit.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge {
+        code: "body_too_large",
+        message: format!("request body exceeds {limit} bytes (server.max_body_bytes)"),
+    };
+    if let Some(length) = headers.get(CONTENT_LENGTH) {
+        let length: u64 = length
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_header", "Content-Length is not a number")
+            })?;
+        if length > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// Checks that `bytes` is one complete JSON document within `max_bytes`.
+pub fn check_json_value(bytes: &[u8], max_bytes: usize) -> Result<(), ApiError> {
+    if bytes.len() > max_bytes {
+        return Err(ApiError::TooLarge {
+            code: "value_too_large",
+            message: format!(
+                "value is {} bytes; the limit (limits.max_value_bytes) is {max_bytes}",
+                bytes.len()
+            ),
+        });
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))
+}
+
+/// A parsed entity tag list from `If-Match` / `If-None-Match`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtagCondition {
+    /// `*`: any current version.
+    Any,
+    /// Listed versions (`"3", "7"`). Weak tags never match, as for strong
+    /// comparison.
+    Versions(Vec<u64>),
+}
+
+impl EtagCondition {
+    /// Whether the condition matches a key at `version` (`None`: absent).
+    pub fn matches(&self, version: Option<u64>) -> bool {
+        match (self, version) {
+            (_, None) => false,
+            (Self::Any, Some(_)) => true,
+            (Self::Versions(list), Some(v)) => list.contains(&v),
+        }
+    }
+}
+
+/// Parses a conditional header if present.
+pub fn etag_condition(headers: &HeaderMap, name: &str) -> Result<Option<EtagCondition>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_header",
+            format!("{name} must be * or a list of entity tags like \"12\""),
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text == "*" {
+        return Ok(Some(EtagCondition::Any));
+    }
+    let mut versions = Vec::new();
+    for tag in text.split(',').map(str::trim) {
+        if tag.starts_with("W/") {
+            continue;
+        }
+        let inner = tag
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .ok_or_else(bad)?;
+        versions.push(inner.parse().map_err(|_| bad())?);
+    }
+    Ok(Some(EtagCondition::Versions(versions)))
+}
+
+/// The entity tag of a version.
+pub fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    #[test]
+    fn keys_are_decoded_and_checked() {
+        assert_eq!(parse_key("users%2F1", 512).unwrap(), "users/1");
+        assert_eq!(parse_key("a/b%20c", 512).unwrap(), "a/b c");
+        assert_eq!(parse_key("%C3%A9", 512).unwrap(), "é");
+        assert!(parse_key("", 512).is_err());
+        assert!(parse_key("%FF", 512).is_err());
+        assert!(parse_key("a%0Ab", 512).is_err());
+        assert!(parse_key(&"x".repeat(513), 512).is_err());
+        assert!(parse_key(&"x".repeat(512), 512).is_ok());
+    }
+
+    #[test]
+    fn json_values_are_checked() {
+        assert!(check_json_value(br#"{"a":1}"#, 100).is_ok());
+        assert!(check_json_value(b"17", 100).is_ok());
+        assert!(check_json_value(b"", 100).is_err());
+        assert!(check_json_value(b"{\"a\":", 100).is_err());
+        assert!(check_json_value(b"{} {}", 100).is_err());
+        assert!(matches!(
+            check_json_value(b"[1,2,3]", 3),
+            Err(ApiError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn content_types() {
+        let mut h = HeaderMap::new();
+        assert!(require_json(&h).is_err());
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(require_json(&h).is_ok());
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/merge-patch+json"),
+        );
+        assert!(require_json(&h).is_ok());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(require_json(&h).is_err());
+    }
+
+    #[test]
+    fn etag_conditions() {
+        let mut h = HeaderMap::new();
+        assert_eq!(etag_condition(&h, "if-match").unwrap(), None);
+        h.insert(
+            "if-match",
+            HeaderValue::from_static("\"3\", W/\"4\", \"5\""),
+        );
+        let c = etag_condition(&h, "if-match").unwrap().unwrap();
+        assert!(
+            c.matches(Some(3)) && c.matches(Some(5)) && !c.matches(Some(4)) && !c.matches(None)
+        );
+        h.insert("if-match", HeaderValue::from_static("*"));
+        assert!(etag_condition(&h, "if-match")
+            .unwrap()
+            .unwrap()
+            .matches(Some(1)));
+        h.insert("if-match", HeaderValue::from_static("3"));
+        assert!(etag_condition(&h, "if-match").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! exdaas: a durable, sharded JSON key-value server with WebAssembly write
+//! plugins.
+//!
+//! # Layout
+//! - [`config`]: settings, their layers (defaults, TOML, environment,
+//!   ExDaas aliases) and validation;
+//! - [`storage`]: key placement, one persy store + cache + writer thread per
+//!   shard, group commit, the id counter;
+//! - [`plugin`]: the plugin configuration and the wasm host;
+//! - [`app`]: state shared by handlers and the single write path;
+//! - [`http`]: hyper server, routing, request parsing, handlers;
+//! - [`error`]: request errors and the one place they become HTTP answers;
+//! - [`server`]: start-up and shutdown sequence used by the binary.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod plugin;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,5 @@
+//! WebAssembly write plugins.
+
+mod spec;
+
+pub use spec::{OnFailure, PluginSpec};

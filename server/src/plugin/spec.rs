@@ -1,0 +1,85 @@
+//! A plugin's entry in the configuration: which module, which keys, and the
+//! limits it runs under. Plain serde data so the same loader (and the same
+//! "unknown key" checks) cover it as every other setting.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What a plugin failure (trap, timeout, out of memory or fuel, bad output)
+/// does to the write that triggered it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Refuse the write with 500 `plugin_failed`. Safe default: a validator
+    /// that cannot run must not be bypassed silently.
+    #[default]
+    Reject,
+    /// Skip this plugin for this write, log and count the failure.
+    Skip,
+}
+
+/// One `[[plugins]]` table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    /// Name used in logs, metrics and error bodies; unique in the chain.
+    pub name: String,
+    /// The `.wasm` (or `.wat`) file; relative paths are taken from the
+    /// server's working directory.
+    pub path: PathBuf,
+    /// Key prefixes the plugin applies to; empty means every key.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// The plugin's own settings, handed to it as JSON on every call.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+    /// Wall-clock limit per call, enforced by epoch interruption.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Cap on the plugin's linear memory.
+    #[serde(default = "default_max_memory_bytes")]
+    pub max_memory_bytes: u64,
+    /// Optional deterministic instruction budget per call.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// What a failure of this plugin does to the write.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+fn default_timeout_ms() -> u64 {
+    20
+}
+
+fn default_max_memory_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
+impl PluginSpec {
+    /// Range checks; the message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if self.timeout_ms == 0 {
+            return Err("timeout_ms must be above 0".into());
+        }
+        if self.max_memory_bytes < 65_536 {
+            return Err("max_memory_bytes must be at least 65536 (one wasm page)".into());
+        }
+        if self.fuel == Some(0) {
+            return Err("fuel must be above 0 when set".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the plugin runs for writes to `key`.
+    pub fn applies_to(&self, key: &str) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+}

@@ -1,0 +1,38 @@
+//! The per-shard read cache.
+//!
+//! Weighted by bytes so `cache.capacity_bytes` bounds memory, not entry
+//! count. Only two code paths put values in: the shard writer, after a commit
+//! (`insert`/`remove`), and readers filling a miss through a quick_cache
+//! placeholder. A writer's `insert`/`remove` invalidates any placeholder for
+//! the key, so a reader that loaded an older value from disk cannot put it
+//! back over a newer one: its `guard.insert` fails instead.
+
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use super::store::StoredValue;
+
+/// Approximate bookkeeping bytes per entry on top of key and value.
+const ENTRY_OVERHEAD: u64 = 96;
+
+/// Charges an entry its key and value bytes plus bookkeeping.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByteWeighter;
+
+impl Weighter<String, Arc<StoredValue>> for ByteWeighter {
+    fn weight(&self, key: &String, value: &Arc<StoredValue>) -> u64 {
+        key.len() as u64 + value.json.len() as u64 + ENTRY_OVERHEAD
+    }
+}
+
+/// One shard's cache of committed values.
+pub type ShardCache = Cache<String, Arc<StoredValue>, ByteWeighter>;
+
+/// A cache holding about `capacity_bytes` of entries.
+pub fn new_cache(capacity_bytes: u64) -> ShardCache {
+    let capacity = capacity_bytes.max(ENTRY_OVERHEAD * 16);
+    let estimated_items = (capacity / 256).clamp(16, 4_000_000) as usize;
+    Cache::with_weighter(estimated_items, capacity, ByteWeighter)
+}

@@ -1,0 +1,153 @@
+//! The data directory's manifest: the facts a server must agree with before
+//! it may read or write any shard file.
+//!
+//! A data directory is only meaningful together with its shard count and key
+//! placement function: opening four shard files as eight would make keys
+//! unreachable. The manifest is written once, when the directory is created,
+//! and every later start compares against it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::hash::KEY_HASH_NAME;
+use super::StoreError;
+
+/// File name of the manifest inside the data directory.
+pub const MANIFEST_FILE: &str = "exdaas-manifest.json";
+
+/// On-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What the manifest records.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Layout version of the shard files.
+    pub format_version: u32,
+    /// Number of shards the data was written with.
+    pub shards: u32,
+    /// Name of the key placement function (see `hash.rs`).
+    pub key_hash: String,
+}
+
+/// Path of shard `index`'s store file.
+pub fn shard_file(data_dir: &Path, index: usize) -> PathBuf {
+    data_dir.join(format!("shard-{index:04}.persy"))
+}
+
+/// Opens or creates the manifest of `data_dir` for `shards` shards, refusing a
+/// directory that was written with a different layout.
+pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreError> {
+    let path = data_dir.join(MANIFEST_FILE);
+    let wanted = Manifest {
+        format_version: FORMAT_VERSION,
+        shards,
+        key_hash: KEY_HASH_NAME.to_owned(),
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let found: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Manifest(format!("{}: unreadable manifest: {e}", path.display()))
+            })?;
+            if found.format_version != FORMAT_VERSION {
+                return Err(StoreError::Manifest(format!(
+                    "{}: data format version {} is not supported by this build (expects {})",
+                    path.display(),
+                    found.format_version,
+                    FORMAT_VERSION
+                )));
+            }
+            if found.key_hash != KEY_HASH_NAME {
+                return Err(StoreError::Manifest(format!(
+                    "{}: keys were placed with {:?}, this build uses {KEY_HASH_NAME:?}",
+                    path.display(),
+                    found.key_hash
+                )));
+            }
+            if found.shards != shards {
+                return Err(StoreError::Manifest(format!(
+                    "data directory {} holds {} shards but storage.shards is {shards}; \
+                     start with storage.shards = {} (or SHARD_LIMIT={}), or move the data with \
+                     `exdaas backup` and `exdaas restore` into a new directory",
+                    data_dir.display(),
+                    found.shards,
+                    found.shards,
+                    found.shards
+                )));
+            }
+            Ok(found)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if shard_file(data_dir, 0).exists() {
+                return Err(StoreError::Manifest(format!(
+                    "data directory {} has shard files but no {MANIFEST_FILE}; refusing to guess its layout",
+                    data_dir.display()
+                )));
+            }
+            std::fs::create_dir_all(data_dir).map_err(|e| io_err(data_dir, e))?;
+            write_durably(
+                &path,
+                &serde_json::to_vec_pretty(&wanted).unwrap_or_default(),
+            )?;
+            Ok(wanted)
+        }
+        Err(e) => Err(io_err(&path, e)),
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` so that after a crash either the old or the new
+/// content is there in full: temp file, fsync, rename, fsync the directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
+    f.sync_all().map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn created_once_then_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = open_or_create(dir.path(), 4).unwrap();
+        assert_eq!(m.shards, 4);
+        assert_eq!(open_or_create(dir.path(), 4).unwrap(), m);
+        let err = open_or_create(dir.path(), 8).unwrap_err().to_string();
+        assert!(
+            err.contains("holds 4 shards") && err.contains("storage.shards is 8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_shard_files_without_manifest_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(shard_file(dir.path(), 0), b"x").unwrap();
+        assert!(open_or_create(dir.path(), 4).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), b"{nope").unwrap();
+        let err = open_or_create(dir.path(), 4).unwrap_err().to_string();
+        assert!(err.contains("unreadable manifest"), "{err}");
+    }
+}

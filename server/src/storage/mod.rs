@@ -1,0 +1,335 @@
+//! Durable, sharded storage: keys are placed on shards by a stable hash; each
+//! shard owns one persy file, one read cache and one writer thread.
+//!
+//! - `hash`: key -> shard (part of the on-disk format);
+//! - `manifest`: the data directory's shard count and format version;
+//! - `store`: one shard's persy file;
+//! - `cache`: one shard's byte-weighted read cache;
+//! - `writer`: one shard's single writer and its group commit;
+//! - `ids`: the persistent counter for server-assigned keys;
+//! - `metrics`: group-commit counters.
+
+mod cache;
+pub mod hash;
+pub mod ids;
+pub mod manifest;
+pub mod metrics;
+pub mod store;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{CacheSettings, StorageSettings};
+use cache::{new_cache, ShardCache};
+use ids::IdAllocator;
+use metrics::ShardMetrics;
+use store::ShardStore;
+pub use store::StoredValue;
+pub use writer::{Expect, WriteOp, WriteOutcome};
+use writer::{ShardWriter, WriteCommand, WriterMsg};
+
+/// Storage failures. Mapped to HTTP answers in `crate::error`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A store file could not be opened.
+    #[error("cannot open store {0}")]
+    Open(String),
+    /// The data directory's layout does not match the settings.
+    #[error("{0}")]
+    Manifest(String),
+    /// Disk I/O failed.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+    /// Stored bytes are not what this build wrote.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// An earlier commit of this shard failed; it takes no writes until restart.
+    #[error("shard {0} refuses writes after a failed commit; restart the server to recover")]
+    Poisoned(usize),
+    /// The server is stopping and takes no more writes.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// One shard: its store, cache, and the queue to its writer.
+struct Shard {
+    store: ShardStore,
+    cache: Arc<ShardCache>,
+    queue: mpsc::Sender<WriterMsg>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    poisoned: Arc<AtomicBool>,
+    metrics: Arc<ShardMetrics>,
+}
+
+/// All shards of one data directory.
+pub struct Storage {
+    shards: Vec<Shard>,
+    ids: IdAllocator,
+    data_dir: PathBuf,
+    /// Shards whose cache is still being warmed after start.
+    warming: AtomicUsize,
+}
+
+/// One page of a key listing.
+#[derive(Debug)]
+pub struct Listing {
+    /// Keys in ascending order with their values.
+    pub items: Vec<(String, Arc<StoredValue>)>,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
+
+impl Storage {
+    /// Opens every shard of the data directory (creating it if new), runs
+    /// persy's crash recovery on each, and starts one writer thread per shard.
+    pub fn open(settings: &StorageSettings, cache: &CacheSettings) -> Result<Self, StoreError> {
+        let data_dir = settings.data_dir.clone();
+        manifest::open_or_create(&data_dir, settings.shards)?;
+        let ids = IdAllocator::open(&data_dir)?;
+        let count = settings.shards as usize;
+        let per_shard_cache = cache.capacity_bytes / count as u64;
+        let mut shards = Vec::with_capacity(count);
+        for index in 0..count {
+            let store = ShardStore::open(
+                &manifest::shard_file(&data_dir, index),
+                settings.store_cache_bytes,
+            )?;
+            let cache = Arc::new(new_cache(per_shard_cache));
+            let (queue, rx) = mpsc::channel(settings.queue_depth);
+            let poisoned = Arc::new(AtomicBool::new(false));
+            let metrics = Arc::new(ShardMetrics::default());
+            let writer = ShardWriter {
+                shard: index,
+                store: store.clone(),
+                cache: cache.clone(),
+                rx,
+                max_batch: settings.max_batch,
+                seq: store.last_seq()?,
+                poisoned: poisoned.clone(),
+                metrics: metrics.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("shard-writer-{index}"))
+                .spawn(move || writer.run())
+                .map_err(|e| StoreError::Io(format!("cannot start writer thread: {e}")))?;
+            shards.push(Shard {
+                store,
+                cache,
+                queue,
+                writer: Mutex::new(Some(handle)),
+                poisoned,
+                metrics,
+            });
+        }
+        Ok(Self {
+            shards,
+            ids,
+            data_dir,
+            warming: AtomicUsize::new(0),
+        })
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards[hash::shard_for(key, self.shards.len())]
+    }
+
+    /// The committed value of `key`: from the cache, else from disk (off the
+    /// async workers), filling the cache.
+    pub async fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let shard = self.shard(key);
+        match shard.cache.get_value_or_guard_async(key).await {
+            Ok(value) => Ok(Some(value)),
+            Err(guard) => {
+                let store = shard.store.clone();
+                let owned = key.to_owned();
+                let loaded = tokio::task::spawn_blocking(move || store.get(&owned))
+                    .await
+                    .map_err(|e| StoreError::Io(format!("read task failed: {e}")))??;
+                if let Some(value) = &loaded {
+                    // Fails harmlessly if a writer published a newer state meanwhile.
+                    let _ = guard.insert(value.clone());
+                }
+                Ok(loaded)
+            }
+        }
+    }
+
+    /// Queues a write on the key's shard writer and waits until it is durable
+    /// (or refused). Waiting for queue space is the server's back-pressure.
+    pub async fn write(
+        &self,
+        key: String,
+        op: WriteOp,
+        expect: Expect,
+    ) -> Result<WriteOutcome, StoreError> {
+        let shard = self.shard(&key);
+        if shard.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned(hash::shard_for(
+                &key,
+                self.shards.len(),
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        let cmd = WriteCommand {
+            key,
+            op,
+            expect,
+            reply,
+        };
+        shard
+            .queue
+            .send(WriterMsg::Write(cmd))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// The next server-assigned id.
+    pub async fn next_id(&self) -> Result<u64, StoreError> {
+        self.ids.next().await
+    }
+
+    /// Keys starting with `prefix` that sort after `after`, ascending, merged
+    /// over all shards; at most `limit`.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
+        let mut tasks = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let store = shard.store.clone();
+            let prefix = prefix.to_owned();
+            let after = after.map(str::to_owned);
+            // One more than asked, to learn whether another page follows.
+            tasks.push(tokio::task::spawn_blocking(move || {
+                store.scan(&prefix, after.as_deref(), limit + 1)
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(
+                task.await
+                    .map_err(|e| StoreError::Io(format!("scan task failed: {e}")))??,
+            );
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        Ok(Listing { items: all, more })
+    }
+
+    /// Whether the background cache warm-up is still running.
+    pub fn is_warming(&self) -> bool {
+        self.warming.load(Ordering::Acquire) > 0
+    }
+
+    /// Refills each shard's cache from disk in the background, up to its
+    /// capacity, while requests are served. Each key is loaded through the
+    /// same placeholder path as a read miss, so warming never overwrites a
+    /// newer value published by a writer.
+    pub fn start_warming(self: &Arc<Self>) {
+        self.warming.store(self.shards.len(), Ordering::Release);
+        for index in 0..self.shards.len() {
+            let storage = Arc::clone(self);
+            std::thread::Builder::new()
+                .name(format!("cache-warm-{index}"))
+                .spawn(move || {
+                    let started = std::time::Instant::now();
+                    let loaded = storage.warm_shard(index);
+                    match loaded {
+                        Ok(n) => tracing::info!(
+                            shard = index,
+                            keys = n,
+                            ms = started.elapsed().as_millis() as u64,
+                            "cache warmed"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(shard = index, error = %e, "cache warm-up stopped")
+                        }
+                    }
+                    storage.warming.fetch_sub(1, Ordering::AcqRel);
+                })
+                .map(|_| ())
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot start cache warm-up");
+                    self.warming.fetch_sub(1, Ordering::AcqRel);
+                });
+        }
+    }
+
+    fn warm_shard(&self, index: usize) -> Result<usize, StoreError> {
+        let shard = &self.shards[index];
+        let capacity = shard.cache.capacity();
+        let mut after: Option<String> = None;
+        let mut loaded = 0;
+        loop {
+            let page = shard.store.scan("", after.as_deref(), 1024)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(loaded);
+            };
+            after = Some(last.clone());
+            for (key, _) in page {
+                if shard.cache.weight() + shard.cache.weight() / 16 >= capacity {
+                    return Ok(loaded);
+                }
+                if let quick_cache::sync::GuardResult::Guard(guard) =
+                    shard.cache.get_value_or_guard(&key, None)
+                {
+                    if let Some(value) = shard.store.get(&key)? {
+                        let _ = guard.insert(value);
+                        loaded += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Per-shard group-commit counters.
+    pub fn shard_metrics(&self) -> Vec<Arc<ShardMetrics>> {
+        self.shards.iter().map(|s| s.metrics.clone()).collect()
+    }
+
+    /// Per-shard (hits, misses, bytes used, queued writes).
+    pub fn cache_stats(&self) -> Vec<(u64, u64, u64, usize)> {
+        self.shards
+            .iter()
+            .map(|s| {
+                let queued = s.queue.max_capacity() - s.queue.capacity();
+                (s.cache.hits(), s.cache.misses(), s.cache.weight(), queued)
+            })
+            .collect()
+    }
+
+    /// Drains every writer (everything queued is still committed and
+    /// answered), then joins the writer threads. Writes arriving afterwards
+    /// get `ShuttingDown`.
+    pub fn close(&self) {
+        for shard in &self.shards {
+            // try_send would drop Stop when the queue is full; block instead.
+            let _ = shard.queue.blocking_send(WriterMsg::Stop);
+        }
+        for shard in &self.shards {
+            let handle = shard.writer.lock().ok().and_then(|mut h| h.take());
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! One shard's persy file: the durable truth for the keys the shard owns.
+//!
+//! Layout inside the file:
+//! - segment `values`: one record per key, `[version: u64 LE][JSON bytes]`;
+//! - index `kv`: key -> record id of its value (replace mode);
+//! - index `meta`: `"seq"` -> the last version handed out by this shard, so
+//!   versions are never reused, even after a delete and re-create.
+//!
+//! Reads go through a persy snapshot so the index lookup and the record read
+//! see one committed state. All calls block on disk I/O: they run on the
+//! shard's writer thread or in `spawn_blocking`, never on an async worker.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use persy::{Config, Persy, PersyId, Transaction, ValueMode};
+
+use super::StoreError;
+
+const VALUES: &str = "values";
+const KEYS: &str = "kv";
+const META: &str = "meta";
+const SEQ: &str = "seq";
+
+/// A committed value as readers see it. Shared (`Arc`) between the cache
+/// and responses so a cached read copies nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StoredValue {
+    /// The key's version: the shard sequence number of the write that stored it.
+    pub version: u64,
+    /// The JSON document, exactly as stored.
+    pub json: Bytes,
+    /// Where the value lives in the store, so the writer can update it in place.
+    pub(crate) record: PersyId,
+}
+
+/// Handle to one shard's store file.
+#[derive(Clone)]
+pub struct ShardStore {
+    persy: Persy,
+}
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Io(format!("{what}: {e}"))
+}
+
+/// Encodes a value record.
+fn encode(version: u64, json: &[u8]) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(8 + json.len());
+    rec.extend_from_slice(&version.to_le_bytes());
+    rec.extend_from_slice(json);
+    rec
+}
+
+/// Decodes a value record.
+fn decode(record: PersyId, bytes: Vec<u8>) -> Result<StoredValue, StoreError> {
+    if bytes.len() < 8 {
+        return Err(StoreError::Corrupt(format!(
+            "value record {record} is {} bytes",
+            bytes.len()
+        )));
+    }
+    let mut version = [0u8; 8];
+    version.copy_from_slice(&bytes[..8]);
+    let mut json = Bytes::from(bytes);
+    let _ = json.split_to(8);
+    Ok(StoredValue {
+        version: u64::from_le_bytes(version),
+        json,
+        record,
+    })
+}
+
+impl ShardStore {
+    /// Opens (creating if absent) the store at `path`. Opening runs persy's
+    /// recovery, which completes transactions that were prepared (fsynced)
+    /// before a crash: those are exactly the writes that may have been
+    /// acknowledged.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let mut config = Config::new();
+        config.change_cache_size(cache_bytes);
+        let persy = Persy::open_or_create_with(path, config, |persy| {
+            let mut tx = persy.begin()?;
+            tx.create_segment(VALUES)?;
+            tx.create_index::<String, PersyId>(KEYS, ValueMode::Replace)?;
+            tx.create_index::<String, u64>(META, ValueMode::Replace)?;
+            tx.put::<String, u64>(META, SEQ.to_owned(), 0)?;
+            tx.prepare()?.commit()?;
+            Ok(())
+        })
+        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        Ok(Self { persy })
+    }
+
+    /// The last version handed out by this shard.
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .persy
+            .one::<String, u64>(META, &SEQ.to_owned())
+            .map_err(err("reading sequence"))?
+            .unwrap_or(0))
+    }
+
+    /// The committed value of `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let snap = self.persy.snapshot().map_err(err("snapshot"))?;
+        let Some(id) = snap
+            .one::<String, PersyId>(KEYS, &key.to_owned())
+            .map_err(err("index lookup"))?
+        else {
+            return Ok(None);
+        };
+        match snap.read(VALUES, &id).map_err(err("record read"))? {
+            Some(bytes) => Ok(Some(Arc::new(decode(id, bytes)?))),
+            None => Err(StoreError::Corrupt(format!(
+                "key {key:?} points at missing record {id}"
+            ))),
+        }
+    }
+
+    /// Up to `limit` keys in ascending order that start with `prefix` and sort
+    /// after `after`, with their values, from one consistent snapshot.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Arc<StoredValue>)>, StoreError> {
+        let snap = self.persy.snapshot().map_err(err("snapshot"))?;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let range = snap
+            .range::<String, PersyId, _>(KEYS, (start, Bound::Unbounded))
+            .map_err(err("index scan"))?;
+        let mut out = Vec::new();
+        for (key, mut ids) in range {
+            if out.len() >= limit || !key.starts_with(prefix) {
+                break;
+            }
+            let Some(id) = ids.next() else { continue };
+            let bytes = snap
+                .read(VALUES, &id)
+                .map_err(err("record read"))?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("key {key:?} points at missing record {id}"))
+                })?;
+            out.push((key, Arc::new(decode(id, bytes)?)));
+        }
+        Ok(out)
+    }
+
+    /// Starts a write transaction; only the shard writer calls this.
+    pub(crate) fn begin(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            tx: self.persy.begin().map_err(err("begin transaction"))?,
+        })
+    }
+}
+
+/// A transaction of the shard writer: one group-commit batch.
+pub(crate) struct WriteTx {
+    tx: Transaction,
+}
+
+impl WriteTx {
+    /// Stores a new value; returns where it lives.
+    pub fn insert(&mut self, key: &str, version: u64, json: &[u8]) -> Result<PersyId, StoreError> {
+        let id = self
+            .tx
+            .insert(VALUES, &encode(version, json))
+            .map_err(err("insert"))?;
+        self.tx
+            .put::<String, PersyId>(KEYS, key.to_owned(), id)
+            .map_err(err("index put"))?;
+        Ok(id)
+    }
+
+    /// Overwrites the value record of an existing key.
+    pub fn update(&mut self, record: PersyId, version: u64, json: &[u8]) -> Result<(), StoreError> {
+        self.tx
+            .update(VALUES, &record, &encode(version, json))
+            .map_err(err("update"))
+    }
+
+    /// Removes a key and its value record.
+    pub fn delete(&mut self, key: &str, record: PersyId) -> Result<(), StoreError> {
+        self.tx.delete(VALUES, &record).map_err(err("delete"))?;
+        self.tx
+            .remove::<String, PersyId>(KEYS, key.to_owned(), None)
+            .map_err(err("index remove"))
+    }
+
+    /// Persists the shard's sequence so versions are never handed out twice.
+    pub fn set_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.tx
+            .put::<String, u64>(META, SEQ.to_owned(), seq)
+            .map_err(err("sequence put"))
+    }
+
+    /// Makes the batch durable. persy fsyncs in `prepare`; recovery completes
+    /// a prepared transaction, so once `prepare` returns the batch survives a
+    /// crash, and after `commit` it is visible to readers.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.tx
+            .prepare()
+            .map_err(err("prepare (fsync)"))?
+            .commit()
+            .map_err(err("commit"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn write_read_scan_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.persy");
+        let store = ShardStore::open(&path, 1 << 20).unwrap();
+        let mut tx = store.begin().unwrap();
+        let a = tx.insert("a", 1, b"{\"x\":1}").unwrap();
+        tx.insert("ab", 2, b"2").unwrap();
+        tx.insert("b", 3, b"3").unwrap();
+        tx.set_seq(3).unwrap();
+        tx.commit().unwrap();
+        let got = store.get("a").unwrap().unwrap();
+        assert_eq!((got.version, &got.json[..]), (1, &b"{\"x\":1}"[..]));
+        let keys: Vec<String> = store
+            .scan("a", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["a", "ab"]);
+        let keys: Vec<String> = store
+            .scan("", Some("a"), 1)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["ab"]);
+
+        let mut tx = store.begin().unwrap();
+        tx.update(a, 4, b"4").unwrap();
+        tx.set_seq(4).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let store = ShardStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(store.last_seq().unwrap(), 4);
+        let got = store.get("a").unwrap().unwrap();
+        assert_eq!((got.version, &got.json[..]), (4, &b"4"[..]));
+        let mut tx = store.begin().unwrap();
+        tx.delete("a", got.record).unwrap();
+        tx.commit().unwrap();
+        assert!(store.get("a").unwrap().is_none());
+    }
+}

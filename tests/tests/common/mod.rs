@@ -1,0 +1,332 @@
+//! Test harness: start the real `exdaas` binary on a free port with its own
+//! data directory, and speak HTTP to it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The server binary: `EXDAAS_BIN`, else the one beside this test executable
+/// (built first by `scripts/test.sh`, or here on demand).
+pub fn binary() -> PathBuf {
+    if let Ok(bin) = std::env::var("EXDAAS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("exdaas");
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _once = BUILD.lock().unwrap();
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "exdaas-server", "--bin", "exdaas"])
+            .current_dir(repo_root())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building exdaas failed");
+    }
+    bin
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A running server.
+pub struct Server {
+    child: Child,
+    /// `127.0.0.1:port` it listens on.
+    pub addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Everything it logged so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+/// How to start a server.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Contents of a config file passed with --config.
+    pub config: Option<String>,
+}
+
+impl Options {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    pub fn config(mut self, text: &str) -> Self {
+        self.config = Some(text.to_owned());
+        self
+    }
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with default options.
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, Options::default())
+    }
+
+    /// Starts a server and waits until it answers `/health`.
+    pub fn start_with(data_dir: &Path, opts: Options) -> Server {
+        let mut cmd = Command::new(binary());
+        cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("EXDAAS_SERVER__LISTEN", "127.0.0.1:0")
+            .env("EXDAAS_STORAGE__DATA_DIR", data_dir)
+            .env("EXDAAS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(text) = &opts.config {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(&path);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr: String = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            log,
+        }
+    }
+
+    /// Base URL for display.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal with the system `kill`.
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client for this server.
+    pub fn client(&self) -> Client {
+        Client {
+            addr: self.addr.clone(),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with arguments and environment; returns
+/// (exit code, stdout, stderr).
+pub fn run_cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(binary())
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The `error.code` of an error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 client over one keep-alive connection per call site.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: String,
+}
+
+/// One open connection, reused for several requests.
+pub struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    addr: String,
+}
+
+impl Client {
+    pub async fn connect(&self) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn {
+            sender,
+            addr: self.addr.clone(),
+        })
+    }
+
+    /// One request on a fresh connection.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Resp> {
+        self.connect()
+            .await?
+            .send(method, path, headers, body)
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, &[], b"").await.unwrap()
+    }
+
+    pub async fn put_json(&self, path: &str, body: &str) -> Resp {
+        self.send(
+            "PUT",
+            path,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str) -> Resp {
+        self.send(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.send("DELETE", path, &[], b"").await.unwrap()
+    }
+}
+
+impl Conn {
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Resp> {
+        self.sender.ready().await?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.addr);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A fresh temporary directory; the data dir is a child of it so config
+/// files and logs can sit beside it.
+pub fn temp_data_dir() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    (root, data)
+}
