@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what is missing,
+# builds the example plugins from source, then runs unit and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# The wasm guest toolchain is needed only when rustup's has no wasm32 target.
+if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$'; then
+  [ -x /usr/bin/cargo ] && [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] || need_apt+=(rustc cargo libstd-rust-dev-wasm32)
+fi
+command -v clang >/dev/null || need_apt+=(clang)
+command -v wasm-ld >/dev/null || command -v wasm-ld-14 >/dev/null || need_apt+=(lld)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "==> installing ${need_apt[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ -x scripts/build-plugins.sh ]; then
+  echo "==> building example plugins"
+  scripts/build-plugins.sh
+fi
+
+echo "==> building"
+cargo build --locked --workspace --all-targets
+echo "==> testing"
+cargo test --locked --workspace
