@@ -1,13 +1,30 @@
 //! The state every request handler shares, and the write path all write
-//! routes go through (so `/v1` and the ExDaas layer cannot diverge).
+//! routes go through (so `/v1` and any other API cannot diverge).
+//!
+//! # How plugins and concurrent writes fit together
+//! A plugin must judge the value a write actually replaces. When plugins
+//! match a key, a write is optimistic: read the current value and version,
+//! run the chain against it (off the async workers), then hand the chain's
+//! output to the shard writer with the condition "the key is still at the
+//! version the chain saw". If another write committed in between, the
+//! writer refuses without writing and the chain is run again against the
+//! new value, up to `MAX_CHAIN_ATTEMPTS` times. So no update is lost and no
+//! validator is bypassed, and plugin work runs in parallel on all cores
+//! rather than inside a shard's single writer.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
 use crate::config::Settings;
 use crate::error::ApiError;
-use crate::storage::{Expect, Storage, WriteOp, WriteOutcome};
+use crate::plugin::{ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain};
+use crate::storage::{Expect, Storage, StoreError, StoredValue, WriteOp, WriteOutcome};
+
+/// How often a write through plugins is retried when other writes to the
+/// same key keep committing first.
+const MAX_CHAIN_ATTEMPTS: usize = 64;
 
 /// Shared server state.
 pub struct App {
@@ -15,29 +32,163 @@ pub struct App {
     pub settings: Settings,
     /// All shards.
     pub storage: Arc<Storage>,
+    /// The active plugin chain; swapped whole on reload. A std lock: it is
+    /// held only to clone the `Arc`, never across an await.
+    chain: RwLock<SharedChain>,
+    /// The configuration file, re-read on plugin reload.
+    config_file: Option<PathBuf>,
+}
+
+/// Milliseconds since the Unix epoch, the clock plugins are given.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl App {
+    /// State for a server with these settings, storage and plugins.
+    pub fn new(
+        settings: Settings,
+        storage: Arc<Storage>,
+        chain: PluginChain,
+        config_file: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            settings,
+            storage,
+            chain: RwLock::new(Arc::new(chain)),
+            config_file,
+        }
+    }
+
+    /// The chain writes use right now.
+    pub fn chain(&self) -> SharedChain {
+        match self.chain.read() {
+            Ok(chain) => chain.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the plugin section of the configuration (file and
+    /// environment) and swaps in the new chain. On any error the running
+    /// chain stays active and the error is returned.
+    pub async fn reload_plugins(&self) -> Result<usize, PluginLoadError> {
+        let file = self.config_file.clone();
+        let max_value = self.settings.limits.max_value_bytes;
+        let chain = tokio::task::spawn_blocking(move || {
+            let loaded = crate::config::load(file.as_deref())
+                .map_err(|e| PluginLoadError::Config(e.to_string()))?;
+            PluginChain::load(&loaded.settings.plugins, max_value)
+        })
+        .await
+        .map_err(|e| PluginLoadError::Engine(format!("reload task failed: {e}")))??;
+        let count = chain.plugins().len();
+        match self.chain.write() {
+            Ok(mut active) => *active = Arc::new(chain),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(chain),
+        }
+        tracing::info!(plugins = count, "plugin chain reloaded");
+        Ok(count)
+    }
+
+    /// Runs the chain for a write off the async workers (plugin calls are
+    /// CPU-bound and may run up to their timeout).
+    async fn run_chain(
+        &self,
+        chain: &SharedChain,
+        key: &str,
+        value: Option<Bytes>,
+        old: Option<Arc<StoredValue>>,
+        record: Record,
+    ) -> Result<ChainRun, ApiError> {
+        let (chain, key) = (chain.clone(), key.to_owned());
+        tokio::task::spawn_blocking(move || {
+            chain.run(
+                &key,
+                value,
+                old.as_ref().map(|v| &v.json[..]),
+                now_ms(),
+                record,
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Store(StoreError::Io(format!("plugin task failed: {e}"))))
+    }
+
     /// Stores `json` (already checked to be JSON within limits) under `key`
-    /// if `expect` holds, and waits until it is durable.
+    /// if `expect` holds, after the plugin chain, and waits until durable.
     pub async fn put(
         &self,
         key: &str,
         json: Bytes,
         expect: Expect,
     ) -> Result<WriteOutcome, ApiError> {
-        Ok(self
-            .storage
-            .write(key.to_owned(), WriteOp::Put(json), expect)
-            .await?)
+        self.write(key, Some(json), expect).await
     }
 
     /// Removes `key` if `expect` holds, and waits until that is durable.
     pub async fn delete(&self, key: &str, expect: Expect) -> Result<WriteOutcome, ApiError> {
-        Ok(self
-            .storage
-            .write(key.to_owned(), WriteOp::Delete, expect)
-            .await?)
+        self.write(key, None, expect).await
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        expect: Expect,
+    ) -> Result<WriteOutcome, ApiError> {
+        let op = |v: Option<Bytes>| v.map_or(WriteOp::Delete, WriteOp::Put);
+        let chain = self.chain();
+        if !chain.applies(key, value.is_none()) {
+            return Ok(self
+                .storage
+                .write(key.to_owned(), op(value), expect)
+                .await?);
+        }
+        for _ in 0..MAX_CHAIN_ATTEMPTS {
+            let current = self.storage.get(key).await?;
+            let seen = current.as_ref().map(|v| v.version);
+            if !expect.holds(seen) {
+                return Ok(WriteOutcome::Conflict { current: seen });
+            }
+            if value.is_none() && current.is_none() {
+                return Ok(WriteOutcome::Missing);
+            }
+            let run = self
+                .run_chain(&chain, key, value.clone(), current, Record::Yes)
+                .await?;
+            let output = run.result.map_err(ApiError::from)?;
+            match self
+                .storage
+                .write(key.to_owned(), op(output), Expect::unchanged_since(seen))
+                .await?
+            {
+                WriteOutcome::Conflict { .. } => continue,
+                outcome => return Ok(outcome),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "key {key:?} changed {MAX_CHAIN_ATTEMPTS} times while its plugins ran; retry the write"
+        )))
+    }
+
+    /// What the chain would do to a put of `json` under `key` right now,
+    /// without writing or counting anything.
+    pub async fn dry_run(
+        &self,
+        key: &str,
+        json: Bytes,
+    ) -> Result<(Option<u64>, ChainRun), ApiError> {
+        let chain = self.chain();
+        let current = self.storage.get(key).await?;
+        let version = current.as_ref().map(|v| v.version);
+        Ok((
+            version,
+            self.run_chain(&chain, key, Some(json), current, Record::No)
+                .await?,
+        ))
     }
 
     /// Stores `json` under a new server-assigned numeric key. An id whose key
@@ -50,11 +201,38 @@ impl App {
                 WriteOutcome::Created { version } => return Ok((key, version)),
                 WriteOutcome::Conflict { .. } => continue,
                 other => {
-                    return Err(ApiError::Store(crate::storage::StoreError::Corrupt(
-                        format!("unexpected outcome {other:?} creating {key}"),
-                    )))
+                    return Err(ApiError::Store(StoreError::Corrupt(format!(
+                        "unexpected outcome {other:?} creating {key}"
+                    ))))
                 }
             }
+        }
+    }
+}
+
+impl From<ChainStop> for ApiError {
+    fn from(stop: ChainStop) -> Self {
+        match stop {
+            ChainStop::Rejected {
+                plugin,
+                code,
+                message,
+                path,
+            } => ApiError::Rejected {
+                plugin,
+                reason: code,
+                message,
+                path,
+            },
+            ChainStop::Failed {
+                plugin,
+                kind,
+                detail,
+            } => ApiError::PluginFailed {
+                plugin,
+                kind,
+                detail,
+            },
         }
     }
 }

@@ -11,6 +11,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::plugin::FailureKind;
 use crate::storage::StoreError;
 
 /// A request that cannot be answered with success.
@@ -50,6 +51,31 @@ pub enum ApiError {
     /// The write kept racing with other writes to the same key.
     #[error("{0}")]
     Conflict(String),
+    /// A plugin rejected the write (422).
+    #[error("{message}")]
+    Rejected {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's reason code.
+        reason: String,
+        /// The plugin's message.
+        message: String,
+        /// JSON path the plugin pointed at.
+        path: Option<String>,
+    },
+    /// A plugin failed and its policy is to refuse the write (500).
+    #[error("plugin {plugin:?} failed ({}): {detail}", kind.as_str())]
+    PluginFailed {
+        /// The plugin's name.
+        plugin: String,
+        /// How it failed.
+        kind: FailureKind,
+        /// Details.
+        detail: String,
+    },
+    /// Reloading plugins failed; the previous chain stays active (422).
+    #[error("plugins not reloaded, the previous chain stays active: {0}")]
+    ReloadFailed(String),
     /// Storage failed or is unavailable.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -76,6 +102,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::Conflict(_) => (StatusCode::CONFLICT, "write_conflict"),
+            Self::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+            Self::PluginFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed"),
+            Self::ReloadFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
@@ -93,6 +122,25 @@ impl ApiError {
         let mut body = Map::new();
         body.insert("code".into(), Value::from(code));
         body.insert("message".into(), Value::from(self.to_string()));
+        match &self {
+            Self::Rejected {
+                plugin,
+                reason,
+                path,
+                ..
+            } => {
+                body.insert("plugin".into(), Value::from(plugin.as_str()));
+                body.insert("reason".into(), Value::from(reason.as_str()));
+                if let Some(path) = path {
+                    body.insert("path".into(), Value::from(path.as_str()));
+                }
+            }
+            Self::PluginFailed { plugin, kind, .. } => {
+                body.insert("plugin".into(), Value::from(plugin.as_str()));
+                body.insert("kind".into(), Value::from(kind.as_str()));
+            }
+            _ => {}
+        }
         let mut response = json_response(status, &json!({ "error": body }));
         if let Self::MethodNotAllowed { allow } = self {
             response

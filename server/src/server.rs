@@ -9,7 +9,26 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::LoadedSettings;
+use crate::plugin::PluginChain;
 use crate::storage::Storage;
+
+/// Reloads the plugin chain on every SIGHUP; a failed reload keeps the old one.
+fn reload_on_sighup(app: Arc<App>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload plugins over HTTP instead");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading plugins");
+            if let Err(e) = app.reload_plugins().await {
+                tracing::error!(error = %e, "plugin reload failed; previous chain stays active");
+            }
+        }
+    });
+}
 
 /// Runs the server until a termination signal, then shuts down cleanly.
 pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
@@ -21,6 +40,12 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || Storage::open(&storage_settings, &cache_settings))
             .await??;
     let storage = Arc::new(storage);
+    let specs = settings.plugins.clone();
+    let max_value = settings.limits.max_value_bytes;
+    let chain = tokio::task::spawn_blocking(move || PluginChain::load(&specs, max_value)).await??;
+    for plugin in chain.plugins() {
+        tracing::info!(plugin = plugin.name(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
+    }
     if settings.cache.warm_on_start {
         storage.start_warming();
     }
@@ -36,10 +61,13 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         shards = settings.storage.shards,
         "exdaas started"
     );
-    let app = Arc::new(App {
-        settings: settings.clone(),
-        storage: storage.clone(),
-    });
+    let app = Arc::new(App::new(
+        settings.clone(),
+        storage.clone(),
+        chain,
+        loaded.file.clone(),
+    ));
+    reload_on_sighup(app.clone());
     crate::http::serve(
         listener,
         app,

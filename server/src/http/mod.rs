@@ -1,9 +1,11 @@
 //! The HTTP server: accepting connections, routing, graceful shutdown.
 //!
 //! - `request`: checked parsing of keys, bodies, queries and headers;
-//! - `kv`: the native `/v1/kv` API.
+//! - `kv`: the native `/v1/kv` API;
+//! - `plugins`: plugin listing, dry runs and reload.
 
 mod kv;
+mod plugins;
 pub mod request;
 
 use std::convert::Infallible;
@@ -35,6 +37,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, Ap
         if rest.is_empty() || rest.starts_with('/') {
             return kv::route(&app, req, rest).await;
         }
+    }
+    if path.starts_with("/v1/plugins") || path == "/v1/admin/plugins/reload" {
+        return plugins::route(&app, req, &path).await;
     }
     match path.as_str() {
         "/health" => match *req.method() {

@@ -1,5 +1,25 @@
-//! WebAssembly write plugins.
+//! WebAssembly write plugins: validators and transforms that run on every
+//! matching write before it is made durable.
+//!
+//! - `spec`: a plugin's configuration (`[[plugins]]`);
+//! - `abi`: the host side of the host/guest contract (`guest-sdk/ABI.md`);
+//! - `instance`: one compiled plugin, its instance pool and the guarded call;
+//! - `chain`: all plugins of a configuration, run in order for a key;
+//! - `failure`: failure kinds and load errors;
+//! - `stats`: per-plugin counters and call-time histogram.
 
+mod abi;
+mod chain;
+mod failure;
+mod instance;
 mod spec;
+mod stats;
 
+use std::time::Duration;
+
+pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
+pub use failure::{FailureKind, PluginFailure, PluginLoadError};
 pub use spec::{OnFailure, PluginSpec};
+
+/// Granularity of plugin timeouts: the epoch ticker's period.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);

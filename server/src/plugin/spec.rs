@@ -46,6 +46,11 @@ pub struct PluginSpec {
     /// What a failure of this plugin does to the write.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Also run on deletes (the plugin sees `op = delete` and no new value;
+    /// it may accept or reject, not replace). Off by default so validators
+    /// written for puts do not block deletes.
+    #[serde(default)]
+    pub run_on_delete: bool,
 }
 
 fn empty_object() -> serde_json::Value {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the example plugins from source into examples/dist/*.wasm.
+# Rust plugins: rustup's toolchain when it has the wasm32 target, otherwise
+# Debian's (apt-get install rustc cargo libstd-rust-dev-wasm32).
+# C plugins: clang with wasm-ld (apt-get install clang lld).
+set -euo pipefail
+cd "$(dirname "$0")/../examples"
+mkdir -p dist
+TARGET=wasm32-unknown-unknown
+
+if command -v rustup >/dev/null && rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+  echo "building Rust plugins with rustup's $(rustc --version)"
+  cargo build --release --target "$TARGET"
+elif [ -x /usr/bin/cargo ] && [ -d /usr/lib/rustlib/$TARGET ]; then
+  echo "building Rust plugins with Debian's $(/usr/bin/rustc --version)"
+  RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$TARGET"
+else
+  echo "no Rust toolchain with the $TARGET target: run" >&2
+  echo "  rustup target add $TARGET   or   apt-get install rustc cargo libstd-rust-dev-wasm32" >&2
+  exit 1
+fi
+for crate in require_fields immutable_fields timestamps redact; do
+  cp "target/$TARGET/release/$crate.wasm" "dist/$crate.wasm"
+done
+
+CLANG=${CLANG:-clang}
+command -v "$CLANG" >/dev/null || { echo "clang not found: apt-get install clang lld" >&2; exit 1; }
+"$CLANG" --target=wasm32-unknown-unknown -O2 -nostdlib -Wl,--no-entry -Wl,--strip-all \
+  -I ../guest-sdk/include -o dist/max_size.wasm max-size/max_size.c
+ls -l dist

@@ -1,0 +1,338 @@
+//! The configured plugins as one chain: loading them together (one engine,
+//! one epoch ticker), and running the ones that match a key, in order, each
+//! seeing the previous one's output.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use wasmtime::{Config, Engine, OptLevel};
+
+use super::failure::{FailureKind, PluginFailure, PluginLoadError};
+use super::instance::{timed, CallInput, CallVerdict, LoadedPlugin};
+use super::spec::{OnFailure, PluginSpec};
+use super::EPOCH_TICK;
+
+/// All plugins of one configuration. Replaced as a whole on reload, so a
+/// write runs entirely against one chain.
+pub struct PluginChain {
+    plugins: Vec<LoadedPlugin>,
+}
+
+/// Why a chain stopped a write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainStop {
+    /// A plugin rejected the write.
+    Rejected {
+        /// Which plugin.
+        plugin: String,
+        /// Its reason code.
+        code: String,
+        /// Its message.
+        message: String,
+        /// Its JSON path, if any.
+        path: Option<String>,
+    },
+    /// A plugin with `on_failure = "reject"` failed.
+    Failed {
+        /// Which plugin.
+        plugin: String,
+        /// How it failed.
+        kind: FailureKind,
+        /// Details for the log and the operator.
+        detail: String,
+    },
+}
+
+/// One plugin's part in a chain run (reported by dry runs).
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Plugin name.
+    pub plugin: String,
+    /// What it did.
+    pub outcome: StepOutcome,
+    /// How long the call took.
+    pub took: Duration,
+}
+
+/// What one plugin did to a write.
+#[derive(Debug, Clone)]
+pub enum StepOutcome {
+    /// Accepted the value as it was.
+    Accepted,
+    /// Replaced the value.
+    Replaced,
+    /// Rejected the write.
+    Rejected {
+        /// Its reason code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// Failed; `skipped` tells whether `on_failure = "skip"` let the write go on.
+    Failed {
+        /// The failure.
+        failure: PluginFailure,
+        /// Whether the chain went on without this plugin.
+        skipped: bool,
+    },
+}
+
+/// The result of running the chain for one write.
+#[derive(Debug, Clone)]
+pub struct ChainRun {
+    /// Each matching plugin's part, in order.
+    pub steps: Vec<Step>,
+    /// The value to store (`None` for a delete), or why not.
+    pub result: Result<Option<Bytes>, ChainStop>,
+}
+
+/// Whether a run counts in the plugins' statistics (dry runs do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// A real write: count it.
+    Yes,
+    /// A dry run: leave the counters alone.
+    No,
+}
+
+/// Advances the engine's epoch every `EPOCH_TICK` while the engine lives;
+/// that is what interrupts a plugin past its `timeout_ms`.
+fn start_epoch_ticker(engine: &Engine) -> Result<(), PluginLoadError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => return,
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| PluginLoadError::Engine(format!("cannot start the epoch ticker: {e}")))
+}
+
+impl PluginChain {
+    /// A chain without plugins.
+    pub fn empty() -> Self {
+        Self {
+            plugins: Vec::new(),
+        }
+    }
+
+    /// Loads every plugin of `specs`; fails on the first that cannot load.
+    pub fn load(specs: &[PluginSpec], max_value_bytes: usize) -> Result<Self, PluginLoadError> {
+        if specs.is_empty() {
+            return Ok(Self::empty());
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            if specs[..i].iter().any(|s| s.name == spec.name) {
+                return Err(PluginLoadError::DuplicateName(spec.name.clone()));
+            }
+        }
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        // Metering costs every plugin some speed; only pay for it when a
+        // plugin asks for a fuel budget.
+        config.consume_fuel(specs.iter().any(|s| s.fuel.is_some()));
+        config.max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&config).map_err(|e| PluginLoadError::Engine(e.to_string()))?;
+        let plugins = specs
+            .iter()
+            .map(|spec| LoadedPlugin::load(spec, &engine, max_value_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        start_epoch_ticker(&engine)?;
+        Ok(Self { plugins })
+    }
+
+    /// The loaded plugins, in order.
+    pub fn plugins(&self) -> &[LoadedPlugin] {
+        &self.plugins
+    }
+
+    /// Whether any plugin runs for this write; when none does, the write
+    /// path skips the chain (and its read of the old value) entirely.
+    pub fn applies(&self, key: &str, delete: bool) -> bool {
+        self.plugins
+            .iter()
+            .any(|p| p.spec.applies_to(key) && (!delete || p.spec.run_on_delete))
+    }
+
+    /// Runs the matching plugins in order. `value` is the new value (`None`
+    /// for a delete), `old` the currently stored one.
+    pub fn run(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        old: Option<&[u8]>,
+        now_ms: i64,
+        record: Record,
+    ) -> ChainRun {
+        let delete = value.is_none();
+        let mut current = value;
+        let mut steps = Vec::new();
+        for plugin in &self.plugins {
+            if !plugin.spec.applies_to(key) || (delete && !plugin.spec.run_on_delete) {
+                continue;
+            }
+            let input = CallInput {
+                delete,
+                key,
+                value: current.as_deref(),
+                old,
+                now_ms,
+            };
+            let (result, took) = timed(|| plugin.call(&input));
+            let stats = &plugin.stats;
+            if record == Record::Yes {
+                stats.calls.fetch_add(1, Ordering::Relaxed);
+                stats.latency.record(took);
+            }
+            let name = plugin.name().to_owned();
+            let count = |counter: &std::sync::atomic::AtomicU64| {
+                if record == Record::Yes {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            };
+            match result {
+                Ok(CallVerdict::Accept) => {
+                    count(&stats.accepted);
+                    steps.push(Step {
+                        plugin: name,
+                        outcome: StepOutcome::Accepted,
+                        took,
+                    });
+                }
+                Ok(CallVerdict::Replace(new_value)) => {
+                    count(&stats.replaced);
+                    current = Some(new_value);
+                    steps.push(Step {
+                        plugin: name,
+                        outcome: StepOutcome::Replaced,
+                        took,
+                    });
+                }
+                Ok(CallVerdict::Reject {
+                    code,
+                    message,
+                    path,
+                }) => {
+                    count(&stats.rejected);
+                    steps.push(Step {
+                        plugin: name.clone(),
+                        outcome: StepOutcome::Rejected {
+                            code: code.clone(),
+                            message: message.clone(),
+                        },
+                        took,
+                    });
+                    return ChainRun {
+                        steps,
+                        result: Err(ChainStop::Rejected {
+                            plugin: name,
+                            code,
+                            message,
+                            path,
+                        }),
+                    };
+                }
+                Err(failure) => {
+                    if let Some(stop) = self.fail(plugin, failure, took, record, &mut steps) {
+                        return ChainRun {
+                            steps,
+                            result: Err(stop),
+                        };
+                    }
+                }
+            }
+        }
+        ChainRun {
+            steps,
+            result: Ok(current),
+        }
+    }
+
+    /// Records a failure; returns the stop when the plugin's policy is reject.
+    fn fail(
+        &self,
+        plugin: &LoadedPlugin,
+        failure: PluginFailure,
+        took: Duration,
+        record: Record,
+        steps: &mut Vec<Step>,
+    ) -> Option<ChainStop> {
+        let skipped = plugin.spec.on_failure == OnFailure::Skip;
+        if record == Record::Yes {
+            plugin.stats.record_failure(failure.kind);
+            if skipped {
+                plugin.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(plugin = plugin.name(), kind = failure.kind.as_str(), detail = %failure.detail, skipped, "plugin failed");
+        }
+        steps.push(Step {
+            plugin: plugin.name().to_owned(),
+            outcome: StepOutcome::Failed {
+                failure: failure.clone(),
+                skipped,
+            },
+            took,
+        });
+        (!skipped).then(|| ChainStop::Failed {
+            plugin: plugin.name().to_owned(),
+            kind: failure.kind,
+            detail: failure.detail,
+        })
+    }
+
+    /// Description and counters of every plugin, for `GET /v1/plugins`.
+    pub fn describe(&self) -> Value {
+        let plugins: Vec<Value> = self
+            .plugins
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name(),
+                    "path": p.spec.path.display().to_string(),
+                    "prefixes": p.spec.prefixes,
+                    "sha256": p.sha256,
+                    "timeout_ms": p.spec.timeout_ms,
+                    "max_memory_bytes": p.spec.max_memory_bytes,
+                    "fuel": p.spec.fuel,
+                    "on_failure": p.spec.on_failure,
+                    "run_on_delete": p.spec.run_on_delete,
+                    "stats": p.stats.to_json(),
+                })
+            })
+            .collect();
+        json!({ "plugins": plugins })
+    }
+}
+
+impl Step {
+    /// The step as JSON for dry-run answers.
+    pub fn to_json(&self) -> Value {
+        let micros = (self.took.as_secs_f64() * 1e6 * 100.0).round() / 100.0;
+        let mut v = match &self.outcome {
+            StepOutcome::Accepted => json!({ "outcome": "accepted" }),
+            StepOutcome::Replaced => json!({ "outcome": "replaced" }),
+            StepOutcome::Rejected { code, message } => {
+                json!({ "outcome": "rejected", "reason": code, "message": message })
+            }
+            StepOutcome::Failed { failure, skipped } => json!({
+                "outcome": if *skipped { "failed_skipped" } else { "failed" },
+                "kind": failure.kind.as_str(),
+                "message": failure.detail,
+            }),
+        };
+        v["plugin"] = Value::from(self.plugin.clone());
+        v["micros"] = Value::from(micros);
+        v
+    }
+}
+
+/// Shared handle type for the active chain.
+pub type SharedChain = Arc<PluginChain>;

@@ -1,0 +1,156 @@
+//! Per-plugin counters and call-time distribution, reported by
+//! `GET /v1/plugins`. Lock-free: every write through a plugin updates them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::FailureKind;
+
+/// Buckets per power of two: bucket bounds grow by 2^(1/4), about 19%, so a
+/// percentile read from the buckets is within that of the true value.
+const SUB_BUCKETS: usize = 4;
+/// Covers 1 ns .. 2^40 ns (18 minutes).
+const BUCKETS: usize = 40 * SUB_BUCKETS;
+
+/// Call-time histogram with logarithmic buckets.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    total_nanos: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            total_nanos: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(nanos: u64) -> usize {
+    let n = nanos.max(1) as f64;
+    ((n.log2() * SUB_BUCKETS as f64) as usize).min(BUCKETS - 1)
+}
+
+fn bucket_upper_nanos(bucket: usize) -> f64 {
+    2f64.powf((bucket + 1) as f64 / SUB_BUCKETS as f64)
+}
+
+impl LatencyHistogram {
+    /// Adds one observation.
+    pub fn record(&self, took: Duration) {
+        let nanos = took.as_nanos().min(u64::MAX as u128) as u64;
+        self.buckets[bucket_of(nanos)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Mean in microseconds.
+    pub fn mean_micros(&self) -> f64 {
+        let count = self.count();
+        if count == 0 {
+            return 0.0;
+        }
+        self.total_nanos.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0
+    }
+
+    /// The `q` quantile (0..=1) in microseconds: the upper bound of the
+    /// bucket holding it.
+    pub fn quantile_micros(&self, q: f64) -> f64 {
+        let count = self.count();
+        if count == 0 {
+            return 0.0;
+        }
+        let rank = ((count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= rank {
+                return bucket_upper_nanos(i) / 1000.0;
+            }
+        }
+        bucket_upper_nanos(BUCKETS - 1) / 1000.0
+    }
+}
+
+/// What happened to one plugin's calls.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls made (dry runs are not counted).
+    pub calls: AtomicU64,
+    /// Calls that accepted the value unchanged.
+    pub accepted: AtomicU64,
+    /// Calls that rejected the write.
+    pub rejected: AtomicU64,
+    /// Calls that replaced the value.
+    pub replaced: AtomicU64,
+    /// Failures skipped because of `on_failure = "skip"`.
+    pub skipped: AtomicU64,
+    /// Failures by kind, indexed by `FailureKind::index`.
+    failures: [AtomicU64; FailureKind::ALL.len()],
+    /// Call times.
+    pub latency: LatencyHistogram,
+}
+
+impl PluginStats {
+    /// Counts a failure of `kind`.
+    pub fn record_failure(&self, kind: FailureKind) {
+        self.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failures of `kind` so far.
+    pub fn failures(&self, kind: FailureKind) -> u64 {
+        self.failures[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// The counters as JSON for `GET /v1/plugins`.
+    pub fn to_json(&self) -> Value {
+        let failures: serde_json::Map<String, Value> = FailureKind::ALL
+            .iter()
+            .map(|k| (k.as_str().to_owned(), Value::from(self.failures(*k))))
+            .collect();
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        json!({
+            "calls": self.calls.load(Ordering::Relaxed),
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "replaced": self.replaced.load(Ordering::Relaxed),
+            "skipped_failures": self.skipped.load(Ordering::Relaxed),
+            "failures": failures,
+            "call_micros": {
+                "mean": round(self.latency.mean_micros()),
+                "p50": round(self.latency.quantile_micros(0.5)),
+                "p99": round(self.latency.quantile_micros(0.99)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_a_bucket() {
+        let h = LatencyHistogram::default();
+        for i in 1..=1000u64 {
+            h.record(Duration::from_micros(i));
+        }
+        let p50 = h.quantile_micros(0.5);
+        let p99 = h.quantile_micros(0.99);
+        assert!((500.0..=500.0 * 1.2).contains(&p50), "{p50}");
+        assert!((990.0..=990.0 * 1.2).contains(&p99), "{p99}");
+        assert!((h.mean_micros() - 500.5).abs() < 0.01);
+        assert_eq!(LatencyHistogram::default().quantile_micros(0.99), 0.0);
+    }
+}
