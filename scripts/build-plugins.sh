@@ -19,7 +19,7 @@ else
   echo "  rustup target add $TARGET   or   apt-get install rustc cargo libstd-rust-dev-wasm32" >&2
   exit 1
 fi
-for crate in require_fields immutable_fields timestamps redact; do
+for crate in require_fields immutable_fields timestamps redact revision; do
   cp "target/$TARGET/release/$crate.wasm" "dist/$crate.wasm"
 done
 

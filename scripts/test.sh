@@ -28,3 +28,5 @@ echo "==> building"
 cargo build --locked --workspace --all-targets
 echo "==> testing"
 cargo test --locked --workspace
+echo "==> testing example plugin logic natively"
+(cd examples && cargo test --locked)

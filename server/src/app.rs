@@ -3,14 +3,17 @@
 //!
 //! # How plugins and concurrent writes fit together
 //! A plugin must judge the value a write actually replaces. When plugins
-//! match a key, a write is optimistic: read the current value and version,
-//! run the chain against it (off the async workers), then hand the chain's
-//! output to the shard writer with the condition "the key is still at the
-//! version the chain saw". If another write committed in between, the
-//! writer refuses without writing and the chain is run again against the
-//! new value, up to `MAX_CHAIN_ATTEMPTS` times. So no update is lost and no
-//! validator is bypassed, and plugin work runs in parallel on all cores
-//! rather than inside a shard's single writer.
+//! match a key, the write takes that key's lock (one of `KEY_LOCKS` striped
+//! async mutexes, fair, so writers to one hot key queue instead of starving
+//! each other), reads the current value and version, runs the chain against
+//! it (off the async workers), then hands the chain's output to the shard
+//! writer with the condition "the key is still at the version the chain
+//! saw". The condition is what makes this correct: should any write slip
+//! past the lock (one that matched no plugin before a reload, say), the
+//! writer refuses without writing and the chain runs again against the new
+//! value. So no update is lost and no validator is bypassed, and plugin work
+//! for different keys runs in parallel on all cores rather than inside a
+//! shard's single writer.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -23,8 +26,13 @@ use crate::plugin::{ChainRun, ChainStop, PluginChain, PluginLoadError, Record, S
 use crate::storage::{Expect, Storage, StoreError, StoredValue, WriteOp, WriteOutcome};
 
 /// How often a write through plugins is retried when other writes to the
-/// same key keep committing first.
-const MAX_CHAIN_ATTEMPTS: usize = 64;
+/// same key keep committing first (only writes that bypass the key lock can
+/// cause this).
+const MAX_CHAIN_ATTEMPTS: usize = 16;
+
+/// Number of striped key locks for writes through plugins: enough that
+/// unrelated keys rarely share one at realistic concurrency.
+const KEY_LOCKS: usize = 4096;
 
 /// Shared server state.
 pub struct App {
@@ -37,6 +45,8 @@ pub struct App {
     chain: RwLock<SharedChain>,
     /// The configuration file, re-read on plugin reload.
     config_file: Option<PathBuf>,
+    /// Serialises writes through plugins per key (striped by key hash).
+    key_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// Milliseconds since the Unix epoch, the clock plugins are given.
@@ -60,6 +70,9 @@ impl App {
             storage,
             chain: RwLock::new(Arc::new(chain)),
             config_file,
+            key_locks: (0..KEY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -147,6 +160,8 @@ impl App {
                 .write(key.to_owned(), op(value), expect)
                 .await?);
         }
+        let stripe = (crate::storage::hash::fnv1a_64(key.as_bytes()) % KEY_LOCKS as u64) as usize;
+        let _key_lock = self.key_locks[stripe].lock().await;
         for _ in 0..MAX_CHAIN_ATTEMPTS {
             let current = self.storage.get(key).await?;
             let seen = current.as_ref().map(|v| v.version);

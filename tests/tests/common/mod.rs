@@ -15,26 +15,49 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// The server binary: `EXDAAS_BIN`, else the one beside this test executable
-/// (built first by `scripts/test.sh`, or here on demand).
+/// The server binary: `EXDAAS_BIN`, else the one beside this test executable.
+/// `scripts/test.sh` builds it first; a missing or stale binary (older than
+/// the server's sources) stops the tests with a message rather than testing
+/// old code. (Building it from here would wait forever on the build lock that
+/// `cargo test` holds.)
 pub fn binary() -> PathBuf {
     if let Ok(bin) = std::env::var("EXDAAS_BIN") {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let bin = profile_dir.join("exdaas");
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _once = BUILD.lock().unwrap();
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "exdaas-server", "--bin", "exdaas"])
-            .current_dir(repo_root())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building exdaas failed");
-    }
+    let bin = exe.parent().unwrap().parent().unwrap().join("exdaas");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} not found: run `cargo build -p exdaas-server` (or scripts/test.sh) first",
+                bin.display()
+            )
+        });
+    let newest = newest_source(&repo_root().join("server"));
+    assert!(
+        newest <= built,
+        "{} is older than the server sources: run `cargo build -p exdaas-server` (or scripts/test.sh) first",
+        bin.display()
+    );
     bin
+}
+
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let modified = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH)
+        };
+        newest = newest.max(modified);
+    }
+    newest
 }
 
 /// The repository root.
@@ -164,6 +187,11 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not stop");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A client for this server.
@@ -329,4 +357,30 @@ pub fn temp_data_dir() -> (tempfile::TempDir, PathBuf) {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     (root, data)
+}
+
+/// An example plugin built by `scripts/build-plugins.sh`.
+pub fn example_plugin(name: &str) -> PathBuf {
+    let path = repo_root()
+        .join("examples/dist")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-plugins.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A test plugin from `tests/plugins` (WAT source, compiled by the server).
+pub fn test_plugin(file: &str) -> PathBuf {
+    repo_root().join("tests/plugins").join(file)
+}
+
+/// A `[[plugins]]` table.
+pub fn plugin_toml(name: &str, path: &Path, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\npath = \"{}\"\n{extra}\n",
+        path.display()
+    )
 }

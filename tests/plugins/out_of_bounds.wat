@@ -1,0 +1,7 @@
+;; Points its verdict far outside its memory.
+(module
+  (memory (export "memory") 2)
+  (func (export "exdaas_abi_version") (result i32) (i32.const 1))
+  (func (export "exdaas_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "exdaas_on_write") (param $op i32) (param $buf i32) (param $k i32) (param $v i32) (param $o i32) (param $c i32) (param $now i64) (result i64)
+    (i64.or (i64.shl (i64.const 0x7fff0000) (i64.const 32)) (i64.const 64))))

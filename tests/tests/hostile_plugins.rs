@@ -1,0 +1,167 @@
+//! Hostile plugins: each failure leaves nothing stored, gets its own failure
+//! kind, and the server keeps serving other writes at once. Modules that
+//! cannot be loaded stop the server at start with a message naming them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{example_plugin, plugin_toml, run_cli, temp_data_dir, test_plugin, Options, Server};
+
+/// Starts a server where `bad/` keys go through the plugin and `ok/` keys do not.
+fn server_with(file: &str, extra: &str) -> (tempfile::TempDir, Server) {
+    let (root, data) = temp_data_dir();
+    let config = plugin_toml(
+        "hostile",
+        &test_plugin(file),
+        &format!("prefixes = [\"bad/\"]\n{extra}"),
+    );
+    let server = Server::start_with(
+        &data,
+        Options::default()
+            .config(&config)
+            .env("EXDAAS_LIMITS__MAX_VALUE_BYTES", "64"),
+    );
+    (root, server)
+}
+
+async fn assert_fails_cleanly(server: &Server, kind: &str) {
+    let c = server.client();
+    let failures = |stats: serde_json::Value| {
+        stats["plugins"][0]["stats"]["failures"][kind]
+            .as_u64()
+            .unwrap()
+    };
+    let before = failures(c.get("/v1/plugins").await.json());
+    let r = c.put_json("/v1/kv/bad/1", r#"{"a":1}"#).await;
+    assert_eq!(r.status, 500, "{:?}", r.body);
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "plugin_failed");
+    assert_eq!(e["error"]["plugin"], "hostile");
+    assert_eq!(e["error"]["kind"], kind);
+    assert_eq!(
+        c.get("/v1/kv/bad/1").await.status,
+        404,
+        "nothing may be stored"
+    );
+    // Other writes are served, and the plugin keeps failing the same way
+    // (a fresh instance replaces the broken one).
+    assert_eq!(c.put_json("/v1/kv/ok/1", "1").await.status, 201);
+    let again = c.put_json("/v1/kv/bad/2", "2").await;
+    assert_eq!(again.json()["error"]["kind"], kind);
+    assert_eq!(failures(c.get("/v1/plugins").await.json()), before + 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn infinite_loop_is_stopped_at_its_timeout_while_others_are_served() {
+    let (_root, server) = server_with("infinite_loop.wat", "timeout_ms = 300");
+    let c = server.client();
+    let looping = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = c.put_json("/v1/kv/bad/loop", "1").await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // While the plugin spins, other writes and reads complete.
+    assert_eq!(c.put_json("/v1/kv/ok/during", "1").await.status, 201);
+    assert_eq!(c.get("/v1/kv/ok/during").await.status, 200);
+    assert!(
+        !looping.is_finished(),
+        "the looping write finished before its timeout"
+    );
+    let (r, took) = looping.await.unwrap();
+    assert_eq!(r.json()["error"]["kind"], "timeout");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert_fails_cleanly(&server, "timeout").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_growth_is_stopped_at_its_cap() {
+    let (_root, server) = server_with("memory_hog.wat", "max_memory_bytes = 1048576");
+    assert_fails_cleanly(&server, "out_of_memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fuel_budget_is_enforced() {
+    let (_root, server) = server_with("infinite_loop.wat", "fuel = 100000\ntimeout_ms = 5000");
+    assert_fails_cleanly(&server, "out_of_fuel").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traps_are_contained() {
+    let (_root, server) = server_with("unreachable.wat", "");
+    assert_fails_cleanly(&server, "trap").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_bounds_output_is_malformed() {
+    let (_root, server) = server_with("out_of_bounds.wat", "");
+    assert_fails_cleanly(&server, "malformed_output").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_json_output_is_malformed() {
+    let (_root, server) = server_with("not_json.wat", "");
+    assert_fails_cleanly(&server, "malformed_output").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_outputs_are_refused() {
+    let (_root, server) = server_with("huge_output.wat", "");
+    assert_fails_cleanly(&server, "output_too_large").await;
+    let (_root, server) = server_with("oversized_replace.wat", "");
+    assert_fails_cleanly(&server, "output_too_large").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skip_policy_lets_writes_through_and_counts() {
+    let (_root, server) = server_with("unreachable.wat", "on_failure = \"skip\"");
+    let c = server.client();
+    assert_eq!(c.put_json("/v1/kv/bad/1", "7").await.status, 201);
+    assert_eq!(c.get("/v1/kv/bad/1").await.body, "7");
+    let stats = c.get("/v1/plugins").await.json();
+    assert_eq!(stats["plugins"][0]["stats"]["failures"]["trap"], 1);
+    assert_eq!(stats["plugins"][0]["stats"]["skipped_failures"], 1);
+    assert!(server.log.lock().unwrap().contains("plugin failed"));
+}
+
+fn start_refused(plugin: &std::path::Path) -> String {
+    let (root, data) = temp_data_dir();
+    let config = plugin_toml("broken", plugin, "");
+    std::fs::write(root.path().join("c.toml"), config).unwrap();
+    let (code, _, err) = run_cli(
+        root.path(),
+        &["--config", "c.toml"],
+        &[
+            ("EXDAAS_STORAGE__DATA_DIR", data.to_str().unwrap()),
+            ("EXDAAS_SERVER__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert_ne!(code, 0, "server started with a broken plugin");
+    assert!(err.contains("\"broken\""), "{err}");
+    assert!(err.contains(&plugin.display().to_string()), "{err}");
+    err
+}
+
+#[test]
+fn unloadable_plugins_stop_the_server_at_start() {
+    let err = start_refused(&test_plugin("wasi_import.wat"));
+    assert!(err.contains("wasi_snapshot_preview1.fd_write"), "{err}");
+    let err = start_refused(&test_plugin("not_wasm.wasm"));
+    assert!(err.contains("not a valid WebAssembly module"), "{err}");
+    let err = start_refused(&test_plugin("wrong_abi.wat"));
+    assert!(err.contains("ABI version 99"), "{err}");
+    let err = start_refused(&test_plugin("does_not_exist.wasm"));
+    assert!(err.contains("cannot read"), "{err}");
+    // An unknown plugin setting is a configuration error naming the file.
+    let (root, _data) = temp_data_dir();
+    let config = plugin_toml("x", &example_plugin("max_size"), "colour = \"red\"");
+    std::fs::write(root.path().join("c.toml"), config).unwrap();
+    let (code, _, err) = run_cli(root.path(), &["check-config", "--config", "c.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("colour") && err.contains("c.toml"), "{err}");
+}
