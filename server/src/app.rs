@@ -138,27 +138,42 @@ impl App {
         json: Bytes,
         expect: Expect,
     ) -> Result<WriteOutcome, ApiError> {
-        self.write(key, Some(json), expect).await
+        Ok(self.write(key, Some(json), expect).await?.0)
+    }
+
+    /// Like [`App::put`], also returning the value as stored (after any
+    /// transforms), for APIs that echo it.
+    pub async fn put_returning(
+        &self,
+        key: &str,
+        json: Bytes,
+        expect: Expect,
+    ) -> Result<(WriteOutcome, Bytes), ApiError> {
+        let (outcome, stored) = self.write(key, Some(json), expect).await?;
+        Ok((outcome, stored.unwrap_or_default()))
     }
 
     /// Removes `key` if `expect` holds, and waits until that is durable.
     pub async fn delete(&self, key: &str, expect: Expect) -> Result<WriteOutcome, ApiError> {
-        self.write(key, None, expect).await
+        Ok(self.write(key, None, expect).await?.0)
     }
 
+    /// The one write path: plugins (when any match), then the shard writer.
+    /// Returns the outcome and the value written (`None` for deletes).
     async fn write(
         &self,
         key: &str,
         value: Option<Bytes>,
         expect: Expect,
-    ) -> Result<WriteOutcome, ApiError> {
+    ) -> Result<(WriteOutcome, Option<Bytes>), ApiError> {
         let op = |v: Option<Bytes>| v.map_or(WriteOp::Delete, WriteOp::Put);
         let chain = self.chain();
         if !chain.applies(key, value.is_none()) {
-            return Ok(self
+            let outcome = self
                 .storage
-                .write(key.to_owned(), op(value), expect)
-                .await?);
+                .write(key.to_owned(), op(value.clone()), expect)
+                .await?;
+            return Ok((outcome, value));
         }
         let stripe = (crate::storage::hash::fnv1a_64(key.as_bytes()) % KEY_LOCKS as u64) as usize;
         let _key_lock = self.key_locks[stripe].lock().await;
@@ -166,22 +181,23 @@ impl App {
             let current = self.storage.get(key).await?;
             let seen = current.as_ref().map(|v| v.version);
             if !expect.holds(seen) {
-                return Ok(WriteOutcome::Conflict { current: seen });
+                return Ok((WriteOutcome::Conflict { current: seen }, None));
             }
             if value.is_none() && current.is_none() {
-                return Ok(WriteOutcome::Missing);
+                return Ok((WriteOutcome::Missing, None));
             }
             let run = self
                 .run_chain(&chain, key, value.clone(), current, Record::Yes)
                 .await?;
             let output = run.result.map_err(ApiError::from)?;
+            let unchanged_since = Expect::unchanged_since(seen);
             match self
                 .storage
-                .write(key.to_owned(), op(output), Expect::unchanged_since(seen))
+                .write(key.to_owned(), op(output.clone()), unchanged_since)
                 .await?
             {
                 WriteOutcome::Conflict { .. } => continue,
-                outcome => return Ok(outcome),
+                outcome => return Ok((outcome, output)),
             }
         }
         Err(ApiError::Conflict(format!(
@@ -208,14 +224,16 @@ impl App {
 
     /// Stores `json` under a new server-assigned numeric key. An id whose key
     /// already exists (written explicitly by a client) is skipped, so this
-    /// never overwrites.
-    pub async fn create(&self, json: Bytes) -> Result<(String, u64), ApiError> {
+    /// never overwrites. Returns the key, its version and the stored value.
+    pub async fn create_returning(&self, json: Bytes) -> Result<(String, u64, Bytes), ApiError> {
         loop {
             let key = self.storage.next_id().await?.to_string();
-            match self.put(&key, json.clone(), Expect::Absent).await? {
-                WriteOutcome::Created { version } => return Ok((key, version)),
-                WriteOutcome::Conflict { .. } => continue,
-                other => {
+            match self.write(&key, Some(json.clone()), Expect::Absent).await? {
+                (WriteOutcome::Created { version }, stored) => {
+                    return Ok((key, version, stored.unwrap_or_default()))
+                }
+                (WriteOutcome::Conflict { .. }, _) => continue,
+                (other, _) => {
                     return Err(ApiError::Store(StoreError::Corrupt(format!(
                         "unexpected outcome {other:?} creating {key}"
                     ))))

@@ -141,7 +141,7 @@ fn unexpected(outcome: WriteOutcome) -> ApiError {
 /// `POST /v1/kv`: store under a new server-assigned key.
 pub async fn create(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let json = json_body(app, req).await?;
-    let (key, version) = app.create(json).await?;
+    let (key, version, _) = app.create_returning(json).await?;
     let mut response = key_version(StatusCode::CREATED, &key, version);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/kv/{key}")) {
         response.headers_mut().insert(LOCATION, location);

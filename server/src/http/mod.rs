@@ -2,9 +2,13 @@
 //!
 //! - `request`: checked parsing of keys, bodies, queries and headers;
 //! - `kv`: the native `/v1/kv` API;
-//! - `plugins`: plugin listing, dry runs and reload.
+//! - `plugins`: plugin listing, dry runs and reload;
+//! - `compat`: the ExDaas `/api` contract;
+//! - `nested_params`: Plug-style nested parameters for `compat`.
 
+mod compat;
 mod kv;
+mod nested_params;
 mod plugins;
 pub mod request;
 
@@ -37,6 +41,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, Ap
         if rest.is_empty() || rest.starts_with('/') {
             return kv::route(&app, req, rest).await;
         }
+    }
+    if path == "/api" || path == "/api/cmd" {
+        return compat::route(&app, req, &path).await;
     }
     if path.starts_with("/v1/plugins") || path == "/v1/admin/plugins/reload" {
         return plugins::route(&app, req, &path).await;
