@@ -10,9 +10,13 @@
 //! - [`app`]: state shared by handlers and the single write path;
 //! - [`http`]: hyper server, routing, request parsing, handlers;
 //! - [`error`]: request errors and the one place they become HTTP answers;
-//! - [`server`]: start-up and shutdown sequence used by the binary.
+//! - [`server`]: start-up and shutdown sequence used by the binary;
+//! - [`backup`]: the backup format, validation and restore;
+//! - [`admin_client`]: the HTTP client behind `exdaas backup` and `exdaas health`.
 
+pub mod admin_client;
 pub mod app;
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod http;

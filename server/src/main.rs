@@ -1,11 +1,12 @@
 //! The `exdaas` command: parse arguments, load settings, start logging, run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use exdaas_server::config;
+use exdaas_server::config::{self, LoadedSettings};
+use exdaas_server::{admin_client, backup};
 
 /// A durable, sharded JSON key-value server with WebAssembly write plugins.
 #[derive(Parser)]
@@ -24,6 +25,38 @@ enum Command {
     Serve,
     /// Validate the settings and print the effective configuration as TOML.
     CheckConfig,
+    /// Write a backup: from a running server (default, at server.listen or
+    /// --server), or from a stopped server's data directory (--data-dir).
+    Backup {
+        /// The file to write (written to FILE.partial, checked, then renamed).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Read a stopped server's data directory instead of asking a running one.
+        #[arg(long, value_name = "DIR", conflicts_with = "server")]
+        data_dir: Option<PathBuf>,
+        /// host:port of the running server (default: from server.listen).
+        #[arg(long, value_name = "HOST:PORT")]
+        server: Option<String>,
+        /// Bearer token for the server, if it requires one.
+        #[arg(long, env = "EXDAAS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Restore a backup into a new or empty data directory (the server must
+    /// not be running on it). The file is checked completely first.
+    Restore {
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Target directory (default: storage.data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Exit 0 when the server answers /health (for container health checks).
+    Health {
+        /// host:port of the server (default: from server.listen).
+        #[arg(long, value_name = "HOST:PORT")]
+        server: Option<String>,
+    },
 }
 
 fn init_logging() {
@@ -40,6 +73,108 @@ fn init_logging() {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn target(loaded: &LoadedSettings, server: Option<String>) -> anyhow::Result<String> {
+    match server {
+        Some(s) => Ok(s),
+        None => Ok(admin_client::local_target(loaded.listen_addr()?)),
+    }
+}
+
+fn check_config(loaded: &LoadedSettings) -> anyhow::Result<()> {
+    match &loaded.file {
+        Some(f) => println!("# configuration file: {}", f.display()),
+        None => println!("# configuration file: none (built-in defaults)"),
+    }
+    println!("{}", toml::to_string_pretty(&loaded.settings)?);
+    Ok(())
+}
+
+fn backup_cmd(
+    loaded: &LoadedSettings,
+    out: &Path,
+    data_dir: Option<PathBuf>,
+    server: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let partial = out.with_extension("partial");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&partial)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", partial.display()))?,
+    );
+    match data_dir {
+        Some(dir) => {
+            if !dir
+                .join(exdaas_server::storage::manifest::MANIFEST_FILE)
+                .exists()
+            {
+                anyhow::bail!(
+                    "{} is not an exdaas data directory (no manifest)",
+                    dir.display()
+                );
+            }
+            let mut storage_settings = loaded.settings.storage.clone();
+            storage_settings.data_dir = dir;
+            let manifest = std::fs::read(
+                storage_settings
+                    .data_dir
+                    .join(exdaas_server::storage::manifest::MANIFEST_FILE),
+            )?;
+            let manifest: exdaas_server::storage::manifest::Manifest =
+                serde_json::from_slice(&manifest)?;
+            storage_settings.shards = manifest.shards;
+            let cache = exdaas_server::config::CacheSettings {
+                capacity_bytes: 1 << 20,
+                warm_on_start: false,
+            };
+            let storage = exdaas_server::storage::Storage::open(&storage_settings, &cache)?;
+            let next_id = runtime()?.block_on(storage.id_high_water());
+            backup::write_backup(&storage, next_id, &mut file)?;
+            storage.close();
+        }
+        None => {
+            let addr = target(loaded, server)?;
+            let status = runtime()?.block_on(admin_client::get(
+                &addr,
+                "/v1/admin/backup",
+                token.as_deref(),
+                &mut file,
+            ))?;
+            if status != 200 {
+                anyhow::bail!("server at {addr} answered {status} to the backup request");
+            }
+        }
+    }
+    std::io::Write::flush(&mut file)?;
+    file.get_ref().sync_all()?;
+    drop(file);
+    let summary = backup::validate(&partial)?;
+    std::fs::rename(&partial, out)?;
+    println!(
+        "backup {}: {} records from {} shards",
+        out.display(),
+        summary.records,
+        summary.shards
+    );
+    Ok(())
+}
+
+fn health(loaded: &LoadedSettings, server: Option<String>) -> anyhow::Result<()> {
+    let addr = target(loaded, server)?;
+    let mut body = Vec::new();
+    let status = runtime()?.block_on(admin_client::get(&addr, "/health", None, &mut body))?;
+    if status != 200 {
+        anyhow::bail!("{addr} answered {status}");
+    }
+    println!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -50,21 +185,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            match &loaded.file {
-                Some(f) => println!("# configuration file: {}", f.display()),
-                None => println!("# configuration file: none (built-in defaults)"),
-            }
-            match toml::to_string_pretty(&loaded.settings) {
-                Ok(text) => println!("{text}"),
-                Err(e) => {
-                    eprintln!("exdaas: cannot print configuration: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-            ExitCode::SUCCESS
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => check_config(&loaded),
+        Command::Backup {
+            out,
+            data_dir,
+            server,
+            token,
+        } => backup_cmd(&loaded, &out, data_dir, server, token),
+        Command::Restore { input, data_dir } => {
+            let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());
+            let storage = &loaded.settings.storage;
+            backup::restore(&input, &dir, storage.shards, storage.store_cache_bytes)
+                .map(|s| {
+                    println!(
+                        "restored {} records into {} ({} shards; the backup had {})",
+                        s.records,
+                        dir.display(),
+                        storage.shards,
+                        s.shards
+                    )
+                })
+                .map_err(anyhow::Error::from)
         }
+        Command::Health { server } => health(&loaded, server),
         Command::Serve => {
             match &loaded.file {
                 Some(f) => tracing::info!(file = %f.display(), "configuration loaded"),
@@ -72,24 +216,15 @@ fn main() -> ExitCode {
                     tracing::info!("no configuration file; using built-in defaults and environment")
                 }
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("exdaas: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(exdaas_server::server::run(loaded)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "exdaas failed");
-                    eprintln!("exdaas: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            runtime().and_then(|rt| rt.block_on(exdaas_server::server::run(loaded)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "exdaas failed");
+            eprintln!("exdaas: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -4,8 +4,10 @@
 //! - `kv`: the native `/v1/kv` API;
 //! - `plugins`: plugin listing, dry runs and reload;
 //! - `compat`: the ExDaas `/api` contract;
-//! - `nested_params`: Plug-style nested parameters for `compat`.
+//! - `nested_params`: Plug-style nested parameters for `compat`;
+//! - `backup`: the streaming backup endpoint.
 
+mod backup;
 mod compat;
 mod kv;
 mod nested_params;
@@ -18,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -32,6 +35,10 @@ use crate::app::App;
 use crate::error::{json_response, ApiError};
 
 type HttpResponse = Response<Full<Bytes>>;
+
+/// The body type handed to hyper: most answers are one buffer (`Full`),
+/// the backup is a stream.
+pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Routes one request. Routing is a plain match on the path; each area
 /// checks its own methods so a 405 can name the allowed ones.
@@ -65,7 +72,14 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, Ap
 }
 
 /// Answers one request; errors become their JSON response here.
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/v1/admin/backup" {
+        if req.method() == Method::GET {
+            return Ok(backup::stream(&app).await);
+        }
+        let refused = ApiError::MethodNotAllowed { allow: "GET" }.into_response();
+        return Ok(refused.map(BodyExt::boxed));
+    }
     let head = req.method() == Method::HEAD;
     let mut response = match route(app, req).await {
         Ok(r) => r,
@@ -82,7 +96,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, I
         );
         *response.body_mut() = Full::new(Bytes::new());
     }
-    Ok(response)
+    Ok(response.map(BodyExt::boxed))
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops

@@ -63,6 +63,24 @@ impl IdAllocator {
         })
     }
 
+    /// The first id that has certainly never been handed out: the durable
+    /// high-water mark. A backup records it so a restored server continues
+    /// after every id the old one may have used.
+    pub async fn high_water(&self) -> u64 {
+        let range = self.state.lock().await;
+        range.limit.max(range.next)
+    }
+
+    /// Raises the durable mark of `data_dir` to at least `mark` (restore).
+    pub fn raise_mark(data_dir: &Path, mark: u64) -> Result<(), StoreError> {
+        let current = Self::open(data_dir)?;
+        let existing = current.state.try_lock().map(|r| r.limit).unwrap_or(1);
+        if mark > existing {
+            write_durably(&data_dir.join(IDS_FILE), mark.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
     /// The next id; reserves a new block durably first when needed.
     pub async fn next(&self) -> Result<u64, StoreError> {
         let mut range = self.state.lock().await;

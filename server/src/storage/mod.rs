@@ -7,8 +7,10 @@
 //! - `cache`: one shard's byte-weighted read cache;
 //! - `writer`: one shard's single writer and its group commit;
 //! - `ids`: the persistent counter for server-assigned keys;
-//! - `metrics`: group-commit counters.
+//! - `metrics`: group-commit counters;
+//! - `bulk`: loading a data set into a new directory (restore).
 
+pub mod bulk;
 mod cache;
 pub mod hash;
 pub mod ids;
@@ -299,6 +301,23 @@ impl Storage {
                 }
             }
         }
+    }
+
+    /// Visits every shard's data, each from one consistent snapshot (see
+    /// `ShardStore::for_each`), shard by shard.
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&str, &StoredValue) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        for shard in &self.shards {
+            shard.store.for_each(&mut f)?;
+        }
+        Ok(())
+    }
+
+    /// The id counter's durable high-water mark.
+    pub async fn id_high_water(&self) -> u64 {
+        self.ids.high_water().await
     }
 
     /// Per-shard group-commit counters.

@@ -153,7 +153,33 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// Starts a write transaction; only the shard writer calls this.
+    /// Calls `f` with every key and value, ascending, from ONE snapshot: a
+    /// state between two committed batches, never half of one. Stops early
+    /// when `f` returns `Ok(false)`.
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&str, &StoredValue) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let snap = self.persy.snapshot().map_err(err("snapshot"))?;
+        let range = snap
+            .range::<String, PersyId, _>(KEYS, ..)
+            .map_err(err("index scan"))?;
+        for (key, mut ids) in range {
+            let Some(id) = ids.next() else { continue };
+            let bytes = snap
+                .read(VALUES, &id)
+                .map_err(err("record read"))?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("key {key:?} points at missing record {id}"))
+                })?;
+            if !f(&key, &decode(id, bytes)?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a write transaction; only the shard writer and restore call this.
     pub(crate) fn begin(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
             tx: self.persy.begin().map_err(err("begin transaction"))?,

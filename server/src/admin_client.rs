@@ -1,0 +1,57 @@
+//! A minimal HTTP/1.1 client for the command line: `exdaas backup` against
+//! a running server and `exdaas health` (the container health check, since
+//! slim images have no curl).
+
+use std::io::Write;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Sends `GET path` to `addr` (host:port) and hands each body chunk to
+/// `sink`; returns the status code.
+pub async fn get(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    sink: &mut dyn Write,
+) -> anyhow::Result<u16> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::get(path).header("host", addr);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new())?)
+        .await?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            sink.write_all(data)?;
+        }
+    }
+    Ok(status)
+}
+
+/// The `host:port` to reach a server listening on `listen` from this
+/// machine (an unspecified address means loopback).
+pub fn local_target(listen: std::net::SocketAddr) -> String {
+    let ip = if listen.ip().is_unspecified() {
+        match listen {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        listen.ip()
+    };
+    std::net::SocketAddr::new(ip, listen.port()).to_string()
+}

@@ -1,0 +1,273 @@
+//! Backups under load restore to per-shard-consistent states, also into a
+//! different shard count; damaged backups are refused with a line number and
+//! restore nothing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{run_cli, temp_data_dir, Options, Server};
+
+/// Parses a backup into key -> (version, value).
+fn read_backup(path: &std::path::Path) -> BTreeMap<String, (u64, serde_json::Value)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["format"], "exdaas-backup");
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v.get("end").is_some() {
+            assert_eq!(v["records"].as_u64().unwrap() as usize, out.len());
+            continue;
+        }
+        out.insert(
+            v["key"].as_str().unwrap().to_owned(),
+            (v["version"].as_u64().unwrap(), v["value"].clone()),
+        );
+    }
+    out
+}
+
+/// The shard of a key with `shards` shards (FNV-1a 64, as documented).
+fn shard_of(key: &str, shards: u64) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    h % shards
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_under_load_restores_consistently_into_other_shard_counts() {
+    let (root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    for i in 0..200 {
+        c.put_json(&format!("/v1/kv/base/{i}"), &format!("{{\"i\":{i}}}"))
+            .await;
+    }
+    let id = c.post_json("/v1/kv", "\"counted\"").await.json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Writers keep going while the backup is taken: each writes its keys in order.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (c, stop) = (c.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut conn = c.connect().await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let r = conn
+                    .send(
+                        "PUT",
+                        &format!("/v1/kv/load/{w}/{n:06}"),
+                        &[("content-type", "application/json")],
+                        n.to_string().as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 201);
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let file = root.path().join("online.ndjson");
+    let (code, out, err) = run_cli(
+        root.path(),
+        &[
+            "backup",
+            "--out",
+            file.to_str().unwrap(),
+            "--server",
+            &server.addr,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("records"), "{out}");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.unwrap() > 0);
+    }
+    let backup = read_backup(&file);
+    for i in 0..200 {
+        assert_eq!(backup[&format!("base/{i}")].1["i"], i);
+    }
+    // Per shard the backup is one committed state: a writer's keys in one
+    // shard form a prefix of what it wrote there.
+    for w in 0..8 {
+        let mut per_shard: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut max_seen = 0;
+        for key in backup
+            .keys()
+            .filter(|k| k.starts_with(&format!("load/{w}/")))
+        {
+            let n: u64 = key.rsplit('/').next().unwrap().parse().unwrap();
+            per_shard.entry(shard_of(key, 4)).or_default().push(n);
+            max_seen = max_seen.max(n);
+        }
+        for (shard, present) in per_shard {
+            let last = *present.iter().max().unwrap();
+            let expected: Vec<u64> = (0..=last)
+                .filter(|n| shard_of(&format!("load/{w}/{n:06}"), 4) == shard)
+                .collect();
+            assert_eq!(
+                present, expected,
+                "writer {w} shard {shard}: a batch was half in the backup"
+            );
+        }
+    }
+
+    // Restore into 8 shards and compare everything, versions included.
+    let restored_dir = root.path().join("restored");
+    let (code, out, err) = run_cli(
+        root.path(),
+        &[
+            "restore",
+            "--in",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ],
+        &[("SHARD_LIMIT", "8")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("8 shards"), "{out}");
+    assert!(server.stop().success());
+    let restored = Server::start_with(&restored_dir, Options::default().env("SHARD_LIMIT", "8"));
+    let rc = restored.client();
+    let mut conn = rc.connect().await.unwrap();
+    for (key, (version, value)) in &backup {
+        let r = conn
+            .send("GET", &format!("/v1/kv/{key}"), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{key}");
+        assert_eq!(&r.json(), value, "{key}");
+        assert_eq!(r.header("etag").unwrap(), format!("\"{version}\""), "{key}");
+    }
+    // New writes get newer versions; new ids never reuse old ones.
+    let v = rc.put_json("/v1/kv/base/0", "0").await.json()["version"]
+        .as_u64()
+        .unwrap();
+    assert!(v > backup["base/0"].0);
+    let next: u64 = rc.post_json("/v1/kv", "1").await.json()["key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(next > id.parse::<u64>().unwrap());
+
+    // An offline backup of the restored directory holds the same data.
+    assert!(restored.stop().success());
+    let offline = root.path().join("offline.ndjson");
+    let (code, _, err) = run_cli(
+        root.path(),
+        &[
+            "backup",
+            "--out",
+            offline.to_str().unwrap(),
+            "--data-dir",
+            restored_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let again = read_backup(&offline);
+    assert_eq!(again.len(), backup.len() + 1);
+}
+
+#[test]
+fn damaged_backups_are_refused_and_restore_nothing() {
+    let (root, data) = temp_data_dir();
+    let good = root.path().join("good.ndjson");
+    {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let server = Server::start(&data);
+        rt.block_on(async {
+            let c = server.client();
+            for i in 0..50 {
+                c.put_json(&format!("/v1/kv/k{i}"), "{\"x\":1}").await;
+            }
+        });
+        assert!(server.stop().success());
+    }
+    let (code, _, err) = run_cli(
+        root.path(),
+        &[
+            "backup",
+            "--out",
+            good.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 52);
+
+    let truncated = lines[..30].join("\n") + "\n";
+    let half_line = text[..text.len() / 2].to_owned();
+    let mut bad_json = lines.clone();
+    bad_json[10] = "{\"key\":\"k\",\"version\":1,\"value\":{oops}";
+    let mut duplicate = lines.clone();
+    duplicate[11] = lines[10];
+    let mut wrong_count = lines.clone();
+    wrong_count[51] = "{\"end\":true,\"records\":49}";
+    let cases = [
+        ("truncated", truncated, "line 31"),
+        ("half", half_line, "line"),
+        ("bad_json", bad_json.join("\n") + "\n", "line 11"),
+        ("duplicate", duplicate.join("\n") + "\n", "line 12"),
+        ("wrong_count", wrong_count.join("\n") + "\n", "line 52"),
+        ("empty", String::new(), "line 1"),
+        ("not_backup", "hello\n".to_owned(), "line 1"),
+    ];
+    for (name, content, expected) in cases {
+        let file = root.path().join(format!("{name}.ndjson"));
+        std::fs::write(&file, content).unwrap();
+        let target = root.path().join(format!("restore-{name}"));
+        let (code, _, err) = run_cli(
+            root.path(),
+            &[
+                "restore",
+                "--in",
+                file.to_str().unwrap(),
+                "--data-dir",
+                target.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_ne!(code, 0, "{name} was accepted");
+        assert!(
+            err.contains(expected) && err.contains(&format!("{name}.ndjson")),
+            "{name}: {err}"
+        );
+        assert!(!target.exists(), "{name}: something was restored");
+    }
+    // A non-empty target is refused too.
+    let (code, _, err) = run_cli(
+        root.path(),
+        &[
+            "restore",
+            "--in",
+            good.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not empty"), "{err}");
+}
