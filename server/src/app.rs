@@ -20,8 +20,10 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+use crate::auth::TokenSet;
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::metrics::RequestMetrics;
 use crate::plugin::{ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain};
 use crate::storage::{Expect, Storage, StoreError, StoredValue, WriteOp, WriteOutcome};
 
@@ -47,6 +49,10 @@ pub struct App {
     config_file: Option<PathBuf>,
     /// Serialises writes through plugins per key (striped by key hash).
     key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Configured bearer tokens (empty: open).
+    pub tokens: TokenSet,
+    /// Request counters for `/metrics`.
+    pub metrics: RequestMetrics,
 }
 
 /// Milliseconds since the Unix epoch, the clock plugins are given.
@@ -66,13 +72,15 @@ impl App {
         config_file: Option<PathBuf>,
     ) -> Self {
         Self {
-            settings,
             storage,
             chain: RwLock::new(Arc::new(chain)),
             config_file,
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            tokens: TokenSet::new(&settings.auth.tokens),
+            metrics: RequestMetrics::default(),
+            settings,
         }
     }
 

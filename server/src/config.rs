@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::TokenSpec;
 use crate::plugin::PluginSpec;
 
 /// The file read when no `--config` is given; missing is fine.
@@ -36,8 +37,19 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// Per-request size limits.
     pub limits: LimitSettings,
+    /// Access control.
+    pub auth: AuthSettings,
     /// WebAssembly validators and transforms, run in order on matching writes.
     pub plugins: Vec<PluginSpec>,
+}
+
+/// Access control settings.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Bearer tokens and their roles. Empty: the server is open to anyone
+    /// who can reach it (fine on loopback, not on a network).
+    pub tokens: Vec<TokenSpec>,
 }
 
 /// HTTP listener settings.
@@ -56,6 +68,9 @@ pub struct ServerSettings {
     /// A client that has not sent complete request headers within this time
     /// is disconnected, so slow clients cannot pin connections.
     pub header_read_timeout_ms: u64,
+    /// Most connections served at once; further clients wait in the
+    /// kernel's accept queue until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -65,6 +80,7 @@ impl Default for ServerSettings {
             shutdown_timeout_ms: 10_000,
             max_body_bytes: 2 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -441,6 +457,30 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         "server.max_body_bytes",
         "must be above 0",
     )?;
+    check(
+        s.server.max_connections > 0,
+        "server.max_connections",
+        "must be above 0",
+    )?;
+    check(
+        s.server.header_read_timeout_ms > 0,
+        "server.header_read_timeout_ms",
+        "must be above 0",
+    )?;
+    for (i, token) in s.auth.tokens.iter().enumerate() {
+        if token.token.chars().count() < 16
+            || token
+                .token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::Invalid {
+                key: format!("auth.tokens[{i}] ({})", token.name),
+                origin: loaded.origin("auth"),
+                message: "token must be at least 16 characters without spaces".into(),
+            });
+        }
+    }
     for (i, plugin) in s.plugins.iter().enumerate() {
         plugin.validate().map_err(|message| ConfigError::Invalid {
             key: format!("plugins[{i}] ({})", plugin.name),

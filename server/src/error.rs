@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -76,6 +76,12 @@ pub enum ApiError {
     /// Reloading plugins failed; the previous chain stays active (422).
     #[error("plugins not reloaded, the previous chain stays active: {0}")]
     ReloadFailed(String),
+    /// No or an unknown bearer token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token's role does not cover the request (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Storage failed or is unavailable.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -105,6 +111,8 @@ impl ApiError {
             Self::Rejected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
             Self::PluginFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed"),
             Self::ReloadFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
@@ -146,6 +154,12 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"exdaas\""),
+            );
         }
         response
     }

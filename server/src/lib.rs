@@ -8,6 +8,8 @@
 //!   shard, group commit, the id counter;
 //! - [`plugin`]: the plugin configuration and the wasm host;
 //! - [`app`]: state shared by handlers and the single write path;
+//! - [`auth`]: bearer tokens and roles;
+//! - [`metrics`]: request, storage and plugin metrics in Prometheus format;
 //! - [`http`]: hyper server, routing, request parsing, handlers;
 //! - [`error`]: request errors and the one place they become HTTP answers;
 //! - [`server`]: start-up and shutdown sequence used by the binary;
@@ -16,10 +18,12 @@
 
 pub mod admin_client;
 pub mod app;
+pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod storage;

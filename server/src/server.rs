@@ -46,8 +46,21 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     for plugin in chain.plugins() {
         tracing::info!(plugin = plugin.name(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
     }
-    if settings.cache.warm_on_start {
-        storage.start_warming();
+    let app = Arc::new(App::new(
+        settings.clone(),
+        storage.clone(),
+        chain,
+        loaded.file.clone(),
+    ));
+    if app.tokens.enabled() {
+        tracing::info!(
+            tokens = settings.auth.tokens.len(),
+            "access control on: bearer tokens required"
+        );
+    } else {
+        tracing::warn!(
+            "no auth.tokens configured: the server is open to every client that can reach it"
+        );
     }
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
@@ -55,19 +68,16 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
             loaded.origin("server.listen")
         )
     })?;
+    if settings.cache.warm_on_start {
+        storage.start_warming();
+    }
+    reload_on_sighup(app.clone());
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %settings.storage.data_dir.display(),
         shards = settings.storage.shards,
         "exdaas started"
     );
-    let app = Arc::new(App::new(
-        settings.clone(),
-        storage.clone(),
-        chain,
-        loaded.file.clone(),
-    ));
-    reload_on_sighup(app.clone());
     crate::http::serve(
         listener,
         app,

@@ -16,13 +16,15 @@ pub mod request;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -32,7 +34,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::auth::{Access, Role};
 use crate::error::{json_response, ApiError};
+use crate::metrics::Route;
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -42,7 +46,7 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Routes one request. Routing is a plain match on the path; each area
 /// checks its own methods so a 405 can name the allowed ones.
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+async fn route_request(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix("/v1/kv") {
         if rest.is_empty() || rest.starts_with('/') {
@@ -67,36 +71,128 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, Ap
             }
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         },
+        // Ready for traffic once the stores are open, which is before the
+        // listener exists; warming is reported but does not block traffic.
+        "/ready" => match *req.method() {
+            Method::GET | Method::HEAD => {
+                let warming = app.storage.is_warming();
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({ "ready": true, "warming": warming }),
+                ))
+            }
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        },
+        "/metrics" => match *req.method() {
+            Method::GET | Method::HEAD => {
+                let text = app.metrics.render(&app.storage, &app.chain());
+                let mut r = Response::new(Full::new(Bytes::from(text)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                Ok(r)
+            }
+            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+        },
         _ => Err(ApiError::NotFound(format!("no route for {path}"))),
     }
 }
 
-/// Answers one request; errors become their JSON response here.
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    if req.uri().path() == "/v1/admin/backup" {
-        if req.method() == Method::GET {
-            return Ok(backup::stream(&app).await);
-        }
-        let refused = ApiError::MethodNotAllowed { allow: "GET" }.into_response();
-        return Ok(refused.map(BodyExt::boxed));
+/// The role a request needs; `None` for the open health probes.
+fn required_role(method: &Method, path: &str) -> Option<Role> {
+    match path {
+        "/health" | "/ready" => None,
+        p if p.starts_with("/v1/admin/") => Some(Role::Admin),
+        _ if method == Method::GET || method == Method::HEAD => Some(Role::Read),
+        _ => Some(Role::Write),
     }
-    let head = req.method() == Method::HEAD;
-    let mut response = match route(app, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+}
+
+/// Checks the request's token against the role it needs.
+fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(needed) = required_role(req.method(), req.uri().path()) else {
+        return Ok(());
     };
-    if head {
-        // HEAD answers like GET, with the length of the body it leaves out.
-        let body_len = hyper::body::Body::size_hint(response.body())
-            .exact()
-            .unwrap_or(0);
-        response.headers_mut().insert(
-            hyper::header::CONTENT_LENGTH,
-            hyper::header::HeaderValue::from(body_len),
-        );
-        *response.body_mut() = Full::new(Bytes::new());
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match app.tokens.check(header) {
+        Access::Open => Ok(()),
+        Access::Granted(role) if role >= needed => Ok(()),
+        Access::Granted(role) => Err(ApiError::Forbidden(format!(
+            "this token has the {} role; {} needs {}",
+            role.as_str(),
+            req.uri().path(),
+            needed.as_str()
+        ))),
+        Access::Unauthenticated => Err(ApiError::Unauthorized(
+            "missing or unknown bearer token (send Authorization: Bearer <token>)".into(),
+        )),
     }
-    Ok(response.map(BodyExt::boxed))
+}
+
+/// The request's id: the client's `x-request-id` when sensible, else a new one.
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if let Some(given) = req.headers().get(X_REQUEST_ID) {
+        let ok = given.len() <= 128 && given.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok && !given.is_empty() {
+            return given.clone();
+        }
+    }
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{:x}-{n:x}", std::process::id()))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// Answers one request: access control, routing, metrics, request id. Errors
+/// become their JSON response here.
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let method = req.method().clone();
+    let route = Route::of(&method, req.uri().path());
+    let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
+    let mut response = match authorize(&app, &req) {
+        Err(e) => e.into_response().map(BodyExt::boxed),
+        Ok(()) if req.uri().path() == "/v1/admin/backup" => {
+            if method == Method::GET {
+                backup::stream(&app).await
+            } else {
+                ApiError::MethodNotAllowed { allow: "GET" }
+                    .into_response()
+                    .map(BodyExt::boxed)
+            }
+        }
+        Ok(()) => {
+            let mut response = match route_request(app.clone(), req).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            };
+            if method == Method::HEAD {
+                // HEAD answers like GET, with the length of the body it leaves out.
+                let body_len = hyper::body::Body::size_hint(response.body())
+                    .exact()
+                    .unwrap_or(0);
+                response
+                    .headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+                *response.body_mut() = Full::new(Bytes::new());
+            }
+            response.map(BodyExt::boxed)
+        }
+    };
+    let status = response.status().as_u16();
+    app.metrics.record(route, status, started.elapsed());
+    if let Some(path) = path {
+        tracing::debug!(request_id = ?id, %method, path, status, micros = started.elapsed().as_micros() as u64, "request");
+    }
+    response.headers_mut().insert(X_REQUEST_ID, id);
+    Ok(response)
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops
@@ -115,8 +211,20 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(
             app.settings.server.header_read_timeout_ms,
         ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        app.settings.server.max_connections,
+    ));
     tokio::pin!(shutdown);
     loop {
+        // At the connection cap, stop accepting: new clients wait in the
+        // kernel's queue instead of getting served with no resources.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
@@ -136,6 +244,7 @@ pub async fn serve(
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,

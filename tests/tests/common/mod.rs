@@ -132,9 +132,16 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr: String = rest.split_whitespace().next().unwrap_or("").to_owned();
-                    let _ = tx.send(addr);
+                if line.contains("exdaas started") {
+                    let addr = match (
+                        line.split("listen=").nth(1),
+                        line.split("\"listen\":\"").nth(1),
+                    ) {
+                        (Some(rest), _) => rest.split_whitespace().next().unwrap_or(""),
+                        (None, Some(rest)) => rest.split('"').next().unwrap_or(""),
+                        _ => "",
+                    };
+                    let _ = tx.send(addr.to_owned());
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);

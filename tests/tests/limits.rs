@@ -1,0 +1,138 @@
+//! Resource limits against abusive clients: a slowloris client is cut off
+//! while others are served; an endless chunked body gets 413 without the
+//! server buffering it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{temp_data_dir, Options, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_is_cut_off_while_others_are_served() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(
+        &data,
+        Options::default().env("EXDAAS_SERVER__HEADER_READ_TIMEOUT_MS", "1000"),
+    );
+    let mut slow = TcpStream::connect(&server.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let c = server.client();
+    let mut cut_off = false;
+    let mut buf = [0u8; 512];
+    while started.elapsed() < Duration::from_secs(8) {
+        // Others are served normally meanwhile.
+        assert_eq!(c.get("/health").await.status, 200);
+        // One more header byte every 200 ms keeps a naive server waiting forever.
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            cut_off = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // An error answer (408) before closing also counts.
+                cut_off = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        cut_off,
+        "slow client still connected after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_chunked_body_gets_413_without_memory_growth() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(
+        &data,
+        Options::default().env("EXDAAS_SERVER__MAX_BODY_BYTES", "1048576"),
+    );
+    let c = server.client();
+    c.get("/health").await;
+    let before = rss_kib(server.pid());
+
+    let mut s = TcpStream::connect(&server.addr).await.unwrap();
+    s.write_all(b"PUT /v1/kv/huge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        let header = format!("{:x}\r\n", chunk.len());
+        let mut sent = 0u64;
+        // Up to 256 MiB: far past the limit; stops when the server hangs up.
+        while sent < 256 * 1024 * 1024 {
+            if wr.write_all(header.as_bytes()).await.is_err()
+                || wr.write_all(&chunk).await.is_err()
+                || wr.write_all(b"\r\n").await.is_err()
+            {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => response.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    drop(rd);
+    let sent = writer.await.unwrap();
+    assert!(
+        sent < 256 * 1024 * 1024,
+        "server kept reading the whole body"
+    );
+    let after = rss_kib(server.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(c.get("/v1/kv/huge").await.status, 404);
+    // A lying Content-Length is refused before reading.
+    let r = c
+        .send(
+            "PUT",
+            "/v1/kv/liar",
+            &[
+                ("content-type", "application/json"),
+                ("content-length", "999999999"),
+            ],
+            b"",
+        )
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status, 413);
+    }
+}

@@ -1,0 +1,216 @@
+//! `/metrics` is valid Prometheus text whose counters move with traffic;
+//! `/ready` answers; every response carries an `x-request-id`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{example_plugin, plugin_toml, temp_data_dir, Options, Server};
+
+/// Checks one exposition line; returns (metric name with labels, value).
+fn parse_sample(line: &str) -> (String, f64) {
+    let (series, value) = line
+        .rsplit_once(' ')
+        .unwrap_or_else(|| panic!("no value: {line}"));
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+    };
+    let name_end = series.find('{').unwrap_or(series.len());
+    let name = &series[..name_end];
+    assert!(!name.is_empty(), "{line}");
+    assert!(
+        name.chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_alphabetic()
+                || c == '_'
+                || c == ':'
+                || (i > 0 && c.is_ascii_digit())),
+        "bad metric name in {line}"
+    );
+    if name_end < series.len() {
+        let labels = series[name_end..]
+            .strip_prefix('{')
+            .and_then(|l| l.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{line}"));
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad label in {line}"));
+            assert!(
+                k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            assert!(
+                !v.trim_end_matches('"').contains('"') || v.contains("\\\""),
+                "{line}"
+            );
+        }
+    }
+    (series.to_owned(), value)
+}
+
+fn samples(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            assert!(
+                comment.starts_with("HELP ") || comment.starts_with("TYPE "),
+                "bad comment: {line}"
+            );
+            if let Some(t) = comment.strip_prefix("TYPE ") {
+                let kind = t.split_whitespace().nth(1).unwrap();
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        out.push(parse_sample(line));
+    }
+    out
+}
+
+fn value(samples: &[(String, f64)], series: &str) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_and_move() {
+    let (_root, data) = temp_data_dir();
+    let config = plugin_toml(
+        "schema",
+        &example_plugin("require_fields"),
+        "config = { required = { a = \"number\" } }",
+    );
+    let server = Server::start_with(&data, Options::default().config(&config));
+    let c = server.client();
+    let before = samples(
+        &c.get("/metrics")
+            .await
+            .body
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>(),
+    );
+    c.put_json("/v1/kv/x", r#"{"a":1}"#).await;
+    c.put_json("/v1/kv/y", r#"{"b":1}"#).await;
+    c.get("/v1/kv/x").await;
+    c.get("/v1/kv/x").await;
+    c.get("/v1/kv/nope").await;
+    let r = c.get("/metrics").await;
+    assert_eq!(
+        r.header("content-type").unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let after = samples(std::str::from_utf8(&r.body).unwrap());
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(
+        delta("exdaas_requests_total{route=\"kv_put\",status=\"201\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("exdaas_requests_total{route=\"kv_put\",status=\"422\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("exdaas_requests_total{route=\"kv_get\",status=\"200\"}"),
+        2.0
+    );
+    assert_eq!(
+        delta("exdaas_requests_total{route=\"kv_get\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("exdaas_request_duration_seconds_count{route=\"kv_get\"}"),
+        3.0
+    );
+    assert_eq!(
+        delta("exdaas_plugin_calls_total{plugin=\"schema\",outcome=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(
+        delta("exdaas_plugin_calls_total{plugin=\"schema\",outcome=\"accepted\"}"),
+        1.0
+    );
+    let commits: f64 = (0..4)
+        .map(|s| delta(&format!("exdaas_shard_commits_total{{shard=\"{s}\"}}")))
+        .sum();
+    assert_eq!(commits, 1.0);
+    let hits: f64 = (0..4)
+        .map(|s| delta(&format!("exdaas_cache_hits_total{{shard=\"{s}\"}}")))
+        .sum();
+    assert!(hits >= 1.0);
+    assert!(value(&after, "exdaas_uptime_seconds") > 0.0);
+    assert!(after
+        .iter()
+        .any(|(s, _)| s.starts_with("exdaas_build_info{version=")));
+    assert!(after
+        .iter()
+        .any(|(s, _)| s
+            .starts_with("exdaas_plugin_failures_total{plugin=\"schema\",kind=\"timeout\"}")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_and_request_ids() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    let r = c.get("/ready").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["ready"], true);
+    let a = c
+        .get("/health")
+        .await
+        .header("x-request-id")
+        .unwrap()
+        .to_owned();
+    let b = c
+        .get("/nowhere")
+        .await
+        .header("x-request-id")
+        .unwrap()
+        .to_owned();
+    assert_ne!(a, b);
+    let r = c
+        .send("GET", "/health", &[("x-request-id", "trace-abc-123")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.header("x-request-id").unwrap(), "trace-abc-123");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_and_request_lines() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(
+        &data,
+        Options::default()
+            .env("EXDAAS_LOG_FORMAT", "json")
+            .env("EXDAAS_LOG", "debug"),
+    );
+    let c = server.client();
+    c.send("GET", "/health", &[("x-request-id", "req-42")], b"")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let log = server.log.lock().unwrap().clone();
+    let mut saw_request = false;
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["fields"]["request_id"]
+            .as_str()
+            .is_some_and(|id| id.contains("req-42"))
+        {
+            saw_request = true;
+        }
+    }
+    assert!(saw_request, "{log}");
+}
