@@ -25,7 +25,7 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::RequestMetrics;
 use crate::plugin::{ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain};
-use crate::storage::{Expect, Storage, StoreError, StoredValue, WriteOp, WriteOutcome};
+use crate::storage::{Expect, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// How often a write through plugins is retried when other writes to the
 /// same key keep committing first (only writes that bypass the key lock can
@@ -114,28 +114,34 @@ impl App {
         Ok(count)
     }
 
-    /// Runs the chain for a write off the async workers (plugin calls are
-    /// CPU-bound and may run up to their timeout).
-    async fn run_chain(
+    /// Reads the key's current value and runs the chain against it, both in
+    /// ONE hop off the async workers (the read may touch disk, plugin calls
+    /// are CPU-bound and may run up to their timeout).
+    async fn judge(
         &self,
         chain: &SharedChain,
         key: &str,
         value: Option<Bytes>,
-        old: Option<Arc<StoredValue>>,
+        expect: &Expect,
         record: Record,
-    ) -> Result<ChainRun, ApiError> {
-        let (chain, key) = (chain.clone(), key.to_owned());
+    ) -> Result<Judgement, ApiError> {
+        let (chain, key, expect) = (chain.clone(), key.to_owned(), expect.clone());
+        let storage = Arc::clone(&self.storage);
         tokio::task::spawn_blocking(move || {
-            chain.run(
-                &key,
-                value,
-                old.as_ref().map(|v| &v.json[..]),
-                now_ms(),
-                record,
-            )
+            let current = storage.get_blocking(&key)?;
+            let seen = current.as_ref().map(|v| v.version);
+            if !expect.holds(seen) {
+                return Ok(Judgement::Conflict(seen));
+            }
+            if value.is_none() && current.is_none() {
+                return Ok(Judgement::Missing);
+            }
+            let old = current.as_ref().map(|v| &v.json[..]);
+            let run = chain.run(&key, value, old, now_ms(), record);
+            Ok(Judgement::Ran { seen, run })
         })
         .await
-        .map_err(|e| ApiError::Store(StoreError::Io(format!("plugin task failed: {e}"))))
+        .map_err(|e| ApiError::Store(StoreError::Io(format!("plugin task failed: {e}"))))?
     }
 
     /// Stores `json` (already checked to be JSON within limits) under `key`
@@ -186,17 +192,16 @@ impl App {
         let stripe = (crate::storage::hash::fnv1a_64(key.as_bytes()) % KEY_LOCKS as u64) as usize;
         let _key_lock = self.key_locks[stripe].lock().await;
         for _ in 0..MAX_CHAIN_ATTEMPTS {
-            let current = self.storage.get(key).await?;
-            let seen = current.as_ref().map(|v| v.version);
-            if !expect.holds(seen) {
-                return Ok((WriteOutcome::Conflict { current: seen }, None));
-            }
-            if value.is_none() && current.is_none() {
-                return Ok((WriteOutcome::Missing, None));
-            }
-            let run = self
-                .run_chain(&chain, key, value.clone(), current, Record::Yes)
-                .await?;
+            let (seen, run) = match self
+                .judge(&chain, key, value.clone(), &expect, Record::Yes)
+                .await?
+            {
+                Judgement::Conflict(seen) => {
+                    return Ok((WriteOutcome::Conflict { current: seen }, None))
+                }
+                Judgement::Missing => return Ok((WriteOutcome::Missing, None)),
+                Judgement::Ran { seen, run } => (seen, run),
+            };
             let output = run.result.map_err(ApiError::from)?;
             let unchanged_since = Expect::unchanged_since(seen);
             match self
@@ -221,13 +226,27 @@ impl App {
         json: Bytes,
     ) -> Result<(Option<u64>, ChainRun), ApiError> {
         let chain = self.chain();
-        let current = self.storage.get(key).await?;
-        let version = current.as_ref().map(|v| v.version);
-        Ok((
-            version,
-            self.run_chain(&chain, key, Some(json), current, Record::No)
-                .await?,
-        ))
+        match self
+            .judge(&chain, key, Some(json), &Expect::Any, Record::No)
+            .await?
+        {
+            Judgement::Ran { seen, run } => Ok((seen, run)),
+            // Unreachable for a put without a condition; kept total.
+            Judgement::Conflict(seen) => Ok((
+                seen,
+                ChainRun {
+                    steps: Vec::new(),
+                    result: Ok(None),
+                },
+            )),
+            Judgement::Missing => Ok((
+                None,
+                ChainRun {
+                    steps: Vec::new(),
+                    result: Ok(None),
+                },
+            )),
+        }
     }
 
     /// Stores `json` under a new server-assigned numeric key. An id whose key
@@ -249,6 +268,21 @@ impl App {
             }
         }
     }
+}
+
+/// What reading the current value and running the chain found.
+enum Judgement {
+    /// The write's own condition does not hold for the current version.
+    Conflict(Option<u64>),
+    /// A delete of a key that does not exist.
+    Missing,
+    /// The chain ran against the value at version `seen`.
+    Ran {
+        /// Version the chain saw (`None`: absent).
+        seen: Option<u64>,
+        /// What it decided.
+        run: ChainRun,
+    },
 }
 
 impl From<ChainStop> for ApiError {

@@ -1,9 +1,13 @@
 //! The per-shard read cache.
 //!
+//! Entries are `Some(value)` or `None`: a key known to be absent. Caching
+//! absence makes repeated misses (404s, and the existence check every write
+//! of a new key needs) as cheap as hits.
+//!
 //! Weighted by bytes so `cache.capacity_bytes` bounds memory, not entry
 //! count. Only two code paths put values in: the shard writer, after a commit
 //! (`insert`/`remove`), and readers filling a miss through a quick_cache
-//! placeholder. A writer's `insert`/`remove` invalidates any placeholder for
+//! placeholder. A writer's `insert` invalidates any placeholder for
 //! the key, so a reader that loaded an older value from disk cannot put it
 //! back over a newer one: its `guard.insert` fails instead.
 
@@ -21,14 +25,17 @@ const ENTRY_OVERHEAD: u64 = 96;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ByteWeighter;
 
-impl Weighter<String, Arc<StoredValue>> for ByteWeighter {
-    fn weight(&self, key: &String, value: &Arc<StoredValue>) -> u64 {
-        key.len() as u64 + value.json.len() as u64 + ENTRY_OVERHEAD
+impl Weighter<String, Cached> for ByteWeighter {
+    fn weight(&self, key: &String, value: &Cached) -> u64 {
+        key.len() as u64 + value.as_ref().map_or(0, |v| v.json.len() as u64) + ENTRY_OVERHEAD
     }
 }
 
+/// A cached committed state of a key: its value, or `None` for absent.
+pub type Cached = Option<Arc<StoredValue>>;
+
 /// One shard's cache of committed values.
-pub type ShardCache = Cache<String, Arc<StoredValue>, ByteWeighter>;
+pub type ShardCache = Cache<String, Cached, ByteWeighter>;
 
 /// A cache holding about `capacity_bytes` of entries.
 pub fn new_cache(capacity_bytes: u64) -> ShardCache {

@@ -155,19 +155,31 @@ impl Storage {
     pub async fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
         let shard = self.shard(key);
         match shard.cache.get_value_or_guard_async(key).await {
-            Ok(value) => Ok(Some(value)),
+            Ok(cached) => Ok(cached),
             Err(guard) => {
                 let store = shard.store.clone();
                 let owned = key.to_owned();
                 let loaded = tokio::task::spawn_blocking(move || store.get(&owned))
                     .await
                     .map_err(|e| StoreError::Io(format!("read task failed: {e}")))??;
-                if let Some(value) = &loaded {
-                    // Fails harmlessly if a writer published a newer state meanwhile.
-                    let _ = guard.insert(value.clone());
-                }
+                // Fails harmlessly if a writer published a newer state meanwhile.
+                let _ = guard.insert(loaded.clone());
                 Ok(loaded)
             }
+        }
+    }
+
+    /// Like [`Storage::get`] for blocking contexts (plugin pipeline threads).
+    pub fn get_blocking(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let shard = self.shard(key);
+        match shard.cache.get_value_or_guard(key, None) {
+            quick_cache::sync::GuardResult::Value(cached) => Ok(cached),
+            quick_cache::sync::GuardResult::Guard(guard) => {
+                let loaded = shard.store.get(key)?;
+                let _ = guard.insert(loaded.clone());
+                Ok(loaded)
+            }
+            quick_cache::sync::GuardResult::Timeout => shard.store.get(key),
         }
     }
 
@@ -295,7 +307,7 @@ impl Storage {
                     shard.cache.get_value_or_guard(&key, None)
                 {
                     if let Some(value) = shard.store.get(&key)? {
-                        let _ = guard.insert(value);
+                        let _ = guard.insert(Some(value));
                         loaded += 1;
                     }
                 }

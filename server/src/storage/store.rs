@@ -120,6 +120,25 @@ impl ShardStore {
         }
     }
 
+    /// The committed value of `key`, for the shard writer only: as the sole
+    /// mutator it cannot race with itself, so it skips the snapshot that
+    /// other readers need between the index lookup and the record read.
+    pub(crate) fn get_as_writer(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let Some(id) = self
+            .persy
+            .one::<String, PersyId>(KEYS, &key.to_owned())
+            .map_err(err("index lookup"))?
+        else {
+            return Ok(None);
+        };
+        match self.persy.read(VALUES, &id).map_err(err("record read"))? {
+            Some(bytes) => Ok(Some(Arc::new(decode(id, bytes)?))),
+            None => Err(StoreError::Corrupt(format!(
+                "key {key:?} points at missing record {id}"
+            ))),
+        }
+    }
+
     /// Up to `limit` keys in ascending order that start with `prefix` and sort
     /// after `after`, with their values, from one consistent snapshot.
     pub fn scan(

@@ -182,13 +182,10 @@ impl ShardWriter {
                     Ok(()) => {
                         self.metrics.record_commit(started.elapsed());
                         // Publish to readers only now that the batch is durable.
+                        // A deleted key is cached as absent, so the next
+                        // read or create of it needs no disk lookup.
                         for (key, value) in changes {
-                            match value {
-                                Some(v) => self.cache.insert(key, v),
-                                None => {
-                                    self.cache.remove(&key);
-                                }
-                            }
+                            self.cache.insert(key, value);
                         }
                         for (cmd, outcome) in batch.drain(..).zip(outcomes) {
                             let _ = cmd.reply.send(outcome);
@@ -232,8 +229,8 @@ impl ShardWriter {
             let current = match changes.get(&cmd.key) {
                 Some(v) => v.clone(),
                 None => match self.cache.peek(cmd.key.as_str()) {
-                    Some(v) => Some(v),
-                    None => self.store.get(&cmd.key)?,
+                    Some(cached) => cached,
+                    None => self.store.get_as_writer(&cmd.key)?,
                 },
             };
             let current_version = current.as_ref().map(|v| v.version);
