@@ -24,8 +24,10 @@ use crate::auth::TokenSet;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::RequestMetrics;
-use crate::plugin::{ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain};
-use crate::storage::{Expect, Storage, StoreError, WriteOp, WriteOutcome};
+use crate::plugin::{
+    ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain, WorkerPool,
+};
+use crate::storage::{Expect, Storage, StoreError, WriteAnswer, WriteOp, WriteOutcome};
 
 /// How often a write through plugins is retried when other writes to the
 /// same key keep committing first (only writes that bypass the key lock can
@@ -49,6 +51,8 @@ pub struct App {
     config_file: Option<PathBuf>,
     /// Serialises writes through plugins per key (striped by key hash).
     key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Threads for the plugin pipeline's blocking work.
+    workers: WorkerPool,
     /// Configured bearer tokens (empty: open).
     pub tokens: TokenSet,
     /// Request counters for `/metrics`.
@@ -70,6 +74,7 @@ impl App {
         storage: Arc<Storage>,
         chain: PluginChain,
         config_file: Option<PathBuf>,
+        workers: WorkerPool,
     ) -> Self {
         Self {
             storage,
@@ -78,6 +83,7 @@ impl App {
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            workers,
             tokens: TokenSet::new(&settings.auth.tokens),
             metrics: RequestMetrics::default(),
             settings,
@@ -114,9 +120,11 @@ impl App {
         Ok(count)
     }
 
-    /// Reads the key's current value and runs the chain against it, both in
-    /// ONE hop off the async workers (the read may touch disk, plugin calls
-    /// are CPU-bound and may run up to their timeout).
+    /// Reads the key's current value, runs the chain against it and (unless
+    /// this is a dry run) queues the result on the shard writer, all in ONE
+    /// hop off the async workers: the read may touch disk, plugin calls are
+    /// CPU-bound and may run up to their timeout, and handing the result
+    /// straight to the writer saves a round trip through the runtime.
     async fn judge(
         &self,
         chain: &SharedChain,
@@ -127,7 +135,7 @@ impl App {
     ) -> Result<Judgement, ApiError> {
         let (chain, key, expect) = (chain.clone(), key.to_owned(), expect.clone());
         let storage = Arc::clone(&self.storage);
-        tokio::task::spawn_blocking(move || {
+        let job = move || {
             let current = storage.get_blocking(&key)?;
             let seen = current.as_ref().map(|v| v.version);
             if !expect.holds(seen) {
@@ -138,10 +146,18 @@ impl App {
             }
             let old = current.as_ref().map(|v| &v.json[..]);
             let run = chain.run(&key, value, old, now_ms(), record);
-            Ok(Judgement::Ran { seen, run })
-        })
-        .await
-        .map_err(|e| ApiError::Store(StoreError::Io(format!("plugin task failed: {e}"))))?
+            if record == Record::No {
+                return Ok(Judgement::Ran { seen, run });
+            }
+            let output = run.result?;
+            let op = output.clone().map_or(WriteOp::Delete, WriteOp::Put);
+            let answer = storage.submit_blocking(key, op, Expect::unchanged_since(seen))?;
+            Ok(Judgement::Submitted { output, answer })
+        };
+        self.workers
+            .run(job)
+            .await
+            .map_err(|e| ApiError::Store(StoreError::Io(e.to_string())))?
     }
 
     /// Stores `json` (already checked to be JSON within limits) under `key`
@@ -192,23 +208,18 @@ impl App {
         let stripe = (crate::storage::hash::fnv1a_64(key.as_bytes()) % KEY_LOCKS as u64) as usize;
         let _key_lock = self.key_locks[stripe].lock().await;
         for _ in 0..MAX_CHAIN_ATTEMPTS {
-            let (seen, run) = match self
+            let judged = self
                 .judge(&chain, key, value.clone(), &expect, Record::Yes)
-                .await?
-            {
+                .await?;
+            let (output, answer) = match judged {
                 Judgement::Conflict(seen) => {
                     return Ok((WriteOutcome::Conflict { current: seen }, None))
                 }
                 Judgement::Missing => return Ok((WriteOutcome::Missing, None)),
-                Judgement::Ran { seen, run } => (seen, run),
+                Judgement::Submitted { output, answer } => (output, answer),
+                Judgement::Ran { .. } => unreachable!("only dry runs stop after running the chain"),
             };
-            let output = run.result.map_err(ApiError::from)?;
-            let unchanged_since = Expect::unchanged_since(seen);
-            match self
-                .storage
-                .write(key.to_owned(), op(output.clone()), unchanged_since)
-                .await?
-            {
+            match answer.await.map_err(|_| StoreError::ShuttingDown)?? {
                 WriteOutcome::Conflict { .. } => continue,
                 outcome => return Ok((outcome, output)),
             }
@@ -231,21 +242,7 @@ impl App {
             .await?
         {
             Judgement::Ran { seen, run } => Ok((seen, run)),
-            // Unreachable for a put without a condition; kept total.
-            Judgement::Conflict(seen) => Ok((
-                seen,
-                ChainRun {
-                    steps: Vec::new(),
-                    result: Ok(None),
-                },
-            )),
-            Judgement::Missing => Ok((
-                None,
-                ChainRun {
-                    steps: Vec::new(),
-                    result: Ok(None),
-                },
-            )),
+            _ => unreachable!("a dry run of a put without a condition always runs the chain"),
         }
     }
 
@@ -276,12 +273,21 @@ enum Judgement {
     Conflict(Option<u64>),
     /// A delete of a key that does not exist.
     Missing,
-    /// The chain ran against the value at version `seen`.
+    /// The chain ran against the value at version `seen` and stopped the
+    /// write, or this is a dry run.
     Ran {
         /// Version the chain saw (`None`: absent).
         seen: Option<u64>,
         /// What it decided.
         run: ChainRun,
+    },
+    /// The chain accepted; its output is queued on the shard writer under
+    /// the condition that the key is still at the version the chain saw.
+    Submitted {
+        /// The value queued (`None`: a delete).
+        output: Option<Bytes>,
+        /// Where the writer answers.
+        answer: WriteAnswer,
     },
 }
 

@@ -71,6 +71,9 @@ pub struct ServerSettings {
     /// Most connections served at once; further clients wait in the
     /// kernel's accept queue until one closes.
     pub max_connections: usize,
+    /// Threads that run plugins (and read the values they judge); 0 means
+    /// twice the number of CPUs. Writes without plugins never use them.
+    pub plugin_threads: usize,
 }
 
 impl Default for ServerSettings {
@@ -81,6 +84,7 @@ impl Default for ServerSettings {
             max_body_bytes: 2 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
+            plugin_threads: 0,
         }
     }
 }

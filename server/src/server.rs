@@ -46,12 +46,19 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     for plugin in chain.plugins() {
         tracing::info!(plugin = plugin.name(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
     }
-    let app = Arc::new(App::new(
+    let threads = match settings.server.plugin_threads {
+        0 => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let workers = crate::plugin::WorkerPool::new(threads)?;
+    let app = App::new(
         settings.clone(),
         storage.clone(),
         chain,
         loaded.file.clone(),
-    ));
+        workers,
+    );
+    let app = Arc::new(app);
     if app.tokens.enabled() {
         tracing::info!(
             tokens = settings.auth.tokens.len(),

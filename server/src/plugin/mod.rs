@@ -6,12 +6,14 @@
 //! - `instance`: one compiled plugin, its instance pool and the guarded call;
 //! - `chain`: all plugins of a configuration, run in order for a key;
 //! - `failure`: failure kinds and load errors;
-//! - `stats`: per-plugin counters and call-time histogram.
+//! - `stats`: per-plugin counters and call-time histogram;
+//! - `pool`: the threads the write pipeline runs plugins on.
 
 mod abi;
 mod chain;
 mod failure;
 mod instance;
+mod pool;
 mod spec;
 mod stats;
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
 pub use failure::{FailureKind, PluginFailure, PluginLoadError};
+pub use pool::{JobFailed, WorkerPool};
 pub use spec::{OnFailure, PluginSpec};
 
 /// Granularity of plugin timeouts: the epoch ticker's period.

@@ -77,6 +77,9 @@ pub struct Storage {
     warming: AtomicUsize,
 }
 
+/// Where the outcome of a submitted write arrives.
+pub type WriteAnswer = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
+
 /// One page of a key listing.
 #[derive(Debug)]
 pub struct Listing {
@@ -191,26 +194,54 @@ impl Storage {
         op: WriteOp,
         expect: Expect,
     ) -> Result<WriteOutcome, StoreError> {
-        let shard = self.shard(&key);
-        if shard.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Poisoned(hash::shard_for(
-                &key,
-                self.shards.len(),
-            )));
-        }
-        let (reply, answer) = oneshot::channel();
-        let cmd = WriteCommand {
-            key,
-            op,
-            expect,
-            reply,
-        };
+        let (cmd, answer) = self.command(key, op, expect)?;
+        let shard = self.shard(&cmd.key);
         shard
             .queue
             .send(WriterMsg::Write(cmd))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Queues a write from a blocking thread (the plugin pipeline), so the
+    /// pipeline hands its result straight to the writer without a round trip
+    /// through the async runtime. The outcome arrives on the receiver.
+    pub fn submit_blocking(
+        &self,
+        key: String,
+        op: WriteOp,
+        expect: Expect,
+    ) -> Result<WriteAnswer, StoreError> {
+        let (cmd, answer) = self.command(key, op, expect)?;
+        let shard = self.shard(&cmd.key);
+        shard
+            .queue
+            .blocking_send(WriterMsg::Write(cmd))
+            .map_err(|_| StoreError::ShuttingDown)?;
+        Ok(answer)
+    }
+
+    fn command(
+        &self,
+        key: String,
+        op: WriteOp,
+        expect: Expect,
+    ) -> Result<(WriteCommand, WriteAnswer), StoreError> {
+        let index = hash::shard_for(&key, self.shards.len());
+        if self.shards[index].poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned(index));
+        }
+        let (reply, answer) = oneshot::channel();
+        Ok((
+            WriteCommand {
+                key,
+                op,
+                expect,
+                reply,
+            },
+            answer,
+        ))
     }
 
     /// The next server-assigned id.

@@ -105,6 +105,15 @@ impl ShardStore {
 
     /// The committed value of `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        // Absence needs no snapshot (no record read follows), and is the
+        // common case for writes of new keys: answer it from the index alone.
+        let indexed = self
+            .persy
+            .one::<String, PersyId>(KEYS, &key.to_owned())
+            .map_err(err("index lookup"))?;
+        if indexed.is_none() {
+            return Ok(None);
+        }
         let snap = self.persy.snapshot().map_err(err("snapshot"))?;
         let Some(id) = snap
             .one::<String, PersyId>(KEYS, &key.to_owned())
