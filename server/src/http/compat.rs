@@ -1,6 +1,5 @@
 //! The ExDaas HTTP contract (`/api`), kept so clients of the Elixir original
-//! work unchanged. See `../shared/docs/exdaas-compat.md` in the project
-//! history and the README's "ExDaas compatibility" section.
+//! work unchanged; the README's "ExDaas compatibility" section summarises it.
 //!
 //! Record id N is the native key `"N"`: the same keyspace and the same
 //! persistent counter as `POST /v1/kv`, and every write runs the plugin
