@@ -11,7 +11,11 @@ use common::{repo_root, run_cli, temp_data_dir, Server};
 #[test]
 fn container_config_is_valid() {
     let root = repo_root();
-    let (code, out, err) = run_cli(&root, &["check-config", "--config", "config/container.toml"], &[]);
+    let (code, out, err) = run_cli(
+        &root,
+        &["check-config", "--config", "config/container.toml"],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("listen = \"0.0.0.0:4000\""), "{out}");
     assert!(out.contains("data_dir = \"/data\""), "{out}");
@@ -36,7 +40,8 @@ fn dockerfile_keeps_its_promises() {
     }
     // The scripts it runs exist and are executable.
     let script = repo_root().join("scripts/build-plugins.sh");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(script).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(script).unwrap().permissions());
     assert!(mode & 0o111 != 0);
 }
 
@@ -73,7 +78,10 @@ fn readme_configuration_reference_covers_every_setting() {
             section = name.to_owned();
         } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) {
             let dotted = format!("`{section}.{key}`");
-            assert!(readme.contains(&dotted), "README's configuration reference lacks {dotted}");
+            assert!(
+                readme.contains(&dotted),
+                "README's configuration reference lacks {dotted}"
+            );
             checked += 1;
         }
     }

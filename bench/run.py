@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of exdaas against baselines, in one run.
+
+Started by scripts/bench.sh after it has installed the load generators and
+servers and built the release binaries. Every server runs on 127.0.0.1 with
+a fresh temporary data directory, is stopped by PID, and every load is
+bounded in time or requests. Prints a table and writes bench/results.json
+and bench/RESULTS.md.
+"""
+
+import argparse
+import atexit
+import datetime
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+EXDAAS = os.path.join(ROOT, "target/release/exdaas")
+FLOOR = os.path.join(ROOT, "target/release/http-floor")
+PLUGIN = os.path.join(ROOT, "examples/dist/require_fields.wasm")
+VALUE = {"name": "benchmark user", "email": "user@example.com", "age": 42, "tags": ["a", "b"], "active": True, "x": 1}
+
+WORK = tempfile.mkdtemp(prefix="exdaas-bench-")
+RUNNING = []
+
+
+def cleanup():
+    for proc in RUNNING:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in RUNNING:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+atexit.register(cleanup)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name, cmd, env=None, log_name=None):
+    log = open(os.path.join(WORK, (log_name or name) + ".log"), "w")
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, cwd=WORK)
+    RUNNING.append(proc)
+    return proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    RUNNING.remove(proc)
+
+
+def http(port, method, path, body=None, headers=None, timeout=5):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, data
+
+
+def wait_port(port, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on port {port} after {seconds}s (logs in {WORK})")
+
+
+def start_exdaas(name, port, extra_env=None, config="", data_dir=None):
+    cfg = os.path.join(WORK, name + ".toml")
+    with open(cfg, "w") as f:
+        f.write(config)
+    env = {
+        "EXDAAS_SERVER__LISTEN": f"127.0.0.1:{port}",
+        "EXDAAS_STORAGE__DATA_DIR": data_dir or os.path.join(WORK, name + "-data"),
+        "EXDAAS_LOG": "warn",
+        **(extra_env or {}),
+    }
+    proc = start(name, [EXDAAS, "--config", cfg], env)
+    wait_port(port)
+    return proc
+
+
+def parse_latency(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text or "")
+    if not m:
+        return None
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+
+def wrk(port, script, duration, env=None, conns=64):
+    args = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", os.path.join(BENCH, script), f"http://127.0.0.1:{port}"]
+    full_env = {**os.environ, **(env or {})}
+    subprocess.run(args[:3] + ["-d2s"] + args[4:], env=full_env, capture_output=True)  # warm-up
+    out = subprocess.run(args, env=full_env, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"\n\s+50%\s+(\S+)", out)
+    p99 = re.search(r"\n\s+99%\s+(\S+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": parse_latency(p50.group(1) if p50 else None),
+        "p99_ms": parse_latency(p99.group(1) if p99 else None),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+    }
+
+
+def ab(port, path, body, requests, conns):
+    body_file = os.path.join(WORK, "ab-body.json")
+    with open(body_file, "w") as f:
+        f.write(body)
+    args = ["ab", "-q", "-n", str(requests), "-c", str(conns), "-k", "-T", "application/json", "-p", body_file, f"http://127.0.0.1:{port}{path}"]
+    subprocess.run(args[:3] + ["2000"] + args[4:], capture_output=True)  # warm-up
+    out = subprocess.run(args, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    p50 = re.search(r"\n\s+50%\s+(\d+)", out)
+    p99 = re.search(r"\n\s+99%\s+(\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": float(p50.group(1)) if p50 else None,
+        "p99_ms": float(p99.group(1)) if p99 else None,
+        "failed": failed,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
+def write_backup(path, keys):
+    """A backup file with `keys` records of ~100-byte values (loaded with exdaas restore)."""
+    with open(path, "w") as f:
+        f.write(json.dumps({"format": "exdaas-backup", "version": 1, "shards": 4, "next_id": 1, "created_ms": 0}) + "\n")
+        value = json.dumps(VALUE, separators=(",", ":"))
+        for i in range(keys):
+            f.write('{"key":"k%d","version":%d,"value":%s}\n' % (i, i + 1, value))
+        f.write(json.dumps({"end": True, "records": keys}) + "\n")
+
+
+def rss_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk scenario")
+    parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the mix, restart and memory scenarios")
+    parser.add_argument("--skip-baselines", action="store_true", help="only exdaas and the HTTP floor")
+    args = parser.parse_args()
+    d = args.duration
+    results = {}
+
+    def record(scenario, system, figures):
+        results.setdefault(scenario, {})[system] = figures
+        lat = f"p50 {figures.get('p50_ms')} ms  p99 {figures.get('p99_ms')} ms"
+        print(f"  {scenario:<22} {system:<22} {figures['rps']:>10.0f} req/s  {lat}", flush=True)
+
+    hot_value = json.dumps(VALUE, separators=(",", ":"))
+    seed_body = '{"id":1,"data":{"color":"blue"}}'
+
+    # --- the HTTP floor ---------------------------------------------------
+    print("HTTP floor", flush=True)
+    port = free_port()
+    floor = start("floor", [FLOOR, f"127.0.0.1:{port}"])
+    wait_port(port)
+    record("get_cached", "http_floor", wrk(port, "fixed.lua", d, {"URLPATH": "/bench-hot"}))
+    record("put_durable", "http_floor", wrk(port, "put_distinct.lua", d, {"STYLE": "floor"}))
+    record("seed_ab", "http_floor", ab(port, "/api", seed_body, 50000, 500))
+    stop(floor)
+
+    # --- exdaas -------------------------------------------------------------
+    print("exdaas", flush=True)
+    port = free_port()
+    server = start_exdaas("exdaas", port)
+    http(port, "PUT", "/v1/kv/bench-hot", hot_value, {"Content-Type": "application/json"})
+    record("get_cached", "exdaas", wrk(port, "fixed.lua", d, {"URLPATH": "/v1/kv/bench-hot"}))
+    record("put_durable", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas", "PREFIX": "plain"}))
+    record("seed_ab", "exdaas", ab(port, "/api", seed_body, 50000, 500))
+    stop(server)
+
+    port = free_port()
+    server = start_exdaas("exdaas-batch1", port, {"EXDAAS_STORAGE__MAX_BATCH": "1"})
+    record("put_durable_batch1", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas"}))
+    stop(server)
+
+    if os.path.exists(PLUGIN):
+        port = free_port()
+        config = (
+            '[[plugins]]\nname = "require-fields"\npath = "%s"\n'
+            'config = { required = { name = "string", email = "string", age = "number" } }\n' % PLUGIN
+        )
+        server = start_exdaas("exdaas-plugin", port, config=config)
+        record("put_durable_plugin", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas"}))
+        status, body = http(port, "GET", "/v1/plugins")
+        results["plugin_stats"] = json.loads(body)["plugins"][0]["stats"] if status == 200 else None
+        stop(server)
+
+    # --- 1M keys: restart time, 90/10 mix with a small cache, peak RSS ------
+    print(f"exdaas with {args.keys} keys", flush=True)
+    backup = os.path.join(WORK, "keys.ndjson")
+    write_backup(backup, args.keys)
+    big = os.path.join(WORK, "big-data")
+    t0 = time.monotonic()
+    subprocess.run([EXDAAS, "restore", "--in", backup, "--data-dir", big], check=True, capture_output=True, cwd=WORK)
+    results["load_seconds"] = round(time.monotonic() - t0, 2)
+    os.remove(backup)
+    port = free_port()
+    cfg = os.path.join(WORK, "big.toml")
+    with open(cfg, "w") as f:
+        f.write("")
+    env = {
+        "EXDAAS_SERVER__LISTEN": f"127.0.0.1:{port}",
+        "EXDAAS_STORAGE__DATA_DIR": big,
+        "EXDAAS_CACHE__CAPACITY_BYTES": str(64 * 1024 * 1024),
+        "EXDAAS_LOG": "warn",
+    }
+    probe = f"/v1/kv/k{random.randrange(args.keys)}"
+    t0 = time.monotonic()
+    server = start("big", [EXDAAS, "--config", cfg], env)
+    while True:
+        try:
+            status, _ = http(port, "GET", probe, timeout=1)
+            if status == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() - t0 > 60:
+            raise SystemExit("server with 1M keys did not answer within 60 s")
+        time.sleep(0.001)
+    results["restart_to_first_get_ms"] = round((time.monotonic() - t0) * 1000, 1)
+    print(f"  restart to first GET: {results['restart_to_first_get_ms']} ms", flush=True)
+    record("mix_90_10", "exdaas", wrk(port, "mix.lua", d, {"KEYS": str(args.keys)}))
+    results["rss_1m_keys_64mib_cache"] = {
+        "peak_mib": round(rss_kib(server.pid, "VmHWM") / 1024, 1),
+        "current_mib": round(rss_kib(server.pid, "VmRSS") / 1024, 1),
+    }
+    print(f"  RSS: {results['rss_1m_keys_64mib_cache']}", flush=True)
+    stop(server)
+
+    # --- baselines ------------------------------------------------------------
+    if not args.skip_baselines:
+        print("Webdis + Redis (appendonly yes, appendfsync always)", flush=True)
+        rport, wport = free_port(), free_port()
+        rdir = os.path.join(WORK, "redis")
+        os.makedirs(rdir)
+        redis = start("redis", ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--dir", rdir,
+                                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"])
+        wait_port(rport)
+        wconf = os.path.join(WORK, "webdis.json")
+        with open(wconf, "w") as f:
+            json.dump({"redis_host": "127.0.0.1", "redis_port": rport, "http_host": "127.0.0.1", "http_port": wport,
+                       "threads": 2, "pool_size": 20, "daemonize": False, "websockets": False, "database": 0,
+                       "verbosity": 1, "logfile": os.path.join(WORK, "webdis-own.log")}, f)
+        webdis = start("webdis", ["webdis", wconf])
+        wait_port(wport)
+        http(wport, "PUT", "/SET/bench-hot", hot_value)
+        record("get_cached", "webdis_redis", wrk(wport, "fixed.lua", d, {"URLPATH": "/GET/bench-hot"}))
+        record("put_durable", "webdis_redis", wrk(wport, "put_distinct.lua", d, {"STYLE": "webdis"}))
+        stop(webdis)
+        stop(redis)
+
+        print("etcd (JSON gateway)", flush=True)
+        cport, pport = free_port(), free_port()
+        etcd = start("etcd", ["etcd", "--name", "bench", "--data-dir", os.path.join(WORK, "etcd"),
+                              "--listen-client-urls", f"http://127.0.0.1:{cport}",
+                              "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+                              "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                              "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                              "--initial-cluster", f"bench=http://127.0.0.1:{pport}", "--log-level", "error"],
+                      {"ETCD_UNSUPPORTED_ARCH": ""})
+        wait_port(cport)
+        time.sleep(1)
+        key = "YmVuY2gtaG90"  # base64("bench-hot")
+        http(cport, "POST", "/v3/kv/put", json.dumps({"key": key, "value": "aG90"}), {"Content-Type": "application/json"})
+        record("get_cached", "etcd", wrk(cport, "fixed.lua", d, {
+            "METHOD": "POST", "URLPATH": "/v3/kv/range", "CTYPE": "application/json",
+            "BODY": json.dumps({"key": key, "serializable": True})}))
+        record("put_durable", "etcd", wrk(cport, "put_distinct.lua", d, {"STYLE": "etcd"}))
+        stop(etcd)
+
+    report(results, args)
+
+
+def ratio(results, a, b):
+    try:
+        x = results[a[0]][a[1]]["rps"]
+        y = results[b[0]][b[1]]["rps"]
+        return round(x / y, 3)
+    except (KeyError, ZeroDivisionError, TypeError):
+        return None
+
+
+def report(results, args):
+    r = lambda a, b: ratio(results, a, b)
+    ratios = {
+        "get_vs_floor": (r(("get_cached", "exdaas"), ("get_cached", "http_floor")), 0.85),
+        "get_vs_webdis": (r(("get_cached", "exdaas"), ("get_cached", "webdis_redis")), 2.0),
+        "put_vs_floor": (r(("put_durable", "exdaas"), ("put_durable", "http_floor")), 0.50),
+        "put_vs_webdis": (r(("put_durable", "exdaas"), ("put_durable", "webdis_redis")), 1.5),
+        "put_vs_etcd": (r(("put_durable", "exdaas"), ("put_durable", "etcd")), 5.0),
+        "plugin_put_vs_put": (r(("put_durable_plugin", "exdaas"), ("put_durable", "exdaas")), 0.90),
+        "seed_vs_floor": (r(("seed_ab", "exdaas"), ("seed_ab", "http_floor")), 0.80),
+        "group_commit_vs_batch1": (r(("put_durable", "exdaas"), ("put_durable_batch1", "exdaas")), None),
+    }
+    rss = results.get("rss_1m_keys_64mib_cache", {}).get("peak_mib")
+    restart = results.get("restart_to_first_get_ms")
+    seed_failed = results.get("seed_ab", {}).get("exdaas", {}).get("failed")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}"
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run {now} on {machine}, with `scripts/bench.sh` (wrk 2 threads, 64 connections, "
+        f"{args.duration} s per scenario after a 2 s warm-up; ab for the seed benchmark). "
+        "Every system ran on loopback in the same run; ratios compare figures from this run only.",
+        "",
+        "| scenario | system | req/s | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for scenario, systems in results.items():
+        if not isinstance(systems, dict) or not all(isinstance(v, dict) and "rps" in v for v in systems.values()):
+            continue
+        for system, f in systems.items():
+            lines.append(f"| {scenario} | {system} | {f['rps']:.0f} | {f.get('p50_ms')} | {f.get('p99_ms')} |")
+    lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
+    for name, (value, goal) in ratios.items():
+        met = "" if goal is None or value is None else ("yes" if value >= goal else "no")
+        lines.append(f"| {name} | {value} | {'>= ' + str(goal) if goal else '-'} | {met} |")
+    lines.append(f"| restart_to_first_get_ms ({args.keys} keys) | {restart} | < 1000 | {'yes' if restart is not None and restart < 1000 else 'no'} |")
+    lines.append(f"| peak_rss_mib ({args.keys} keys, 64 MiB cache) | {rss} | <= 200 | {'yes' if rss is not None and rss <= 200 else 'no'} |")
+    lines.append(f"| seed_ab_failed_requests | {seed_failed} | 0 | {'yes' if seed_failed == 0 else 'no'} |")
+    if results.get("plugin_stats"):
+        calls = results["plugin_stats"]["call_micros"]
+        lines += ["", f"require-fields plugin call time during its run: mean {calls['mean']} us, p50 {calls['p50']} us, p99 {calls['p99']} us."]
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    with open(os.path.join(BENCH, "RESULTS.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(BENCH, "results.json"), "w") as f:
+        json.dump({"date": now, "machine": machine, "results": results,
+                   "ratios": {k: v for k, (v, _) in ratios.items()}}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
