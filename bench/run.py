@@ -75,7 +75,7 @@ def stop(proc):
     RUNNING.remove(proc)
 
 
-def http(port, method, path, body=None, headers=None, timeout=5):
+def request(port, method, path, body=None, headers=None, timeout=5):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     conn.request(method, path, body=body, headers=headers or {})
     resp = conn.getresponse()
@@ -206,7 +206,7 @@ def main():
     print("exdaas", flush=True)
     port = free_port()
     server = start_exdaas("exdaas", port)
-    http(port, "PUT", "/v1/kv/bench-hot", hot_value, {"Content-Type": "application/json"})
+    request(port, "PUT", "/v1/kv/bench-hot", hot_value, {"Content-Type": "application/json"})
     record("get_cached", "exdaas", wrk(port, "fixed.lua", d, {"URLPATH": "/v1/kv/bench-hot"}))
     record("put_durable", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas", "PREFIX": "plain"}))
     record("seed_ab", "exdaas", ab(port, "/api", seed_body, 50000, 500))
@@ -225,7 +225,7 @@ def main():
         )
         server = start_exdaas("exdaas-plugin", port, config=config)
         record("put_durable_plugin", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas"}))
-        status, body = http(port, "GET", "/v1/plugins")
+        status, body = request(port, "GET", "/v1/plugins")
         results["plugin_stats"] = json.loads(body)["plugins"][0]["stats"] if status == 200 else None
         stop(server)
 
@@ -253,7 +253,7 @@ def main():
     server = start("big", [EXDAAS, "--config", cfg], env)
     while True:
         try:
-            status, _ = http(port, "GET", probe, timeout=1)
+            status, _ = request(port, "GET", probe, timeout=1)
             if status == 200:
                 break
         except OSError:
@@ -287,7 +287,7 @@ def main():
                        "verbosity": 1, "logfile": os.path.join(WORK, "webdis-own.log")}, f)
         webdis = start("webdis", ["webdis", wconf])
         wait_port(wport)
-        http(wport, "PUT", "/SET/bench-hot", hot_value)
+        request(wport, "PUT", "/SET/bench-hot", hot_value)
         record("get_cached", "webdis_redis", wrk(wport, "fixed.lua", d, {"URLPATH": "/GET/bench-hot"}))
         record("put_durable", "webdis_redis", wrk(wport, "put_distinct.lua", d, {"STYLE": "webdis"}))
         stop(webdis)
@@ -305,7 +305,7 @@ def main():
         wait_port(cport)
         time.sleep(1)
         key = "YmVuY2gtaG90"  # base64("bench-hot")
-        http(cport, "POST", "/v3/kv/put", json.dumps({"key": key, "value": "aG90"}), {"Content-Type": "application/json"})
+        request(cport, "POST", "/v3/kv/put", json.dumps({"key": key, "value": "aG90"}), {"Content-Type": "application/json"})
         record("get_cached", "etcd", wrk(cport, "fixed.lua", d, {
             "METHOD": "POST", "URLPATH": "/v3/kv/range", "CTYPE": "application/json",
             "BODY": json.dumps({"key": key, "serializable": True})}))

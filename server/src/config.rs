@@ -112,7 +112,7 @@ impl Default for StorageSettings {
             shards: 4,
             max_batch: 256,
             queue_depth: 4096,
-            store_cache_bytes: 8 * 1024 * 1024,
+            store_cache_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -75,6 +75,9 @@ fn init_logging() {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
+        // Disk reads run on blocking threads: a few per core keep the disk
+        // busy, and every extra thread costs a stack and a malloc arena.
+        .max_blocking_threads(16)
         .enable_all()
         .build()?)
 }

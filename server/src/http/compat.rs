@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::{nested_params, request};
 use crate::app::App;
-use crate::error::{json_response, ApiError};
+use crate::error::{json_response, raw_json_response, ApiError};
 use crate::storage::{Expect, WriteOutcome};
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -119,7 +119,17 @@ async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpRespo
         None => return Err(ApiError::bad_request("invalid_data", "data is required")),
     };
     let json = Bytes::from(data.to_string());
-    request::check_json_value(&json, app.settings.limits.max_value_bytes)?;
+    // Serialised from a parsed value, so it is JSON; only its size needs checking.
+    if json.len() > app.settings.limits.max_value_bytes {
+        return Err(ApiError::TooLarge {
+            code: "value_too_large",
+            message: format!(
+                "data is {} bytes; the limit (limits.max_value_bytes) is {}",
+                json.len(),
+                app.settings.limits.max_value_bytes
+            ),
+        });
+    }
     let (id, stored) = match id {
         Some(id) => {
             let (outcome, stored) = app
@@ -147,11 +157,13 @@ async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpRespo
             (id, stored)
         }
     };
-    let data: Value = serde_json::from_slice(&stored).unwrap_or(Value::Null);
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "id": id, "data": data }),
-    ))
+    // The stored bytes are JSON already: splice them in rather than
+    // parsing and re-serialising them.
+    let mut body = Vec::with_capacity(stored.len() + 32);
+    body.extend_from_slice(format!("{{\"id\":{id},\"data\":").as_bytes());
+    body.extend_from_slice(&stored);
+    body.push(b'}');
+    Ok(raw_json_response(StatusCode::OK, Bytes::from(body)))
 }
 
 /// The record's data, or `Null` when absent.

@@ -11,7 +11,7 @@ use super::store::{ShardStore, WriteTx};
 use super::{hash, StoreError};
 
 /// Records per transaction while loading.
-const LOAD_BATCH: usize = 10_000;
+const LOAD_BATCH: usize = 1_000;
 
 /// Writes records into a fresh data directory with `shards` shards.
 pub struct BulkLoader {

@@ -64,11 +64,11 @@ fn decode(record: PersyId, bytes: Vec<u8>) -> Result<StoredValue, StoreError> {
     }
     let mut version = [0u8; 8];
     version.copy_from_slice(&bytes[..8]);
-    let mut json = Bytes::from(bytes);
-    let _ = json.split_to(8);
+    // An exact-size copy: the buffer persy returns may be larger than the
+    // record, and cached values should cost what they weigh.
     Ok(StoredValue {
         version: u64::from_le_bytes(version),
-        json,
+        json: Bytes::copy_from_slice(&bytes[8..]),
         record,
     })
 }
