@@ -132,6 +132,12 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Log first, so a caller woken by the address sees this line too.
+                {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if line.contains("exdaas started") {
                     let addr = match (
                         line.split("listen=").nth(1),
@@ -143,9 +149,6 @@ impl Server {
                     };
                     let _ = tx.send(addr.to_owned());
                 }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(60)) {
