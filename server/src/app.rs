@@ -248,20 +248,17 @@ impl App {
 
     /// Stores `json` under a new server-assigned numeric key. An id whose key
     /// already exists (written explicitly by a client) is skipped, so this
-    /// never overwrites. Returns the key, its version and the stored value.
-    pub async fn create_returning(&self, json: Bytes) -> Result<(String, u64, Bytes), ApiError> {
+    /// never overwrites. Returns the id (the key is its decimal form), the
+    /// version and the stored value.
+    pub async fn create_returning(&self, json: Bytes) -> Result<(u64, u64, Bytes), ApiError> {
         loop {
-            let key = self.storage.next_id().await?.to_string();
-            match self.write(&key, Some(json.clone()), Expect::Absent).await? {
+            let id = self.storage.next_id().await?;
+            match self.write(&id.to_string(), Some(json.clone()), Expect::Absent).await? {
                 (WriteOutcome::Created { version }, stored) => {
-                    return Ok((key, version, stored.unwrap_or_default()))
+                    return Ok((id, version, stored.unwrap_or_default()))
                 }
                 (WriteOutcome::Conflict { .. }, _) => continue,
-                (other, _) => {
-                    return Err(ApiError::Store(StoreError::Corrupt(format!(
-                        "unexpected outcome {other:?} creating {key}"
-                    ))))
-                }
+                (other, _) => return Err(ApiError::unexpected(other)),
             }
         }
     }

@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::plugin::FailureKind;
-use crate::storage::StoreError;
+use crate::storage::{StoreError, WriteOutcome};
 
 /// A request that cannot be answered with success.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,12 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// A write outcome the caller's request cannot produce: a broken
+    /// invariant, reported as a server error instead of a panic.
+    pub fn unexpected(outcome: WriteOutcome) -> Self {
+        Self::Store(StoreError::Corrupt(format!("unexpected write outcome {outcome:?}")))
     }
 
     /// The status and stable code of this error.

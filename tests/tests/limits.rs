@@ -140,14 +140,26 @@ async fn endless_chunked_body_gets_413_without_memory_growth() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_keep_alive_connections_are_closed() {
     let (_root, data) = temp_data_dir();
-    let server = Server::start_with(&data, Options::default().env("EXDAAS_SERVER__HEADER_READ_TIMEOUT_MS", "500"));
+    let server = Server::start_with(
+        &data,
+        Options::default().env("EXDAAS_SERVER__HEADER_READ_TIMEOUT_MS", "500"),
+    );
     let mut s = TcpStream::connect(&server.addr).await.unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let idle = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "idle connection not closed");
-    assert!(idle.elapsed() >= Duration::from_millis(400), "{:?}", idle.elapsed());
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed"
+    );
+    assert!(
+        idle.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        idle.elapsed()
+    );
 }

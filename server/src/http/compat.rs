@@ -139,21 +139,12 @@ async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpRespo
                 WriteOutcome::Created { .. }
                 | WriteOutcome::Replaced { .. }
                 | WriteOutcome::Unchanged { .. } => {}
-                other => {
-                    return Err(ApiError::Store(crate::storage::StoreError::Corrupt(
-                        format!("unexpected outcome {other:?}"),
-                    )))
-                }
+                other => return Err(ApiError::unexpected(other)),
             }
             (id, stored)
         }
         None => {
-            let (key, _version, stored) = app.create_returning(json).await?;
-            let id = key.parse().map_err(|_| {
-                ApiError::Store(crate::storage::StoreError::Corrupt(format!(
-                    "assigned key {key:?}"
-                )))
-            })?;
+            let (id, _version, stored) = app.create_returning(json).await?;
             (id, stored)
         }
     };

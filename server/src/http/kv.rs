@@ -99,7 +99,7 @@ pub async fn put(app: &App, req: Request<Incoming>, key: &str) -> Result<HttpRes
             Ok(key_version(StatusCode::OK, key, version))
         }
         WriteOutcome::Conflict { current } => Err(precondition_failed(current)),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
@@ -128,24 +128,10 @@ pub async fn delete(
             "no value stored under key {key:?}"
         ))),
         WriteOutcome::Conflict { current } => Err(precondition_failed(current)),
-        other => Err(unexpected(other)),
+        other => Err(ApiError::unexpected(other)),
     }
 }
 
-fn unexpected(outcome: WriteOutcome) -> ApiError {
-    ApiError::Store(crate::storage::StoreError::Corrupt(format!(
-        "unexpected write outcome {outcome:?}"
-    )))
-}
-
-/// `POST /v1/kv`: store under a new server-assigned key.
-pub async fn create(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let json = json_body(app, req).await?;
-    let (key, version, _) = app.create_returning(json).await?;
-    let mut response = key_version(StatusCode::CREATED, &key, version);
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/kv/{key}")) {
-        response.headers_mut().insert(LOCATION, location);
-    }
     Ok(response)
 }
 

@@ -73,6 +73,21 @@ fn decode(record: PersyId, bytes: Vec<u8>) -> Result<StoredValue, StoreError> {
     })
 }
 
+/// Decodes the record an index entry points at; a missing record means
+/// the file is damaged.
+fn decode_found(
+    key: &str,
+    id: PersyId,
+    bytes: Option<Vec<u8>>,
+) -> Result<Arc<StoredValue>, StoreError> {
+    match bytes {
+        Some(bytes) => Ok(Arc::new(decode(id, bytes)?)),
+        None => Err(StoreError::Corrupt(format!(
+            "key {key:?} points at missing record {id}"
+        ))),
+    }
+}
+
 impl ShardStore {
     /// Opens (creating if absent) the store at `path`. Opening runs persy's
     /// recovery, which completes transactions that were prepared (fsynced)
@@ -121,12 +136,8 @@ impl ShardStore {
         else {
             return Ok(None);
         };
-        match snap.read(VALUES, &id).map_err(err("record read"))? {
-            Some(bytes) => Ok(Some(Arc::new(decode(id, bytes)?))),
-            None => Err(StoreError::Corrupt(format!(
-                "key {key:?} points at missing record {id}"
-            ))),
-        }
+        let bytes = snap.read(VALUES, &id).map_err(err("record read"))?;
+        decode_found(key, id, bytes).map(Some)
     }
 
     /// The committed value of `key`, for the shard writer only: as the sole
@@ -140,12 +151,8 @@ impl ShardStore {
         else {
             return Ok(None);
         };
-        match self.persy.read(VALUES, &id).map_err(err("record read"))? {
-            Some(bytes) => Ok(Some(Arc::new(decode(id, bytes)?))),
-            None => Err(StoreError::Corrupt(format!(
-                "key {key:?} points at missing record {id}"
-            ))),
-        }
+        let bytes = self.persy.read(VALUES, &id).map_err(err("record read"))?;
+        decode_found(key, id, bytes).map(Some)
     }
 
     /// Up to `limit` keys in ascending order that start with `prefix` and sort
@@ -156,28 +163,18 @@ impl ShardStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Arc<StoredValue>)>, StoreError> {
-        let snap = self.persy.snapshot().map_err(err("snapshot"))?;
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
             _ => Bound::Included(prefix.to_owned()),
         };
-        let range = snap
-            .range::<String, PersyId, _>(KEYS, (start, Bound::Unbounded))
-            .map_err(err("index scan"))?;
         let mut out = Vec::new();
-        for (key, mut ids) in range {
+        self.walk(start, |key, value| {
             if out.len() >= limit || !key.starts_with(prefix) {
-                break;
+                return Ok(false);
             }
-            let Some(id) = ids.next() else { continue };
-            let bytes = snap
-                .read(VALUES, &id)
-                .map_err(err("record read"))?
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("key {key:?} points at missing record {id}"))
-                })?;
-            out.push((key, Arc::new(decode(id, bytes)?)));
-        }
+            out.push((key, value));
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -188,19 +185,25 @@ impl ShardStore {
         &self,
         mut f: impl FnMut(&str, &StoredValue) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
+        self.walk(Bound::Unbounded, |key, value| f(&key, &value))
+    }
+
+    /// Visits keys from `start` on, in order, with their values, from one
+    /// snapshot, until `f` returns `Ok(false)`.
+    fn walk(
+        &self,
+        start: Bound<String>,
+        mut f: impl FnMut(String, Arc<StoredValue>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let snap = self.persy.snapshot().map_err(err("snapshot"))?;
         let range = snap
-            .range::<String, PersyId, _>(KEYS, ..)
+            .range::<String, PersyId, _>(KEYS, (start, Bound::Unbounded))
             .map_err(err("index scan"))?;
         for (key, mut ids) in range {
             let Some(id) = ids.next() else { continue };
-            let bytes = snap
-                .read(VALUES, &id)
-                .map_err(err("record read"))?
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("key {key:?} points at missing record {id}"))
-                })?;
-            if !f(&key, &decode(id, bytes)?)? {
+            let bytes = snap.read(VALUES, &id).map_err(err("record read"))?;
+            let value = decode_found(&key, id, bytes)?;
+            if !f(key, value)? {
                 break;
             }
         }
