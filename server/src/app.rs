@@ -253,7 +253,10 @@ impl App {
     pub async fn create_returning(&self, json: Bytes) -> Result<(u64, u64, Bytes), ApiError> {
         loop {
             let id = self.storage.next_id().await?;
-            match self.write(&id.to_string(), Some(json.clone()), Expect::Absent).await? {
+            match self
+                .write(&id.to_string(), Some(json.clone()), Expect::Absent)
+                .await?
+            {
                 (WriteOutcome::Created { version }, stored) => {
                     return Ok((id, version, stored.unwrap_or_default()))
                 }

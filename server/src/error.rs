@@ -99,7 +99,9 @@ impl ApiError {
     /// A write outcome the caller's request cannot produce: a broken
     /// invariant, reported as a server error instead of a panic.
     pub fn unexpected(outcome: WriteOutcome) -> Self {
-        Self::Store(StoreError::Corrupt(format!("unexpected write outcome {outcome:?}")))
+        Self::Store(StoreError::Corrupt(format!(
+            "unexpected write outcome {outcome:?}"
+        )))
     }
 
     /// The status and stable code of this error.

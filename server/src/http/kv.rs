@@ -132,6 +132,15 @@ pub async fn delete(
     }
 }
 
+/// `POST /v1/kv`: store under a new server-assigned key.
+pub async fn create(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let json = json_body(app, req).await?;
+    let (id, version, _) = app.create_returning(json).await?;
+    let key = id.to_string();
+    let mut response = key_version(StatusCode::CREATED, &key, version);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/kv/{key}")) {
+        response.headers_mut().insert(LOCATION, location);
+    }
     Ok(response)
 }
 
