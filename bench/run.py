@@ -114,7 +114,7 @@ def parse_latency(text):
     m = re.match(r"([\d.]+)(us|ms|s)", text or "")
     if not m:
         return None
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    return round(float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)], 3)
 
 
 def wrk(port, script, duration, env=None, conns=64):
