@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::auth::TokenSet;
 use crate::config::Settings;
@@ -27,7 +28,7 @@ use crate::metrics::RequestMetrics;
 use crate::plugin::{
     ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain, WorkerPool,
 };
-use crate::storage::{Expect, Storage, StoreError, WriteAnswer, WriteOp, WriteOutcome};
+use crate::storage::{Expect, Reply, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// How often a write through plugins is retried when other writes to the
 /// same key keep committing first (only writes that bypass the key lock can
@@ -123,8 +124,9 @@ impl App {
     /// Reads the key's current value, runs the chain against it and (unless
     /// this is a dry run) queues the result on the shard writer, all in ONE
     /// hop off the async workers: the read may touch disk, plugin calls are
-    /// CPU-bound and may run up to their timeout, and handing the result
-    /// straight to the writer saves a round trip through the runtime.
+    /// CPU-bound and may run up to their timeout. The writer answers the
+    /// waiting request directly, so a write through plugins costs one
+    /// thread hand-off more than a plain write, not two.
     async fn judge(
         &self,
         chain: &SharedChain,
@@ -135,29 +137,37 @@ impl App {
     ) -> Result<Judgement, ApiError> {
         let (chain, key, expect) = (chain.clone(), key.to_owned(), expect.clone());
         let storage = Arc::clone(&self.storage);
-        let job = move || {
-            let current = storage.get_blocking(&key)?;
+        let (tx, rx) = oneshot::channel::<Result<Judgement, ApiError>>();
+        self.workers.spawn(move || {
+            let current = match storage.get_blocking(&key) {
+                Ok(current) => current,
+                Err(e) => return drop(tx.send(Err(e.into()))),
+            };
             let seen = current.as_ref().map(|v| v.version);
             if !expect.holds(seen) {
-                return Ok(Judgement::Conflict(seen));
+                return drop(tx.send(Ok(Judgement::Conflict(seen))));
             }
             if value.is_none() && current.is_none() {
-                return Ok(Judgement::Missing);
+                return drop(tx.send(Ok(Judgement::Missing)));
             }
             let old = current.as_ref().map(|v| &v.json[..]);
             let run = chain.run(&key, value, old, now_ms(), record);
             if record == Record::No {
-                return Ok(Judgement::Ran { seen, run });
+                return drop(tx.send(Ok(Judgement::Ran { seen, run })));
             }
-            let output = run.result?;
+            let output = match run.result {
+                Ok(output) => output,
+                Err(stop) => return drop(tx.send(Err(stop.into()))),
+            };
             let op = output.clone().map_or(WriteOp::Delete, WriteOp::Put);
-            let answer = storage.submit_blocking(key, op, Expect::unchanged_since(seen))?;
-            Ok(Judgement::Submitted { output, answer })
-        };
-        self.workers
-            .run(job)
-            .await
-            .map_err(|e| ApiError::Store(StoreError::Io(e.to_string())))?
+            let reply: Reply = Box::new(move |result| {
+                let written = result.map(|outcome| Judgement::Written { outcome, output });
+                let _ = tx.send(written.map_err(ApiError::from));
+            });
+            storage.submit_blocking(key, op, Expect::unchanged_since(seen), reply);
+        });
+        rx.await
+            .map_err(|_| ApiError::Store(StoreError::Io("plugin pipeline job failed".into())))?
     }
 
     /// Stores `json` (already checked to be JSON within limits) under `key`
@@ -211,15 +221,15 @@ impl App {
             let judged = self
                 .judge(&chain, key, value.clone(), &expect, Record::Yes)
                 .await?;
-            let (output, answer) = match judged {
+            let (outcome, output) = match judged {
                 Judgement::Conflict(seen) => {
                     return Ok((WriteOutcome::Conflict { current: seen }, None))
                 }
                 Judgement::Missing => return Ok((WriteOutcome::Missing, None)),
-                Judgement::Submitted { output, answer } => (output, answer),
+                Judgement::Written { outcome, output } => (outcome, output),
                 Judgement::Ran { .. } => unreachable!("only dry runs stop after running the chain"),
             };
-            match answer.await.map_err(|_| StoreError::ShuttingDown)?? {
+            match outcome {
                 WriteOutcome::Conflict { .. } => continue,
                 outcome => return Ok((outcome, output)),
             }
@@ -281,13 +291,13 @@ enum Judgement {
         /// What it decided.
         run: ChainRun,
     },
-    /// The chain accepted; its output is queued on the shard writer under
-    /// the condition that the key is still at the version the chain saw.
-    Submitted {
-        /// The value queued (`None`: a delete).
+    /// The chain accepted and the writer processed its output under the
+    /// condition that the key is still at the version the chain saw.
+    Written {
+        /// What the writer did (`Conflict`: the key changed meanwhile).
+        outcome: WriteOutcome,
+        /// The value written (`None`: a delete).
         output: Option<Bytes>,
-        /// Where the writer answers.
-        answer: WriteAnswer,
     },
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
 pub use failure::{FailureKind, PluginFailure, PluginLoadError};
-pub use pool::{JobFailed, WorkerPool};
+pub use pool::WorkerPool;
 pub use spec::{OnFailure, PluginSpec};
 
 /// Granularity of plugin timeouts: the epoch ticker's period.

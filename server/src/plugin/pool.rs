@@ -11,8 +11,6 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 
-use tokio::sync::oneshot;
-
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Queue {
@@ -30,11 +28,6 @@ struct Shared {
 pub struct WorkerPool {
     shared: Arc<Shared>,
 }
-
-/// The job did not complete (it panicked).
-#[derive(Debug, thiserror::Error)]
-#[error("plugin pipeline job failed")]
-pub struct JobFailed;
 
 impl WorkerPool {
     /// Starts `threads` workers (at least one).
@@ -55,28 +48,19 @@ impl WorkerPool {
         Ok(Self { shared })
     }
 
-    /// Runs `f` on a worker and waits for its result without blocking the
-    /// async runtime.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, JobFailed> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = tx.send(f());
-        });
+    /// Queues `job` on a worker; it reports its own result.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         let wake = {
             let mut queue = match self.shared.queue.lock() {
                 Ok(q) => q,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            queue.jobs.push_back(job);
+            queue.jobs.push_back(Box::new(job));
             queue.idle > 0
         };
         if wake {
             self.shared.ready.notify_one();
         }
-        rx.await.map_err(|_| JobFailed)
     }
 }
 
@@ -89,7 +73,7 @@ fn work(shared: &Shared) {
     loop {
         if let Some(job) = queue.jobs.pop_front() {
             drop(queue);
-            // A panicking job drops its reply sender; the caller sees JobFailed.
+            // A panicking job drops its reply sender, which its caller sees.
             let _ = catch_unwind(AssertUnwindSafe(job));
             queue = match shared.queue.lock() {
                 Ok(q) => q,
@@ -114,16 +98,20 @@ mod tests {
     #[tokio::test]
     async fn runs_jobs_and_survives_panics() {
         let pool = WorkerPool::new(2).unwrap();
-        let mut results = Vec::new();
-        for i in 0..100u64 {
-            results.push(pool.run(move || i * 2));
-        }
+        let run = |f: Box<dyn FnOnce() -> u64 + Send>| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            pool.spawn(move || {
+                let _ = tx.send(f());
+            });
+            rx
+        };
+        let answers: Vec<_> = (0..100u64).map(|i| run(Box::new(move || i * 2))).collect();
         let mut sum = 0;
-        for r in results {
-            sum += r.await.unwrap();
+        for a in answers {
+            sum += a.await.unwrap();
         }
         assert_eq!(sum, 9900);
-        assert!(pool.run(|| panic!("boom")).await.is_err());
-        assert_eq!(pool.run(|| 7).await.unwrap(), 7);
+        assert!(run(Box::new(|| panic!("boom"))).await.is_err());
+        assert_eq!(run(Box::new(|| 7)).await.unwrap(), 7);
     }
 }

@@ -32,7 +32,7 @@ use ids::IdAllocator;
 use metrics::ShardMetrics;
 use store::ShardStore;
 pub use store::StoredValue;
-pub use writer::{Expect, WriteOp, WriteOutcome};
+pub use writer::{Expect, Reply, WriteOp, WriteOutcome};
 use writer::{ShardWriter, WriteCommand, WriterMsg};
 
 /// Storage failures. Mapped to HTTP answers in `crate::error`.
@@ -77,8 +77,8 @@ pub struct Storage {
     warming: AtomicUsize,
 }
 
-/// Where the outcome of a submitted write arrives.
-pub type WriteAnswer = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
+/// Where the outcome of a queued write arrives.
+type WriteAnswer = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
 
 /// One page of a key listing.
 #[derive(Debug)]
@@ -217,22 +217,27 @@ impl Storage {
         (cached.json == *json && expect.holds(Some(cached.version))).then_some(cached.version)
     }
 
-    /// Queues a write from a blocking thread (the plugin pipeline), so the
-    /// pipeline hands its result straight to the writer without a round trip
-    /// through the async runtime. The outcome arrives on the receiver.
-    pub fn submit_blocking(
-        &self,
-        key: String,
-        op: WriteOp,
-        expect: Expect,
-    ) -> Result<WriteAnswer, StoreError> {
-        let (cmd, answer) = self.command(key, op, expect)?;
-        let shard = self.shard(&cmd.key);
-        shard
+    /// Queues a write from a blocking thread (the plugin pipeline). `reply`
+    /// is called exactly once with the result, on the writer thread (or here
+    /// if the write cannot be queued), so the pipeline's answer reaches the
+    /// waiting request without another hop through the async runtime.
+    pub fn submit_blocking(&self, key: String, op: WriteOp, expect: Expect, reply: Reply) {
+        let index = hash::shard_for(&key, self.shards.len());
+        if self.shards[index].poisoned.load(Ordering::Acquire) {
+            return reply(Err(StoreError::Poisoned(index)));
+        }
+        let cmd = WriteCommand {
+            key,
+            op,
+            expect,
+            reply,
+        };
+        if let Err(mpsc::error::SendError(WriterMsg::Write(cmd))) = self.shards[index]
             .queue
             .blocking_send(WriterMsg::Write(cmd))
-            .map_err(|_| StoreError::ShuttingDown)?;
-        Ok(answer)
+        {
+            (cmd.reply)(Err(StoreError::ShuttingDown));
+        }
     }
 
     fn command(
@@ -245,7 +250,10 @@ impl Storage {
         if self.shards[index].poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned(index));
         }
-        let (reply, answer) = oneshot::channel();
+        let (tx, answer) = oneshot::channel();
+        let reply: Reply = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
         Ok((
             WriteCommand {
                 key,

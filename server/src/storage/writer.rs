@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::cache::ShardCache;
 use super::metrics::ShardMetrics;
@@ -104,12 +104,17 @@ pub enum WriteOutcome {
     },
 }
 
+/// Called once with a write's result, on the writer thread. A callback
+/// rather than a channel so the plugin pipeline can route the answer
+/// straight to the waiting request.
+pub type Reply = Box<dyn FnOnce(Result<WriteOutcome, StoreError>) + Send>;
+
 /// A write waiting for its shard writer.
 pub(crate) struct WriteCommand {
     pub key: String,
     pub op: WriteOp,
     pub expect: Expect,
-    pub reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    pub reply: Reply,
 }
 
 /// Messages to a writer thread.
@@ -167,7 +172,7 @@ impl ShardWriter {
     fn apply(&mut self, batch: &mut Vec<WriteCommand>) {
         if self.poisoned.load(Ordering::Acquire) {
             for cmd in batch.drain(..) {
-                let _ = cmd.reply.send(Err(StoreError::Poisoned(self.shard)));
+                (cmd.reply)(Err(StoreError::Poisoned(self.shard)));
             }
             return;
         }
@@ -188,7 +193,7 @@ impl ShardWriter {
                             self.cache.insert(key, value);
                         }
                         for (cmd, outcome) in batch.drain(..).zip(outcomes) {
-                            let _ = cmd.reply.send(outcome);
+                            (cmd.reply)(outcome);
                         }
                     }
                     Err(e) => self.poison(batch, e),
@@ -202,7 +207,7 @@ impl ShardWriter {
         tracing::error!(shard = self.shard, error = %e, "commit failed; shard refuses writes until restart");
         self.poisoned.store(true, Ordering::Release);
         for cmd in batch.drain(..) {
-            let _ = cmd.reply.send(Err(StoreError::Poisoned(self.shard)));
+            (cmd.reply)(Err(StoreError::Poisoned(self.shard)));
         }
     }
 
