@@ -157,6 +157,10 @@ impl Storage {
     /// async workers), filling the cache.
     pub async fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
         let shard = self.shard(key);
+        // Hits, the common case, skip the placeholder machinery.
+        if let Some(cached) = shard.cache.get(key) {
+            return Ok(cached);
+        }
         match shard.cache.get_value_or_guard_async(key).await {
             Ok(cached) => Ok(cached),
             Err(guard) => {
