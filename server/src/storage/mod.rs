@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod store;
 pub mod writer;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,7 +71,6 @@ struct Shard {
 pub struct Storage {
     shards: Vec<Shard>,
     ids: IdAllocator,
-    data_dir: PathBuf,
     /// Shards whose cache is still being warmed after start.
     warming: AtomicUsize,
 }
@@ -134,7 +132,6 @@ impl Storage {
         Ok(Self {
             shards,
             ids,
-            data_dir,
             warming: AtomicUsize::new(0),
         })
     }
@@ -142,11 +139,6 @@ impl Storage {
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.data_dir
     }
 
     fn shard(&self, key: &str) -> &Shard {
