@@ -40,6 +40,9 @@ pub struct StoredValue {
 #[derive(Clone)]
 pub struct ShardStore {
     persy: Persy,
+    /// Tests set this to make commits fail, to exercise poisoning.
+    #[cfg(test)]
+    pub(crate) fail_commits: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
@@ -106,7 +109,11 @@ impl ShardStore {
             Ok(())
         })
         .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        Ok(Self { persy })
+        Ok(Self {
+            persy,
+            #[cfg(test)]
+            fail_commits: Arc::default(),
+        })
     }
 
     /// The last version handed out by this shard.
@@ -214,6 +221,8 @@ impl ShardStore {
     pub(crate) fn begin(&self) -> Result<WriteTx, StoreError> {
         Ok(WriteTx {
             tx: self.persy.begin().map_err(err("begin transaction"))?,
+            #[cfg(test)]
+            fail: self.fail_commits.clone(),
         })
     }
 }
@@ -221,6 +230,8 @@ impl ShardStore {
 /// A transaction of the shard writer: one group-commit batch.
 pub(crate) struct WriteTx {
     tx: Transaction,
+    #[cfg(test)]
+    fail: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WriteTx {
@@ -262,6 +273,11 @@ impl WriteTx {
     /// a prepared transaction, so once `prepare` returns the batch survives a
     /// crash, and after `commit` it is visible to readers.
     pub fn commit(self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.tx.rollback();
+            return Err(StoreError::Io("injected commit failure".into()));
+        }
         self.tx
             .prepare()
             .map_err(err("prepare (fsync)"))?

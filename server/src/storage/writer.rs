@@ -301,3 +301,126 @@ impl ShardWriter {
         Ok((outcomes, changes, tx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::storage::cache::new_cache;
+
+    /// Sends one command and waits for its answer.
+    fn send(
+        queue: &mpsc::Sender<WriterMsg>,
+        key: &str,
+        op: WriteOp,
+    ) -> Result<WriteOutcome, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reply: Reply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let cmd = WriteCommand {
+            key: key.into(),
+            op,
+            expect: Expect::Any,
+            reply,
+        };
+        queue.blocking_send(WriterMsg::Write(cmd)).unwrap();
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_failed_commit_poisons_the_shard_and_loses_nothing_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(&dir.path().join("s.persy"), 1 << 20).unwrap();
+        let (queue, rx) = mpsc::channel(16);
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = ShardWriter {
+            shard: 0,
+            store: store.clone(),
+            cache: Arc::new(new_cache(1 << 20)),
+            rx,
+            max_batch: 8,
+            seq: 0,
+            poisoned: poisoned.clone(),
+            metrics: Arc::default(),
+        };
+        let thread = std::thread::spawn(move || writer.run());
+        let put = |v: &'static str| WriteOp::Put(Bytes::from_static(v.as_bytes()));
+
+        assert_eq!(
+            send(&queue, "a", put("1")).unwrap(),
+            WriteOutcome::Created { version: 1 }
+        );
+        store.fail_commits.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            send(&queue, "b", put("2")),
+            Err(StoreError::Poisoned(0))
+        ));
+        assert!(poisoned.load(Ordering::SeqCst));
+        // Healthy again underneath, but the shard refuses writes until restart.
+        store.fail_commits.store(false, Ordering::SeqCst);
+        assert!(matches!(
+            send(&queue, "c", put("3")),
+            Err(StoreError::Poisoned(0))
+        ));
+        // Reads keep working, and only the acknowledged write is there.
+        assert_eq!(&store.get("a").unwrap().unwrap().json[..], b"1");
+        assert!(store.get("b").unwrap().is_none());
+        assert!(store.get("c").unwrap().is_none());
+        queue.blocking_send(WriterMsg::Stop).unwrap();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_batch_sees_its_own_earlier_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(&dir.path().join("s.persy"), 1 << 20).unwrap();
+        let (queue, rx) = mpsc::channel(16);
+        let mut writer = ShardWriter {
+            shard: 0,
+            store: store.clone(),
+            cache: Arc::new(new_cache(1 << 20)),
+            rx,
+            max_batch: 8,
+            seq: 0,
+            poisoned: Arc::default(),
+            metrics: Arc::default(),
+        };
+        // Stage a batch directly: create, replace, unchanged, delete, missing.
+        let (tx, answers) = std::sync::mpsc::channel();
+        let cmd = |key: &str, op: WriteOp| {
+            let tx = tx.clone();
+            let reply: Reply = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            WriteCommand {
+                key: key.into(),
+                op,
+                expect: Expect::Any,
+                reply,
+            }
+        };
+        let mut batch = vec![
+            cmd("k", WriteOp::Put(Bytes::from_static(b"1"))),
+            cmd("k", WriteOp::Put(Bytes::from_static(b"2"))),
+            cmd("k", WriteOp::Put(Bytes::from_static(b"2"))),
+            cmd("k", WriteOp::Delete),
+            cmd("k", WriteOp::Delete),
+        ];
+        writer.apply(&mut batch);
+        let got: Vec<WriteOutcome> = (0..5).map(|_| answers.recv().unwrap().unwrap()).collect();
+        assert_eq!(
+            got,
+            [
+                WriteOutcome::Created { version: 1 },
+                WriteOutcome::Replaced { version: 2 },
+                WriteOutcome::Unchanged { version: 2 },
+                WriteOutcome::Deleted { version: 2 },
+                WriteOutcome::Missing,
+            ]
+        );
+        assert!(store.get("k").unwrap().is_none());
+        assert_eq!(store.last_seq().unwrap(), 2);
+        drop(queue);
+    }
+}
