@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::config::{CacheSettings, StorageSettings};
 use crate::storage::bulk::BulkLoader;
+use crate::storage::ids::IdAllocator;
+use crate::storage::manifest;
 use crate::storage::{Storage, StoreError};
 
 /// Name in the header line.
@@ -142,6 +145,78 @@ pub fn write_backup(
     Ok(records)
 }
 
+/// Writes a backup of a stopped server's data directory (its shard count
+/// comes from the directory's manifest); returns the number of records.
+pub fn backup_stopped(
+    data_dir: &Path,
+    store_cache_bytes: u64,
+    out: &mut dyn Write,
+) -> Result<u64, BackupError> {
+    let manifest = manifest::read(data_dir)?;
+    let storage_settings = StorageSettings {
+        data_dir: data_dir.to_owned(),
+        shards: manifest.shards,
+        store_cache_bytes,
+        ..StorageSettings::default()
+    };
+    let cache = CacheSettings {
+        capacity_bytes: 1 << 20,
+        warm_on_start: false,
+    };
+    let storage = Storage::open(&storage_settings, &cache)?;
+    let next_id = IdAllocator::stored_mark(data_dir)?;
+    let written = write_backup(&storage, next_id, out);
+    storage.close();
+    written
+}
+
+/// Rewrites a stopped server's data directory with `shards` shards: a
+/// backup into a file beside it, a restore into a new directory beside it,
+/// then a swap. The previous directory is kept (its path is returned) until
+/// the operator removes it; if anything fails before the swap, the data
+/// directory is untouched.
+pub fn reshard(
+    data_dir: &Path,
+    shards: u32,
+    store_cache_bytes: u64,
+) -> Result<(BackupSummary, PathBuf), BackupError> {
+    let name = data_dir.display().to_string();
+    let image = sibling(data_dir, "reshard.ndjson");
+    let imaged = (|| {
+        let file = std::fs::File::create(&image).map_err(io_error(&name))?;
+        let mut out = std::io::BufWriter::new(file);
+        backup_stopped(data_dir, store_cache_bytes, &mut out)?;
+        out.flush().map_err(io_error(&name))
+    })();
+    if let Err(e) = imaged {
+        let _ = std::fs::remove_file(&image);
+        return Err(e);
+    }
+    let fresh = sibling(data_dir, "resharded");
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh).map_err(io_error(&name))?;
+    }
+    let summary = restore(&image, &fresh, shards, store_cache_bytes)?;
+    let previous = sibling(data_dir, "before-reshard");
+    if previous.exists() {
+        return Err(BackupError::TargetNotEmpty(previous.display().to_string()));
+    }
+    std::fs::rename(data_dir, &previous).map_err(io_error(&name))?;
+    std::fs::rename(&fresh, data_dir).map_err(io_error(&name))?;
+    let _ = std::fs::remove_file(&image);
+    Ok((summary, previous))
+}
+
+/// `<parent>/.<name>.<suffix>`: working files kept next to the data directory
+/// so renames stay on one filesystem.
+fn sibling(data_dir: &Path, suffix: &str) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    data_dir.with_file_name(format!(".{name}.{suffix}"))
+}
+
 /// What a valid backup holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupSummary {
@@ -252,7 +327,7 @@ pub fn restore(
             return Err(BackupError::TargetNotEmpty(target));
         }
     }
-    let staging = staging_dir(data_dir);
+    let staging = sibling(data_dir, "restoring");
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io_error(&target))?;
     }
@@ -282,13 +357,4 @@ pub fn restore(
             Err(e)
         }
     }
-}
-
-/// Where a restore builds the new directory before renaming it into place.
-fn staging_dir(data_dir: &Path) -> PathBuf {
-    let name = data_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    data_dir.with_file_name(format!(".{name}.restoring"))
 }

@@ -51,6 +51,16 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Rewrite a stopped server's data directory with another shard count
+    /// (the previous directory is kept beside it until you remove it).
+    Reshard {
+        /// The new shard count.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        shards: u32,
+        /// The data directory (default: storage.data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Exit 0 when the server answers /health (for container health checks).
     Health {
         /// host:port of the server (default: from server.listen).
@@ -112,33 +122,7 @@ fn backup_cmd(
     );
     match data_dir {
         Some(dir) => {
-            if !dir
-                .join(exdaas_server::storage::manifest::MANIFEST_FILE)
-                .exists()
-            {
-                anyhow::bail!(
-                    "{} is not an exdaas data directory (no manifest)",
-                    dir.display()
-                );
-            }
-            let mut storage_settings = loaded.settings.storage.clone();
-            storage_settings.data_dir = dir;
-            let manifest = std::fs::read(
-                storage_settings
-                    .data_dir
-                    .join(exdaas_server::storage::manifest::MANIFEST_FILE),
-            )?;
-            let manifest: exdaas_server::storage::manifest::Manifest =
-                serde_json::from_slice(&manifest)?;
-            storage_settings.shards = manifest.shards;
-            let cache = exdaas_server::config::CacheSettings {
-                capacity_bytes: 1 << 20,
-                warm_on_start: false,
-            };
-            let storage = exdaas_server::storage::Storage::open(&storage_settings, &cache)?;
-            let next_id = runtime()?.block_on(storage.id_high_water());
-            backup::write_backup(&storage, next_id, &mut file)?;
-            storage.close();
+            backup::backup_stopped(&dir, loaded.settings.storage.store_cache_bytes, &mut file)?;
         }
         None => {
             let addr = target(loaded, server)?;
@@ -212,6 +196,20 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Command::Health { server } => health(&loaded, server),
+        Command::Reshard { shards, data_dir } => {
+            let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());
+            backup::reshard(&dir, shards, loaded.settings.storage.store_cache_bytes)
+                .map(|(summary, previous)| {
+                    println!(
+                        "resharded {} into {shards} shards ({} records); the previous data is kept at {}: \
+                         remove it once the server runs with storage.shards = {shards}",
+                        dir.display(),
+                        summary.records,
+                        previous.display()
+                    )
+                })
+                .map_err(anyhow::Error::from)
+        }
         Command::Serve => {
             match &loaded.file {
                 Some(f) => tracing::info!(file = %f.display(), "configuration loaded"),

@@ -71,6 +71,13 @@ impl IdAllocator {
         range.limit.max(range.next)
     }
 
+    /// The durable mark of a stopped server's `data_dir`.
+    pub fn stored_mark(data_dir: &Path) -> Result<u64, StoreError> {
+        let ids = Self::open(data_dir)?;
+        let mark = ids.state.try_lock().map(|r| r.limit).unwrap_or(1);
+        Ok(mark)
+    }
+
     /// Raises the durable mark of `data_dir` to at least `mark` (restore).
     pub fn raise_mark(data_dir: &Path, mark: u64) -> Result<(), StoreError> {
         let current = Self::open(data_dir)?;

@@ -37,6 +37,25 @@ pub fn shard_file(data_dir: &Path, index: usize) -> PathBuf {
     data_dir.join(format!("shard-{index:04}.persy"))
 }
 
+/// The manifest of an existing data directory, checked to be readable by
+/// this build (for tools that work on a stopped server's directory).
+pub fn read(data_dir: &Path) -> Result<Manifest, StoreError> {
+    if !data_dir.join(MANIFEST_FILE).exists() {
+        return Err(StoreError::Manifest(format!(
+            "{} is not an exdaas data directory (no {MANIFEST_FILE})",
+            data_dir.display()
+        )));
+    }
+    let manifest = std::fs::read(data_dir.join(MANIFEST_FILE))
+        .map_err(|e| io_err(&data_dir.join(MANIFEST_FILE), e))?;
+    let shards = serde_json::from_slice::<Manifest>(&manifest)
+        .map(|m| m.shards)
+        .unwrap_or(0);
+    // open_or_create does every check; with the recorded count it cannot
+    // create anything here.
+    open_or_create(data_dir, shards)
+}
+
 /// Opens or creates the manifest of `data_dir` for `shards` shards, refusing a
 /// directory that was written with a different layout.
 pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreError> {
@@ -69,8 +88,8 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreErr
             if found.shards != shards {
                 return Err(StoreError::Manifest(format!(
                     "data directory {} holds {} shards but storage.shards is {shards}; \
-                     start with storage.shards = {} (or SHARD_LIMIT={}), or move the data with \
-                     `exdaas backup` and `exdaas restore` into a new directory",
+                     start with storage.shards = {} (or SHARD_LIMIT={}), or stop the server and run \
+                     `exdaas reshard --shards {shards}` to rewrite the directory",
                     data_dir.display(),
                     found.shards,
                     found.shards,
