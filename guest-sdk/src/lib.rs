@@ -24,6 +24,8 @@
 //!
 //! The crate builds with Rust 1.63 and has no dependencies.
 
+#![warn(missing_docs)]
+
 pub mod json;
 
 use json::{ParseError, Value};
