@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run_cli, temp_data_dir, Options, Server};
+use common::{backup_from_server, run_cli, temp_data_dir, Options, Server};
 
 const CONFIG: &str = r#"
 [auth]
@@ -88,28 +88,13 @@ async fn every_role_on_every_endpoint_class() {
     }
     // The backup command passes its token.
     let file = root.path().join("b.ndjson");
-    let (code, _, err) = run_cli(
-        root.path(),
-        &[
-            "backup",
-            "--out",
-            file.to_str().unwrap(),
-            "--server",
-            &server.addr,
-        ],
-        &[],
-    );
+    let (code, _, err) = backup_from_server(root.path(), &file, &server.addr, &[]);
     assert_ne!(code, 0);
     assert!(err.contains("401"), "{err}");
-    let (code, _, err) = run_cli(
+    let (code, _, err) = backup_from_server(
         root.path(),
-        &[
-            "backup",
-            "--out",
-            file.to_str().unwrap(),
-            "--server",
-            &server.addr,
-        ],
+        &file,
+        &server.addr,
         &[("EXDAAS_TOKEN", "admin-token-0123456789")],
     );
     assert_eq!(code, 0, "{err}");

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{run_cli, temp_data_dir, Options, Server};
+use common::{backup_from_server, run_cli, temp_data_dir, Options, Server};
 
 /// Parses a backup into key -> (version, value).
 fn read_backup(path: &std::path::Path) -> BTreeMap<String, (u64, serde_json::Value)> {
@@ -81,17 +81,7 @@ async fn backup_under_load_restores_consistently_into_other_shard_counts() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let file = root.path().join("online.ndjson");
-    let (code, out, err) = run_cli(
-        root.path(),
-        &[
-            "backup",
-            "--out",
-            file.to_str().unwrap(),
-            "--server",
-            &server.addr,
-        ],
-        &[],
-    );
+    let (code, out, err) = backup_from_server(root.path(), &file, &server.addr, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("records"), "{out}");
     stop.store(true, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{run_cli, temp_data_dir, Options, Server};
+use common::{reshard, run_cli, temp_data_dir, Options, Server};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reshard_keeps_every_key_and_version() {
@@ -26,17 +26,7 @@ async fn reshard_keeps_every_key_and_version() {
         .unwrap();
 
     // Refused while the server runs (its stores are locked).
-    let (code, _, err) = run_cli(
-        root.path(),
-        &[
-            "reshard",
-            "--shards",
-            "8",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, _, err) = reshard(root.path(), &data, "8");
     assert_ne!(code, 0, "resharded a live directory");
     assert!(!err.is_empty());
     let leftovers: Vec<_> = std::fs::read_dir(root.path())
@@ -52,17 +42,7 @@ async fn reshard_keeps_every_key_and_version() {
     );
     assert!(server.stop().success());
 
-    let (code, out, err) = run_cli(
-        root.path(),
-        &[
-            "reshard",
-            "--shards",
-            "8",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, out, err) = reshard(root.path(), &data, "8");
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("8 shards") && out.contains("before-reshard"),
@@ -93,16 +73,6 @@ async fn reshard_keeps_every_key_and_version() {
         .parse()
         .unwrap();
     assert!(next > id);
-    let bad = run_cli(
-        root.path(),
-        &[
-            "reshard",
-            "--shards",
-            "0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let bad = reshard(root.path(), &data, "0");
     assert_ne!(bad.0, 0);
 }

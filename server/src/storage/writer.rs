@@ -328,12 +328,10 @@ mod tests {
         rx.recv().unwrap()
     }
 
-    #[test]
-    fn a_failed_commit_poisons_the_shard_and_loses_nothing_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ShardStore::open(&dir.path().join("s.persy"), 1 << 20).unwrap();
+    /// A writer over a fresh store in `dir`, with its queue and store.
+    fn fixture(dir: &std::path::Path) -> (ShardWriter, mpsc::Sender<WriterMsg>, ShardStore) {
+        let store = ShardStore::open(&dir.join("s.persy"), 1 << 20).unwrap();
         let (queue, rx) = mpsc::channel(16);
-        let poisoned = Arc::new(AtomicBool::new(false));
         let writer = ShardWriter {
             shard: 0,
             store: store.clone(),
@@ -341,9 +339,17 @@ mod tests {
             rx,
             max_batch: 8,
             seq: 0,
-            poisoned: poisoned.clone(),
+            poisoned: Arc::default(),
             metrics: Arc::default(),
         };
+        (writer, queue, store)
+    }
+
+    #[test]
+    fn a_failed_commit_poisons_the_shard_and_loses_nothing_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, queue, store) = fixture(dir.path());
+        let poisoned = writer.poisoned.clone();
         let thread = std::thread::spawn(move || writer.run());
         let put = |v: &'static str| WriteOp::Put(Bytes::from_static(v.as_bytes()));
 
@@ -374,18 +380,7 @@ mod tests {
     #[test]
     fn a_batch_sees_its_own_earlier_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ShardStore::open(&dir.path().join("s.persy"), 1 << 20).unwrap();
-        let (queue, rx) = mpsc::channel(16);
-        let mut writer = ShardWriter {
-            shard: 0,
-            store: store.clone(),
-            cache: Arc::new(new_cache(1 << 20)),
-            rx,
-            max_batch: 8,
-            seq: 0,
-            poisoned: Arc::default(),
-            metrics: Arc::default(),
-        };
+        let (mut writer, queue, store) = fixture(dir.path());
         // Stage a batch directly: create, replace, unchanged, delete, missing.
         let (tx, answers) = std::sync::mpsc::channel();
         let cmd = |key: &str, op: WriteOp| {

@@ -394,3 +394,32 @@ pub fn plugin_toml(name: &str, path: &Path, extra: &str) -> String {
         path.display()
     )
 }
+
+/// `exdaas backup --out FILE --server ADDR` with extra environment.
+pub fn backup_from_server(
+    dir: &Path,
+    file: &Path,
+    addr: &str,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    run_cli(
+        dir,
+        &["backup", "--out", file.to_str().unwrap(), "--server", addr],
+        env,
+    )
+}
+
+/// `exdaas reshard --shards N --data-dir DIR`.
+pub fn reshard(dir: &Path, data: &Path, shards: &str) -> (i32, String, String) {
+    run_cli(
+        dir,
+        &[
+            "reshard",
+            "--shards",
+            shards,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
