@@ -353,6 +353,33 @@ impl From<bool> for Value {
     }
 }
 
+/// The member names of the object being parsed: compared one by one while
+/// the object is small, looked up in a set once it is not.
+#[derive(Default)]
+struct MemberNames {
+    set: Option<std::collections::BTreeSet<String>>,
+}
+
+impl MemberNames {
+    /// Adds `name`; false if the object already has it. `members` are the
+    /// members parsed so far.
+    fn insert(&mut self, name: &str, members: &[(String, Value)]) -> bool {
+        if let Some(set) = self.set.as_mut() {
+            return set.insert(name.to_string());
+        }
+        if members.iter().any(|(k, _)| k == name) {
+            return false;
+        }
+        if members.len() >= 16 {
+            let mut set: std::collections::BTreeSet<String> =
+                members.iter().map(|(k, _)| k.clone()).collect();
+            set.insert(name.to_string());
+            self.set = Some(set);
+        }
+        true
+    }
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,
@@ -419,7 +446,8 @@ impl<'a> Parser<'a> {
             }
             Some(b'{') => {
                 self.i += 1;
-                let mut members = Vec::new();
+                let mut members: Vec<(String, Value)> = Vec::new();
+                let mut names = MemberNames::default();
                 self.ws();
                 if self.peek() == Some(b'}') {
                     self.i += 1;
@@ -430,7 +458,16 @@ impl<'a> Parser<'a> {
                     if self.peek() != Some(b'"') {
                         return Err(self.err("expected a member name"));
                     }
+                    let name_at = self.i;
                     let key = self.string()?;
+                    if !names.insert(&key, &members) {
+                        // A reader that took the first of two equal names
+                        // while the server's clients take the last could be
+                        // talked past; the server refuses such documents,
+                        // and so does this parser.
+                        self.i = name_at;
+                        return Err(self.err("duplicate member name"));
+                    }
                     self.ws();
                     if self.peek() != Some(b':') {
                         return Err(self.err("expected :"));
@@ -489,6 +526,11 @@ impl<'a> Parser<'a> {
         }
         let text =
             std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad number"))?;
+        // I-JSON: a number must fit a double (the server refuses 1e400).
+        if !matches!(text.parse::<f64>(), Ok(f) if f.is_finite()) {
+            self.i = start;
+            return Err(self.err("number out of range"));
+        }
         Ok(Value::Number(text.to_string()))
     }
 
@@ -498,6 +540,10 @@ impl<'a> Parser<'a> {
             .s
             .get(self.i..end)
             .ok_or_else(|| self.err("short \\u escape"))?;
+        // from_str_radix alone would also take a sign ("\\u+041").
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(self.err("bad \\u escape"));
+        }
         let text = std::str::from_utf8(digits).map_err(|_| self.err("bad \\u escape"))?;
         let n = u32::from_str_radix(text, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.i = end;
@@ -611,5 +657,73 @@ mod tests {
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(Value::parse(&deep).is_err());
+    }
+
+    #[test]
+    fn duplicate_member_names_are_refused() {
+        for text in [
+            r#"{"email":"a@x","age":3,"age":"notanumber"}"#,
+            r#"{"a":1,"\u0061":2}"#,
+            r#"{"x":{"b":1,"b":2}}"#,
+        ] {
+            let err = Value::parse(text).unwrap_err();
+            assert_eq!(err.message, "duplicate member name", "{}", text);
+        }
+        let mut many = String::from("{");
+        for i in 0..40 {
+            many.push_str(&format!("\"k{}\":{},", i, i));
+        }
+        assert!(Value::parse(&format!("{}\"k39\":0}}", many)).is_err());
+        assert!(Value::parse(&format!("{}\"k40\":0}}", many)).is_ok());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                any::<String>().prop_map(serde_json::Value::String),
+            ];
+            leaf.prop_recursive(5, 48, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(any::<String>(), inner, 0..5)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// The SDK reads what serde_json writes, to the same document.
+            #[test]
+            fn reads_what_serde_json_writes(v in value()) {
+                let text = serde_json::to_string_pretty(&v).unwrap();
+                let ours = Value::parse(&text).unwrap();
+                // Both texts through one reader: numbers keep their text in
+                // the SDK, so they must read back identically.
+                let back: serde_json::Value = serde_json::from_str(&ours.to_json()).unwrap();
+                let direct: serde_json::Value = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(back, direct);
+            }
+
+            /// Anything the SDK accepts, serde_json accepts too; no input panics.
+            #[test]
+            fn accepts_nothing_a_strict_reader_refuses(
+                text in "[\\[\\]{}:,\"\\\\u0-9a-fnrtl. -]{0,64}"
+            ) {
+                if Value::parse(&text).is_ok() {
+                    prop_assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok(), "{}", text);
+                }
+            }
+        }
     }
 }

@@ -39,6 +39,10 @@ const MAX_CHAIN_ATTEMPTS: usize = 16;
 /// unrelated keys rarely share one at realistic concurrency.
 const KEY_LOCKS: usize = 4096;
 
+/// Collisions a server-assigned id may meet before a create gives up; with
+/// the counter jumping 2^n ids after the n-th, this spans the whole range.
+const MAX_ID_ATTEMPTS: u32 = 63;
+
 /// Shared server state.
 pub struct App {
     /// The effective settings.
@@ -85,7 +89,7 @@ impl App {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             workers,
-            tokens: TokenSet::new(&settings.auth.tokens),
+            tokens: TokenSet::new(&settings.auth.tokens, settings.auth.allow_open_remote),
             metrics: RequestMetrics::default(),
             settings,
         }
@@ -104,11 +108,11 @@ impl App {
     /// chain stays active and the error is returned.
     pub async fn reload_plugins(&self) -> Result<usize, PluginLoadError> {
         let file = self.config_file.clone();
-        let max_value = self.settings.limits.max_value_bytes;
+        let limits = self.settings.limits.value_limits();
         let chain = tokio::task::spawn_blocking(move || {
             let loaded = crate::config::load(file.as_deref())
                 .map_err(|e| PluginLoadError::Config(e.to_string()))?;
-            PluginChain::load(&loaded.settings.plugins, max_value)
+            PluginChain::load(&loaded.settings.plugins, limits)
         })
         .await
         .map_err(|e| PluginLoadError::Engine(format!("reload task failed: {e}")))??;
@@ -178,7 +182,11 @@ impl App {
         json: Bytes,
         expect: Expect,
     ) -> Result<WriteOutcome, ApiError> {
-        Ok(self.write(key, Some(json), expect).await?.0)
+        let outcome = self.write(key, Some(json), expect).await?.0;
+        if let WriteOutcome::Created { .. } = outcome {
+            self.note_explicit_id(key).await;
+        }
+        Ok(outcome)
     }
 
     /// Like [`App::put`], also returning the value as stored (after any
@@ -190,6 +198,9 @@ impl App {
         expect: Expect,
     ) -> Result<(WriteOutcome, Bytes), ApiError> {
         let (outcome, stored) = self.write(key, Some(json), expect).await?;
+        if let WriteOutcome::Created { .. } = outcome {
+            self.note_explicit_id(key).await;
+        }
         Ok((outcome, stored.unwrap_or_default()))
     }
 
@@ -258,10 +269,12 @@ impl App {
 
     /// Stores `json` under a new server-assigned numeric key. An id whose key
     /// already exists (written explicitly by a client) is skipped, so this
-    /// never overwrites. Returns the id (the key is its decimal form), the
-    /// version and the stored value.
+    /// never overwrites; after each such collision the counter jumps twice
+    /// as far as before, so even a long run of client-written numeric keys
+    /// costs a few attempts, never one per key. Returns the id (the key is
+    /// its decimal form), the version and the stored value.
     pub async fn create_returning(&self, json: Bytes) -> Result<(u64, u64, Bytes), ApiError> {
-        loop {
+        for attempt in 0..MAX_ID_ATTEMPTS {
             let id = self.storage.next_id().await?;
             match self
                 .write(&id.to_string(), Some(json.clone()), Expect::Absent)
@@ -270,9 +283,28 @@ impl App {
                 (WriteOutcome::Created { version }, stored) => {
                     return Ok((id, version, stored.unwrap_or_default()))
                 }
-                (WriteOutcome::Conflict { .. }, _) => continue,
+                (WriteOutcome::Conflict { .. }, _) => {
+                    self.storage
+                        .skip_ids_past(id.saturating_add(1 << attempt))
+                        .await;
+                }
                 (other, _) => return Err(ApiError::unexpected(other)),
             }
+        }
+        Err(ApiError::Conflict(format!(
+            "no free id found in {MAX_ID_ATTEMPTS} attempts; store the value under a key of your choice"
+        )))
+    }
+
+    /// A client stored a value under a canonical decimal key: keep the id
+    /// counter from handing that id out later.
+    async fn note_explicit_id(&self, key: &str) {
+        let canonical = !key.is_empty()
+            && key.len() <= 19
+            && !key.starts_with('0')
+            && key.bytes().all(|b| b.is_ascii_digit());
+        if let (true, Ok(id)) = (canonical, key.parse::<u64>()) {
+            self.storage.skip_ids_past(id).await;
         }
     }
 }

@@ -1,7 +1,13 @@
-//! Bearer-token access control. With no tokens configured the server is
-//! open (and says so at start); otherwise every request except the health
-//! probes needs `Authorization: Bearer <token>` whose role covers it.
-//! Roles nest: `admin` implies `write`, which implies `read`.
+//! Bearer-token access control. Every request except the health probes
+//! needs `Authorization: Bearer <token>` whose role covers it. Roles nest:
+//! `admin` implies `write`, which implies `read`.
+//!
+//! With no tokens configured the server is open, but only to loopback
+//! clients (like Redis's protected mode): a server bound to a public
+//! address by mistake must not hand every key, backups and plugin reloads
+//! to whoever finds it. `auth.allow_open_remote = true` opts out.
+
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -46,6 +52,8 @@ pub struct TokenSpec {
 pub enum Access {
     /// No tokens configured: everything is allowed.
     Open,
+    /// No tokens configured, and the client is not on this machine.
+    LoopbackOnly,
     /// A valid token with this role.
     Granted(Role),
     /// No or an unknown token.
@@ -57,6 +65,18 @@ pub enum Access {
 #[derive(Debug, Default)]
 pub struct TokenSet {
     tokens: Vec<([u8; 32], Role)>,
+    /// Without tokens, also serve clients that are not on loopback.
+    open_remote: bool,
+}
+
+/// Whether `peer` is this machine (IPv4-mapped IPv6 loopback included).
+fn is_loopback(peer: IpAddr) -> bool {
+    match peer {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -70,12 +90,13 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 impl TokenSet {
     /// Builds the set from configuration.
-    pub fn new(specs: &[TokenSpec]) -> Self {
+    pub fn new(specs: &[TokenSpec], open_remote: bool) -> Self {
         Self {
             tokens: specs
                 .iter()
                 .map(|s| (digest(s.token.as_bytes()), s.role))
                 .collect(),
+            open_remote,
         }
     }
 
@@ -84,10 +105,14 @@ impl TokenSet {
         !self.tokens.is_empty()
     }
 
-    /// Checks an `Authorization` header value.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Access {
+    /// Checks an `Authorization` header value sent from `peer`.
+    pub fn check(&self, authorization: Option<&[u8]>, peer: IpAddr) -> Access {
         if !self.enabled() {
-            return Access::Open;
+            return if self.open_remote || is_loopback(peer) {
+                Access::Open
+            } else {
+                Access::LoopbackOnly
+            };
         }
         let Some(presented) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
             return Access::Unauthenticated;
@@ -108,34 +133,62 @@ impl TokenSet {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn without_tokens_only_loopback_is_served() {
+        let remote: IpAddr = "192.0.2.7".parse().unwrap_or(LOCAL);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap_or(remote);
+        let open = TokenSet::new(&[], false);
+        assert_eq!(open.check(None, LOCAL), Access::Open);
+        assert_eq!(
+            open.check(None, "::1".parse().unwrap_or(remote)),
+            Access::Open
+        );
+        assert_eq!(open.check(None, mapped), Access::Open);
+        assert_eq!(open.check(None, remote), Access::LoopbackOnly);
+        assert_eq!(
+            open.check(None, "::ffff:192.0.2.7".parse().unwrap_or(LOCAL)),
+            Access::LoopbackOnly
+        );
+        let opted_out = TokenSet::new(&[], true);
+        assert_eq!(opted_out.check(None, remote), Access::Open);
+    }
+
     #[test]
     fn roles_and_tokens() {
-        let open = TokenSet::new(&[]);
-        assert_eq!(open.check(None), Access::Open);
-        let set = TokenSet::new(&[
-            TokenSpec {
-                name: "r".into(),
-                token: "read-token-123456".into(),
-                role: Role::Read,
-            },
-            TokenSpec {
-                name: "a".into(),
-                token: "admin-token-123456".into(),
-                role: Role::Admin,
-            },
-        ]);
-        assert_eq!(set.check(None), Access::Unauthenticated);
-        assert_eq!(set.check(Some(b"Bearer nope")), Access::Unauthenticated);
+        let open = TokenSet::new(&[], false);
+        assert_eq!(open.check(None, LOCAL), Access::Open);
+        let set = TokenSet::new(
+            &[
+                TokenSpec {
+                    name: "r".into(),
+                    token: "read-token-123456".into(),
+                    role: Role::Read,
+                },
+                TokenSpec {
+                    name: "a".into(),
+                    token: "admin-token-123456".into(),
+                    role: Role::Admin,
+                },
+            ],
+            false,
+        );
+        assert_eq!(set.check(None, LOCAL), Access::Unauthenticated);
         assert_eq!(
-            set.check(Some(b"read-token-123456")),
+            set.check(Some(b"Bearer nope"), LOCAL),
             Access::Unauthenticated
         );
         assert_eq!(
-            set.check(Some(b"Bearer read-token-123456")),
+            set.check(Some(b"read-token-123456"), LOCAL),
+            Access::Unauthenticated
+        );
+        assert_eq!(
+            set.check(Some(b"Bearer read-token-123456"), LOCAL),
             Access::Granted(Role::Read)
         );
         assert_eq!(
-            set.check(Some(b"Bearer admin-token-123456")),
+            set.check(Some(b"Bearer admin-token-123456"), LOCAL),
             Access::Granted(Role::Admin)
         );
         assert!(Role::Admin > Role::Write && Role::Write > Role::Read);

@@ -2,9 +2,17 @@
 //! new data directory (with any shard count).
 //!
 //! Format, one JSON document per line:
-//! 1. header `{"format":"exdaas-backup","version":1,"shards":4,"next_id":N,"created_ms":T}`;
-//! 2. one line per key `{"key":"k","version":V,"value":<the stored JSON>}`;
-//! 3. trailer `{"end":true,"records":R}`.
+//! 1. header `{"format":"exdaas-backup","version":2,"shards":4,"next_id":N,"created_ms":T}`;
+//! 2. one line per key, `{"key":"k","version":V,"value":<the stored JSON>}`,
+//!    or `{"key":"k","version":V,"text":"<the stored JSON as a string>"}`
+//!    for a value that a line cannot carry byte for byte (one with a line
+//!    break, or leading or trailing white space);
+//! 3. trailer `{"end":true,"records":R,"seq":S}`, where S is at least every
+//!    version the server had handed out when the backup ended, so a
+//!    restored server never hands out a version again (not even to a key
+//!    deleted before the backup).
+//!
+//! Version 1 files (no `text` records, no `seq`) are still read.
 //!
 //! Each shard is read from one snapshot, so every shard in a backup taken
 //! under load is a state between two committed batches. The trailer makes
@@ -12,23 +20,30 @@
 //! anything and builds the new directory beside the target, renaming it into
 //! place only when complete, so nothing is ever half-restored.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{CacheSettings, StorageSettings};
+use crate::ijson::ValueLimits;
 use crate::storage::bulk::BulkLoader;
 use crate::storage::ids::IdAllocator;
 use crate::storage::manifest;
-use crate::storage::{Storage, StoreError};
+use crate::storage::{Storage, StoreError, StoredValue};
 
 /// Name in the header line.
 const FORMAT: &str = "exdaas-backup";
-/// Layout version of the file.
-const VERSION: u32 = 1;
+/// Layout version written.
+const VERSION: u32 = 2;
+/// Oldest layout version read.
+const OLDEST_VERSION: u32 = 1;
+/// Longest line read from a backup file: a record is a key and a value, each
+/// far below this, so a longer line is damage, not data.
+const MAX_LINE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Why a backup or restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,13 +84,17 @@ struct Header {
     created_ms: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+/// A record as read back; exactly one of `value` and `text` is present.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Record<'a> {
-    key: &'a str,
-    version: u64,
     #[serde(borrow)]
-    value: &'a RawValue,
+    key: Cow<'a, str>,
+    version: u64,
+    #[serde(borrow, default, deserialize_with = "crate::ijson::present_raw")]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +102,33 @@ struct Record<'a> {
 struct Trailer {
     end: bool,
     records: u64,
+    #[serde(default)]
+    seq: u64,
+}
+
+/// Whether a stored value can go into a record line as it is: RawValue keeps
+/// inner white space but not surrounding white space, and a line cannot
+/// hold a line break.
+fn fits_raw(json: &[u8]) -> bool {
+    let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t' | b'\n' | b'\r'));
+    !blank(json.first()) && !blank(json.last()) && !json.iter().any(|b| matches!(b, b'\n' | b'\r'))
+}
+
+/// Writes one record line.
+fn write_record(out: &mut dyn Write, key: &str, value: &StoredValue) -> std::io::Result<()> {
+    out.write_all(b"{\"key\":")?;
+    serde_json::to_writer(&mut *out, key)?;
+    write!(out, ",\"version\":{},", value.version)?;
+    if fits_raw(&value.json) {
+        out.write_all(b"\"value\":")?;
+        out.write_all(&value.json)?;
+    } else {
+        let text = std::str::from_utf8(&value.json)
+            .map_err(|_| std::io::Error::other(format!("the value of key {key:?} is not UTF-8")))?;
+        out.write_all(b"\"text\":")?;
+        serde_json::to_writer(&mut *out, text)?;
+    }
+    out.write_all(b"}\n")
 }
 
 fn io_error(path: &str) -> impl Fn(std::io::Error) -> BackupError + '_ {
@@ -117,29 +163,30 @@ pub fn write_backup(
     out.write_all(b"\n").map_err(io)?;
     let mut records = 0u64;
     let mut failed: Option<std::io::Error> = None;
-    storage.for_each(|key, value| {
-        let write = (|| -> std::io::Result<()> {
-            out.write_all(b"{\"key\":")?;
-            serde_json::to_writer(&mut *out, key)?;
-            write!(out, ",\"version\":{},\"value\":", value.version)?;
-            out.write_all(&value.json)?;
-            out.write_all(b"}\n")
-        })();
-        match write {
-            Ok(()) => {
-                records += 1;
-                Ok(true)
-            }
-            Err(e) => {
-                failed = Some(e);
-                Ok(false)
-            }
+    storage.for_each(|key, value| match write_record(out, key, value) {
+        Ok(()) => {
+            records += 1;
+            Ok(true)
+        }
+        Err(e) => {
+            failed = Some(e);
+            Ok(false)
         }
     })?;
     if let Some(e) = failed {
         return Err(io(e));
     }
-    serde_json::to_writer(&mut *out, &Trailer { end: true, records }).map_err(|e| io(e.into()))?;
+    // Read after the walk: at least every version in the records.
+    let seq = storage.last_seq()?;
+    serde_json::to_writer(
+        &mut *out,
+        &Trailer {
+            end: true,
+            records,
+            seq,
+        },
+    )
+    .map_err(|e| io(e.into()))?;
     out.write_all(b"\n").map_err(io)?;
     out.flush().map_err(io)?;
     Ok(records)
@@ -226,29 +273,67 @@ pub struct BackupSummary {
     pub records: u64,
     /// The id counter mark to continue from.
     pub next_id: u64,
+    /// Every version the server had handed out is at most this.
+    pub seq: u64,
 }
 
 /// Receives each record (key, version, value JSON) during a restore.
 type RecordSink<'a> = &'a mut dyn FnMut(&str, u64, &[u8]) -> Result<(), BackupError>;
 
+/// What every restored value must meet: I-JSON, as for any write, with the
+/// widest limits a server can be configured with.
+const RESTORE_LIMITS: ValueLimits = ValueLimits {
+    max_bytes: MAX_LINE_BYTES,
+    max_depth: crate::ijson::MAX_DEPTH_CEILING,
+};
+
+/// Reads the next line (without its `\n`) into `buf`; `None` at the end.
+fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<()>> {
+    buf.clear();
+    let read = reader
+        .by_ref()
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "line longer than {MAX_LINE_BYTES} bytes"
+        )));
+    }
+    Ok(Some(()))
+}
+
 /// Reads a backup file line by line, checking everything; calls `each` for
 /// every record when given.
-fn scan(path: &Path, mut each: Option<RecordSink<'_>>) -> Result<BackupSummary, BackupError> {
+fn scan(path: &Path, each: Option<RecordSink<'_>>) -> Result<BackupSummary, BackupError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(io_error(&name))?;
+    scan_reader(&name, BufReader::new(file), each)
+}
+
+/// [`scan`] over any reader; `name` names it in errors.
+fn scan_reader(
+    name: &str,
+    mut reader: impl BufRead,
+    mut each: Option<RecordSink<'_>>,
+) -> Result<BackupSummary, BackupError> {
     let invalid = |line: usize, message: String| BackupError::Invalid {
-        path: name.clone(),
+        path: name.to_owned(),
         line,
-        message,
+        message: crate::logsafe::escape(&message, 1024),
     };
-    let mut lines = BufReader::new(file).lines();
-    let first = lines
-        .next()
-        .ok_or_else(|| invalid(1, "empty file, not a backup".into()))?
-        .map_err(io_error(&name))?;
-    let header: Header = serde_json::from_str(&first)
-        .map_err(|e| invalid(1, format!("not a backup header: {e}")))?;
-    if header.format != FORMAT || header.version != VERSION {
+    let mut line = Vec::new();
+    let header: Header = match next_line(&mut reader, &mut line) {
+        Ok(Some(())) => serde_json::from_slice(&line)
+            .map_err(|e| invalid(1, format!("not a backup header: {e}")))?,
+        Ok(None) => return Err(invalid(1, "empty file, not a backup".into())),
+        Err(e) => return Err(invalid(1, format!("unreadable: {e}"))),
+    };
+    if header.format != FORMAT || !(OLDEST_VERSION..=VERSION).contains(&header.version) {
         return Err(invalid(
             1,
             format!(
@@ -259,12 +344,16 @@ fn scan(path: &Path, mut each: Option<RecordSink<'_>>) -> Result<BackupSummary, 
     }
     let mut keys = HashSet::new();
     let mut line_no = 1;
-    for line in lines {
+    loop {
         line_no += 1;
-        let line = line.map_err(|e| invalid(line_no, format!("unreadable: {e}")))?;
+        match next_line(&mut reader, &mut line) {
+            Ok(Some(())) => {}
+            Ok(None) => break,
+            Err(e) => return Err(invalid(line_no, format!("unreadable: {e}"))),
+        }
         let records = keys.len() as u64;
-        if line.starts_with("{\"end\"") {
-            let trailer: Trailer = serde_json::from_str(&line)
+        if line.starts_with(b"{\"end\"") {
+            let trailer: Trailer = serde_json::from_slice(&line)
                 .map_err(|e| invalid(line_no, format!("bad trailer: {e}")))?;
             if !trailer.end || trailer.records != records {
                 return Err(invalid(
@@ -275,30 +364,43 @@ fn scan(path: &Path, mut each: Option<RecordSink<'_>>) -> Result<BackupSummary, 
                     ),
                 ));
             }
-            // Nothing may follow the trailer.
+            if !matches!(next_line(&mut reader, &mut line), Ok(None)) {
+                return Err(invalid(line_no + 1, "data after the trailer line".into()));
+            }
             return Ok(BackupSummary {
                 shards: header.shards,
                 records,
                 next_id: header.next_id,
+                seq: trailer.seq,
             });
         }
-        let record: Record = serde_json::from_str(&line)
+        let record: Record = serde_json::from_slice(&line)
             .map_err(|e| invalid(line_no, format!("bad record: {e}")))?;
-        if record.key.is_empty() || record.key.chars().any(char::is_control) {
-            return Err(invalid(line_no, format!("invalid key {:?}", record.key)));
+        let key = record.key.as_ref();
+        if key.is_empty() || key.chars().any(char::is_control) {
+            return Err(invalid(line_no, format!("invalid key {key:?}")));
         }
-        if !keys.insert(record.key.to_owned()) {
-            return Err(invalid(
-                line_no,
-                format!("key {:?} appears twice", record.key),
-            ));
+        let json = match (&record.value, &record.text) {
+            (Some(raw), None) => raw.get(),
+            (None, Some(text)) => text.as_ref(),
+            _ => {
+                return Err(invalid(
+                    line_no,
+                    "a record needs exactly one of value and text".into(),
+                ))
+            }
+        };
+        crate::ijson::check(json.as_bytes(), RESTORE_LIMITS)
+            .map_err(|v| invalid(line_no, format!("key {key:?}: {v}")))?;
+        if !keys.insert(key.to_owned()) {
+            return Err(invalid(line_no, format!("key {key:?} appears twice")));
         }
         if let Some(each) = each.as_mut() {
-            each(record.key, record.version, record.value.get().as_bytes())?;
+            each(key, record.version, json.as_bytes())?;
         }
     }
     Err(invalid(
-        line_no + 1,
+        line_no,
         "file ends without the trailer line: the backup is truncated".into(),
     ))
 }
@@ -310,6 +412,11 @@ pub fn validate(path: &Path) -> Result<BackupSummary, BackupError> {
 
 /// Restores `path` into `data_dir`, which must be missing or empty, with
 /// `shards` shards (which may differ from the backup's).
+///
+/// The store is built in a staging directory inside `data_dir` and moved up
+/// entry by entry, the manifest last: a server refuses a directory without a
+/// manifest or with the staging directory, so an interrupted restore can
+/// never be mistaken for a complete one.
 pub fn restore(
     path: &Path,
     data_dir: &Path,
@@ -318,43 +425,215 @@ pub fn restore(
 ) -> Result<BackupSummary, BackupError> {
     let summary = validate(path)?;
     let target = data_dir.display().to_string();
-    if data_dir.exists() {
-        let empty = std::fs::read_dir(data_dir)
-            .map_err(io_error(&target))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(BackupError::TargetNotEmpty(target));
-        }
+    manifest::create_dir_durably(data_dir)?;
+    if !is_empty_dir(data_dir).map_err(io_error(&target))? {
+        return Err(BackupError::TargetNotEmpty(target));
     }
-    let staging = sibling(data_dir, "restoring");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io_error(&target))?;
-    }
+    let staging = data_dir.join(manifest::RESTORE_STAGING_DIR);
     let result = (|| {
         let mut loader = BulkLoader::create(&staging, shards, store_cache_bytes)?;
         let mut add = |key: &str, version: u64, json: &[u8]| {
             loader.add(key, version, json).map_err(BackupError::from)
         };
         let written = scan(path, Some(&mut add))?;
-        loader.finish(written.next_id)?;
+        loader.finish(written.next_id, written.seq)?;
+        move_into_place(&staging, data_dir).map_err(io_error(&target))?;
         Ok::<_, BackupError>(written)
     })();
-    match result {
-        Ok(written) => {
-            if data_dir.exists() {
-                std::fs::remove_dir(data_dir).map_err(io_error(&target))?;
-            }
-            std::fs::rename(&staging, data_dir).map_err(io_error(&target))?;
-            if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
-            }
-            debug_assert_eq!(written, summary);
-            Ok(written)
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let written = result?;
+    debug_assert_eq!(written, summary);
+    Ok(written)
+}
+
+/// Whether `dir` holds nothing but a filesystem's `lost+found`.
+fn is_empty_dir(dir: &Path) -> std::io::Result<bool> {
+    for entry in std::fs::read_dir(dir)? {
+        if entry?.file_name() != "lost+found" {
+            return Ok(false);
         }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(e)
+    }
+    Ok(true)
+}
+
+/// Moves every entry of `staging` into `dir`, the manifest last, makes the
+/// renames durable, and removes `staging`.
+fn move_into_place(staging: &Path, dir: &Path) -> std::io::Result<()> {
+    let mut names: Vec<_> = std::fs::read_dir(staging)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort_by_key(|n| n == manifest::MANIFEST_FILE);
+    for name in names {
+        std::fs::rename(staging.join(&name), dir.join(&name))?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::remove_dir(staging)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::storage::{Expect, WriteOp};
+    use crate::testgen;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn open(dir: &Path, shards: u32) -> Storage {
+        let settings = StorageSettings {
+            data_dir: dir.to_owned(),
+            shards,
+            store_cache_bytes: 1 << 20,
+            ..StorageSettings::default()
+        };
+        let cache = CacheSettings {
+            capacity_bytes: 1 << 20,
+            warm_on_start: false,
+        };
+        Storage::open(&settings, &cache).unwrap()
+    }
+
+    fn put(rt: &tokio::runtime::Runtime, storage: &Storage, key: &str, json: &[u8]) {
+        let op = WriteOp::Put(Bytes::copy_from_slice(json));
+        rt.block_on(storage.write(key.to_owned(), op, Expect::Any))
+            .unwrap();
+    }
+
+    /// Everything the server accepts comes back from a restore byte for
+    /// byte, with its version, into any shard count; and the restored
+    /// server hands out only versions never seen before.
+    fn round_trip(docs: &BTreeMap<String, Vec<u8>>, from: u32, to: u32) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = open(&dir.path().join("a"), from);
+        for (key, doc) in docs {
+            put(&rt, &source, key, b"0");
+            put(&rt, &source, key, doc);
         }
+        // A deleted key's version must not come back either.
+        put(&rt, &source, "x!gone", b"1");
+        rt.block_on(source.write("x!gone".into(), WriteOp::Delete, Expect::Any))
+            .unwrap();
+        let seq = source.last_seq().unwrap();
+        let image = dir.path().join("backup.ndjson");
+        let mut out = std::fs::File::create(&image).unwrap();
+        write_backup(&source, 7, &mut out).unwrap();
+        drop(out);
+
+        let target = dir.path().join("b");
+        let summary = restore(&image, &target, to, 1 << 20).unwrap();
+        assert_eq!(summary.records, docs.len() as u64);
+        assert!(summary.seq >= seq);
+        let restored = open(&target, to);
+        for (key, doc) in docs {
+            let before = rt.block_on(source.get(key)).unwrap().unwrap();
+            let after = rt.block_on(restored.get(key)).unwrap().unwrap();
+            assert_eq!(after.json, &doc[..], "key {key:?}");
+            assert_eq!(after.version, before.version, "key {key:?}");
+        }
+        assert!(rt.block_on(restored.get("x!gone")).unwrap().is_none());
+        put(&rt, &restored, "x!gone", b"2");
+        let again = rt.block_on(restored.get("x!gone")).unwrap().unwrap();
+        assert!(again.version > seq, "version {} reused", again.version);
+        source.close();
+        restored.close();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn backups_round_trip_everything_accepted(
+            docs in prop::collection::btree_map(testgen::key(), testgen::document(), 1..10),
+            from in 1..5u32,
+            to in 1..6u32,
+        ) {
+            round_trip(&docs, from, to);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The reader refuses damaged files with a line number, never panics.
+        #[test]
+        fn damaged_backups_are_refused_cleanly(
+            lines in prop::collection::vec("[{}\\[\\]\":,a-z0-9 \\\\]{0,40}", 0..6),
+            keep_header in any::<bool>(),
+        ) {
+            let mut text = String::new();
+            if keep_header {
+                text.push_str(r#"{"format":"exdaas-backup","version":2,"shards":1,"next_id":1,"created_ms":0}"#);
+                text.push('\n');
+            }
+            for line in &lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+            match scan_reader("t", text.as_bytes(), None) {
+                Ok(summary) => prop_assert_eq!(summary.records, 0),
+                Err(BackupError::Invalid { .. }) => {}
+                Err(other) => prop_assert!(false, "{other}"),
+            }
+        }
+    }
+
+    /// The cases reported: pretty-printed, CRLF, keys with quote and backslash.
+    #[test]
+    fn reported_values_round_trip() {
+        let docs: BTreeMap<String, Vec<u8>> = [
+            ("pretty", &b"{\n  \"name\": \"ada\"\n}\n"[..]),
+            ("crlf", b"{\"a\":1}\r\n"),
+            ("q\"uote", b"1"),
+            ("back\\slash", b"[]"),
+            ("null", b"null"),
+            ("spaced", b"  {\"a\": [1, 2]}\t"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .collect();
+        round_trip(&docs, 4, 2);
+    }
+
+    #[test]
+    fn restore_into_an_existing_empty_directory_stages_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("b.ndjson");
+        std::fs::write(
+            &image,
+            "{\"format\":\"exdaas-backup\",\"version\":1,\"shards\":1,\"next_id\":5,\"created_ms\":0}\n\
+             {\"key\":\"k\",\"version\":3,\"value\":{\"a\":1}}\n{\"end\":true,\"records\":1}\n",
+        )
+        .unwrap();
+        let mount = dir.path().join("volume");
+        std::fs::create_dir_all(mount.join("lost+found")).unwrap();
+        let summary = restore(&image, &mount, 2, 1 << 20).unwrap();
+        assert_eq!((summary.records, summary.seq), (1, 0));
+        assert!(mount.join(manifest::MANIFEST_FILE).exists());
+        assert!(!mount.join(manifest::RESTORE_STAGING_DIR).exists());
+        // Nothing was written beside the target.
+        let mut siblings: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        siblings.sort();
+        assert_eq!(siblings, ["b.ndjson", "volume"]);
+        // A staging directory left by a crash stops a server from starting.
+        std::fs::create_dir(mount.join(manifest::RESTORE_STAGING_DIR)).unwrap();
+        let settings = StorageSettings {
+            data_dir: mount.clone(),
+            shards: 2,
+            ..StorageSettings::default()
+        };
+        let err = Storage::open(&settings, &CacheSettings::default())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("interrupted restore"), "{err}");
     }
 }

@@ -47,9 +47,38 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
-    /// Bearer tokens and their roles. Empty: the server is open to anyone
-    /// who can reach it (fine on loopback, not on a network).
+    /// Bearer tokens and their roles. Empty: no authentication, and only
+    /// clients on this machine are served (see `allow_open_remote`).
     pub tokens: Vec<TokenSpec>,
+    /// A TOML file with more tokens (`tokens = [{ name, token, role }]`),
+    /// e.g. a container secret; they join `tokens`.
+    pub tokens_file: Option<PathBuf>,
+    /// Without tokens, serve clients on other machines too, with no
+    /// authentication at all.
+    pub allow_open_remote: bool,
+}
+
+/// The contents of `auth.tokens_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    tokens: Vec<TokenSpec>,
+}
+
+/// Adds the tokens of `auth.tokens_file`, if set, to `auth.tokens`.
+fn load_tokens_file(loaded: &mut LoadedSettings) -> Result<(), ConfigError> {
+    let Some(path) = loaded.settings.auth.tokens_file.clone() else {
+        return Ok(());
+    };
+    let invalid = |message: String| ConfigError::Invalid {
+        key: "auth.tokens_file".into(),
+        origin: loaded.origin("auth.tokens_file"),
+        message: format!("{}: {message}", path.display()),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| invalid(e.to_string()))?;
+    let file: TokensFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    loaded.settings.auth.tokens.extend(file.tokens);
+    Ok(())
 }
 
 /// HTTP listener settings.
@@ -68,6 +97,12 @@ pub struct ServerSettings {
     /// A client that has not sent complete request headers within this time
     /// is disconnected, so slow clients cannot pin connections.
     pub header_read_timeout_ms: u64,
+    /// A request body must arrive completely within this time after its
+    /// headers; a client that stalls mid-body gets 408 and is disconnected.
+    pub body_read_timeout_ms: u64,
+    /// A client that reads none of a response for this long is
+    /// disconnected, so clients that stop reading cannot pin connections.
+    pub write_timeout_ms: u64,
     /// Most connections served at once; further clients wait in the
     /// kernel's accept queue until one closes.
     pub max_connections: usize,
@@ -83,6 +118,8 @@ impl Default for ServerSettings {
             shutdown_timeout_ms: 10_000,
             max_body_bytes: 2 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
             max_connections: 10_000,
             plugin_threads: 0,
         }
@@ -144,6 +181,19 @@ pub struct LimitSettings {
     pub max_key_bytes: usize,
     /// Largest stored JSON value, in bytes.
     pub max_value_bytes: usize,
+    /// Deepest nesting of arrays and objects in a stored value (at most
+    /// `crate::ijson::MAX_DEPTH_CEILING`).
+    pub max_json_depth: usize,
+}
+
+impl LimitSettings {
+    /// The rules a stored value is checked against.
+    pub fn value_limits(&self) -> crate::ijson::ValueLimits {
+        crate::ijson::ValueLimits {
+            max_bytes: self.max_value_bytes,
+            max_depth: self.max_json_depth,
+        }
+    }
 }
 
 impl Default for LimitSettings {
@@ -151,6 +201,7 @@ impl Default for LimitSettings {
         Self {
             max_key_bytes: 512,
             max_value_bytes: 1024 * 1024,
+            max_json_depth: 64,
         }
     }
 }
@@ -307,6 +358,7 @@ pub fn load_from(
     };
     apply_exdaas_aliases(&mut settings, env, &mut loaded.env_keys)?;
     loaded.settings = settings;
+    load_tokens_file(&mut loaded)?;
     validate(&loaded)?;
     Ok(loaded)
 }
@@ -457,6 +509,11 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         "must be above 0",
     )?;
     check(
+        (1..=crate::ijson::MAX_DEPTH_CEILING).contains(&s.limits.max_json_depth),
+        "limits.max_json_depth",
+        &format!("must be 1..={}", crate::ijson::MAX_DEPTH_CEILING),
+    )?;
+    check(
         s.server.max_body_bytes > 0,
         "server.max_body_bytes",
         "must be above 0",
@@ -469,6 +526,16 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
     check(
         s.server.header_read_timeout_ms > 0,
         "server.header_read_timeout_ms",
+        "must be above 0",
+    )?;
+    check(
+        s.server.body_read_timeout_ms > 0,
+        "server.body_read_timeout_ms",
+        "must be above 0",
+    )?;
+    check(
+        s.server.write_timeout_ms > 0,
+        "server.write_timeout_ms",
         "must be above 0",
     )?;
     for (i, token) in s.auth.tokens.iter().enumerate() {

@@ -11,6 +11,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use crate::ijson::Violation;
 use crate::plugin::FailureKind;
 use crate::storage::{StoreError, WriteOutcome};
 
@@ -45,6 +46,9 @@ pub enum ApiError {
         /// Which limit, and its size.
         message: String,
     },
+    /// The request body did not arrive in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The body is not declared as JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -87,6 +91,21 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl From<Violation> for ApiError {
+    fn from(v: Violation) -> Self {
+        match v {
+            Violation::TooLarge { .. } => Self::TooLarge {
+                code: v.code(),
+                message: v.to_string(),
+            },
+            _ => Self::BadRequest {
+                code: v.code(),
+                message: v.to_string(),
+            },
+        }
+    }
+}
+
 impl ApiError {
     /// Shorthand for a 400 with a code and message.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -112,6 +131,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Self::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -132,12 +152,13 @@ impl ApiError {
     /// The HTTP answer for this error.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let (status, code) = self.status_and_code();
+        let message = capped(&self.to_string());
         if status.is_server_error() {
-            tracing::error!(code, error = %self, "request failed");
+            tracing::error!(code, error = %message, "request failed");
         }
         let mut body = Map::new();
         body.insert("code".into(), Value::from(code));
-        body.insert("message".into(), Value::from(self.to_string()));
+        body.insert("message".into(), Value::from(message));
         match &self {
             Self::Rejected {
                 plugin,
@@ -146,9 +167,9 @@ impl ApiError {
                 ..
             } => {
                 body.insert("plugin".into(), Value::from(plugin.as_str()));
-                body.insert("reason".into(), Value::from(reason.as_str()));
+                body.insert("reason".into(), Value::from(capped(reason)));
                 if let Some(path) = path {
-                    body.insert("path".into(), Value::from(path.as_str()));
+                    body.insert("path".into(), Value::from(capped(path)));
                 }
             }
             Self::PluginFailed { plugin, kind, .. } => {
@@ -171,6 +192,14 @@ impl ApiError {
         }
         response
     }
+}
+
+/// Longest text of any one field of an error body.
+const MAX_ERROR_TEXT: usize = 1024;
+
+/// Error text that may quote a client or a plugin, escaped and cut short.
+fn capped(text: &str) -> String {
+    crate::logsafe::escape(text, MAX_ERROR_TEXT)
 }
 
 /// A JSON response with the given status.
@@ -209,5 +238,21 @@ mod tests {
         }
         let r = ApiError::MethodNotAllowed { allow: "GET, PUT" }.into_response();
         assert_eq!(r.headers()[ALLOW], "GET, PUT");
+    }
+
+    #[test]
+    fn bodies_are_capped() {
+        let huge = ApiError::Rejected {
+            plugin: "p".into(),
+            reason: "r".repeat(100_000),
+            message: "m".repeat(1 << 20),
+            path: Some("x".repeat(100_000)),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(huge.into_response().into_body());
+        let bytes = rt.block_on(body).unwrap().to_bytes();
+        assert!(bytes.len() < 4 * MAX_ERROR_TEXT, "{}", bytes.len());
     }
 }

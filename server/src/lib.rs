@@ -11,6 +11,8 @@
 //! - [`auth`]: bearer tokens and roles;
 //! - [`metrics`]: request, storage and plugin metrics in Prometheus format;
 //! - [`http`]: hyper server, routing, request parsing, handlers;
+//! - [`ijson`]: the I-JSON rules every stored value must meet;
+//! - [`logsafe`]: escaping and capping client text bound for logs;
 //! - [`error`]: request errors and the one place they become HTTP answers;
 //! - [`server`]: start-up and shutdown sequence used by the binary;
 //! - [`backup`]: the backup format, validation and restore;
@@ -23,7 +25,11 @@ pub mod backup;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod ijson;
+pub mod logsafe;
 pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod testgen;

@@ -108,16 +108,16 @@ fn check_config(loaded: &LoadedSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backup_cmd(
+/// Writes the backup stream into `partial` and syncs it to disk.
+fn write_backup_file(
     loaded: &LoadedSettings,
-    out: &Path,
+    partial: &Path,
     data_dir: Option<PathBuf>,
     server: Option<String>,
     token: Option<String>,
 ) -> anyhow::Result<()> {
-    let partial = out.with_extension("partial");
     let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&partial)
+        std::fs::File::create(partial)
             .map_err(|e| anyhow::anyhow!("{}: {e}", partial.display()))?,
     );
     match data_dir {
@@ -139,9 +139,32 @@ fn backup_cmd(
     }
     std::io::Write::flush(&mut file)?;
     file.get_ref().sync_all()?;
-    drop(file);
-    let summary = backup::validate(&partial)?;
-    std::fs::rename(&partial, out)?;
+    Ok(())
+}
+
+fn backup_cmd(
+    loaded: &LoadedSettings,
+    out: &Path,
+    data_dir: Option<PathBuf>,
+    server: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let partial = out.with_extension("partial");
+    let written = write_backup_file(loaded, &partial, data_dir, server, token)
+        .and_then(|()| Ok(backup::validate(&partial)?))
+        .and_then(|summary| {
+            std::fs::rename(&partial, out)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            Ok(summary)
+        });
+    let summary = match written {
+        Ok(summary) => summary,
+        Err(e) => {
+            // A failed backup leaves nothing that could be mistaken for one.
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     println!(
         "backup {}: {} records from {} shards",
         out.display(),
@@ -217,7 +240,13 @@ fn main() -> ExitCode {
                     tracing::info!("no configuration file; using built-in defaults and environment")
                 }
             }
-            runtime().and_then(|rt| rt.block_on(exdaas_server::server::run(loaded)))
+            runtime().and_then(|rt| {
+                let result = rt.block_on(exdaas_server::server::run(loaded));
+                // The stores are closed by now; do not let a stuck blocking
+                // task (a client read, say) keep the process alive.
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
+                result
+            })
         }
     };
     match result {

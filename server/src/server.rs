@@ -41,8 +41,8 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
             .await??;
     let storage = Arc::new(storage);
     let specs = settings.plugins.clone();
-    let max_value = settings.limits.max_value_bytes;
-    let chain = tokio::task::spawn_blocking(move || PluginChain::load(&specs, max_value)).await??;
+    let limits = settings.limits.value_limits();
+    let chain = tokio::task::spawn_blocking(move || PluginChain::load(&specs, limits)).await??;
     for plugin in chain.plugins() {
         tracing::info!(plugin = plugin.name(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
     }
@@ -64,9 +64,13 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
             tokens = settings.auth.tokens.len(),
             "access control on: bearer tokens required"
         );
+    } else if settings.auth.allow_open_remote {
+        tracing::warn!(
+            "no auth.tokens configured and auth.allow_open_remote is on: every client that can reach this server may read, write, back up and reload plugins"
+        );
     } else {
         tracing::warn!(
-            "no auth.tokens configured: the server is open to every client that can reach it"
+            "no auth.tokens configured: only clients on this machine are served; others get 403 until tokens are configured"
         );
     }
     let listener = TcpListener::bind(addr).await.map_err(|e| {

@@ -1,1 +1,3 @@
-//! End-to-end tests live in tests/.
+//! Helpers for the end-to-end tests that are too big for `tests/common`.
+
+pub mod powerfs;

@@ -165,3 +165,154 @@ fn unloadable_plugins_stop_the_server_at_start() {
     assert_eq!(code, 2);
     assert!(err.contains("colour") && err.contains("c.toml"), "{err}");
 }
+
+#[test]
+fn an_abi_version_that_never_returns_is_refused_at_start() {
+    let started = Instant::now();
+    let err = start_refused(&test_plugin("abi_version_hangs.wat"));
+    assert!(err.contains("timeout"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_plugin_on_reload_is_refused_and_sigterm_still_exits() {
+    let (_root, data) = temp_data_dir();
+    let config_path = data.with_extension("toml");
+    let server = Server::start_with(&data, Options::default().config(""));
+    let c = server.client();
+    std::fs::write(
+        &config_path,
+        plugin_toml(
+            "hangs",
+            &test_plugin("abi_version_hangs.wat"),
+            "timeout_ms = 200",
+        ),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let reload = c.send("POST", "/v1/admin/plugins/reload", &[], b"");
+        let r = tokio::time::timeout(Duration::from_secs(20), reload)
+            .await
+            .expect("reload never answered")
+            .unwrap();
+        assert_eq!(r.status, 422, "{:?}", r.body);
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("hangs") && message.contains("timeout"),
+            "{message}"
+        );
+    }
+    assert_eq!(c.put_json("/v1/kv/k", "1").await.status, 201);
+    let started = Instant::now();
+    assert!(server.stop().success());
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_log_text_cannot_forge_records() {
+    let (_root, data) = temp_data_dir();
+    let config = plugin_toml("forger", &test_plugin("log_forger.wat"), "");
+    let server = Server::start_with(&data, Options::default().config(&config));
+    assert_eq!(server.client().put_json("/v1/kv/k", "1").await.status, 201);
+    let log = server.log.lock().unwrap().clone();
+    let forged: Vec<&str> = log.lines().filter(|l| l.contains("FORGED")).collect();
+    assert_eq!(forged.len(), 1, "one log call, one record:\n{log}");
+    assert!(forged[0].contains("forger"), "{}", forged[0]);
+    assert!(
+        log.lines()
+            .all(|l| !l.starts_with("FORGED") && !l.starts_with("{\"level\"")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_details_are_capped_in_logs_and_error_bodies() {
+    let (root, data) = temp_data_dir();
+    // A trap whose backtrace names a function with a 50 KB name.
+    let long_name = "n".repeat(50_000);
+    let trapping = root.path().join("long_name.wat");
+    std::fs::write(
+        &trapping,
+        format!(
+            r#"(module
+  (memory (export "memory") 1)
+  (func (export "exdaas_abi_version") (result i32) (i32.const 1))
+  (func (export "exdaas_alloc") (param i32) (result i32) (i32.const 1024))
+  (func ${long_name} unreachable)
+  (func (export "exdaas_on_write") (param i32 i32 i32 i32 i32 i32 i64) (result i64)
+    (call ${long_name}) (i64.const 0)))"#
+        ),
+    )
+    .unwrap();
+    let config = plugin_toml("trapper", &trapping, "prefixes = [\"trap/\"]")
+        + &plugin_toml(
+            "shouter",
+            &test_plugin("huge_action.wat"),
+            "prefixes = [\"huge/\"]",
+        );
+    let server = Server::start_with(&data, Options::default().config(&config));
+    let c = server.client();
+    let before = server.log.lock().unwrap().len();
+    let r = c.put_json("/v1/kv/trap/1", "1").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["kind"], "trap");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("unreachable"),
+        "the trap's reason is kept: {message}"
+    );
+    assert!(r.body.len() < 2048, "error body of {} bytes", r.body.len());
+    let r = c.put_json("/v1/kv/huge/1", "1").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["kind"], "malformed_output");
+    assert!(r.body.len() < 2048, "error body of {} bytes", r.body.len());
+    let logged = server.log.lock().unwrap().len() - before;
+    assert!(logged < 8192, "{logged} bytes of log for two failed writes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fuel_is_per_plugin() {
+    let (_root, data) = temp_data_dir();
+    let config = plugin_toml("metered", &test_plugin("accept.wat"), "fuel = 100000")
+        + &plugin_toml("unmetered", &test_plugin("accept.wat"), "");
+    let server = Server::start_with(&data, Options::default().config(&config));
+    assert_eq!(server.client().put_json("/v1/kv/k", "1").await.status, 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_allocator_answering_zero_fails_the_call() {
+    let (_root, server) = server_with("alloc_fails.wat", "");
+    assert_fails_cleanly(&server, "out_of_memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replacements_must_be_i_json() {
+    let (root, data) = temp_data_dir();
+    let dup = root.path().join("dup_replace.wat");
+    let verdict = r#"{"action":"replace","value":{"a":1,"a":2}}"#;
+    std::fs::write(
+        &dup,
+        format!(
+            r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 16) "{}")
+  (func (export "exdaas_abi_version") (result i32) (i32.const 1))
+  (func (export "exdaas_alloc") (param i32) (result i32) (i32.const 4096))
+  (func (export "exdaas_on_write") (param i32 i32 i32 i32 i32 i32 i64) (result i64)
+    (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const {}))))"#,
+            verdict.replace('"', "\\\""),
+            verdict.len()
+        ),
+    )
+    .unwrap();
+    let config = plugin_toml("dup", &dup, "");
+    let server = Server::start_with(&data, Options::default().config(&config));
+    let r = server.client().put_json("/v1/kv/k", "1").await;
+    assert_eq!(r.status, 500, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["kind"], "malformed_output");
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("more than once"));
+    assert_eq!(server.client().get("/v1/kv/k").await.status, 404);
+}

@@ -7,15 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{temp_data_dir, Options, Server};
+use common::{rss_kib, temp_data_dir, Options, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slowloris_is_cut_off_while_others_are_served() {

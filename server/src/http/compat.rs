@@ -105,8 +105,7 @@ async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpRespo
         request::require_json(req.headers())?;
     }
     let (parts, body) = req.into_parts();
-    let bytes =
-        request::read_body(&parts.headers, body, app.settings.server.max_body_bytes).await?;
+    let bytes = request::read_body(&parts.headers, body, &app.settings.server).await?;
     let (id, json) = if form {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ApiError::bad_request("invalid_body", "form body is not UTF-8"))?;
@@ -122,6 +121,13 @@ async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpRespo
     } else {
         // `data` is kept as the client's JSON text: no tree is built for it,
         // and a repeated identical request is recognised byte for byte.
+        // Named as the I-JSON rule it breaks, as on the other write routes.
+        if let Err(e) = std::str::from_utf8(&bytes) {
+            return Err(crate::ijson::Violation::InvalidUtf8 {
+                offset: e.valid_up_to(),
+            }
+            .into());
+        }
         // serde would also read a struct from an array; the contract is an object.
         if bytes.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
             return Err(ApiError::bad_request(
@@ -145,16 +151,7 @@ async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpRespo
         }
         (id, Bytes::copy_from_slice(data.get().as_bytes()))
     };
-    if json.len() > app.settings.limits.max_value_bytes {
-        return Err(ApiError::TooLarge {
-            code: "value_too_large",
-            message: format!(
-                "data is {} bytes; the limit (limits.max_value_bytes) is {}",
-                json.len(),
-                app.settings.limits.max_value_bytes
-            ),
-        });
-    }
+    request::check_json_value(&json, app.settings.limits.value_limits())?;
     let (id, stored) = match id {
         Some(id) => {
             let (outcome, stored) = app
@@ -210,11 +207,21 @@ async fn command(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Api
     let params = query_params(req)?;
     let id = required_id(&params)?;
     let cmd = params.get("cmd").cloned().unwrap_or(Value::Null);
-    let query = cmd
-        .get("query")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let query = match cmd.get("query") {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "cmd[query] is required (ONLY or FILTER_BOOL)",
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "cmd[query] must be a single name (ONLY or FILTER_BOOL), not a list or map",
+            ))
+        }
+    };
     let keys = cmd.get("keys").cloned().unwrap_or(Value::Null);
     match query.as_str() {
         "ONLY" => {
@@ -263,7 +270,7 @@ async fn command(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Api
         // The original's answer for unknown commands, kept as it was.
         other => Ok(json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({ "message": format!("{other} not supported") }),
+            &json!({ "message": format!("{} not supported", crate::ijson::quote(other)) }),
         )),
     }
 }

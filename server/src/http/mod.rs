@@ -5,7 +5,8 @@
 //! - `plugins`: plugin listing, dry runs and reload;
 //! - `compat`: the ExDaas `/api` contract;
 //! - `nested_params`: Plug-style nested parameters for `compat`;
-//! - `backup`: the streaming backup endpoint.
+//! - `backup`: the streaming backup endpoint;
+//! - `stall_guard`: the write timeout on connections.
 
 mod backup;
 mod compat;
@@ -13,9 +14,11 @@ mod kv;
 mod nested_params;
 mod plugins;
 pub mod request;
+mod stall_guard;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,13 +75,25 @@ async fn route_request(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResp
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
         },
         // Ready for traffic once the stores are open, which is before the
-        // listener exists; warming is reported but does not block traffic.
+        // listener exists, and while every shard takes writes; warming is
+        // reported but does not block traffic.
         "/ready" => match *req.method() {
             Method::GET | Method::HEAD => {
                 let warming = app.storage.is_warming();
+                let unavailable: Vec<_> = app
+                    .storage
+                    .unavailable_shards()
+                    .into_iter()
+                    .map(|(shard, reason)| json!({ "shard": shard, "reason": reason }))
+                    .collect();
+                let status = if unavailable.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
                 Ok(json_response(
-                    StatusCode::OK,
-                    &json!({ "ready": true, "warming": warming }),
+                    status,
+                    &json!({ "ready": unavailable.is_empty(), "warming": warming, "unavailable_shards": unavailable }),
                 ))
             }
             _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
@@ -110,7 +125,7 @@ fn required_role(method: &Method, path: &str) -> Option<Role> {
 }
 
 /// Checks the request's token against the role it needs.
-fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+fn authorize(app: &App, req: &Request<Incoming>, peer: IpAddr) -> Result<(), ApiError> {
     let Some(needed) = required_role(req.method(), req.uri().path()) else {
         return Ok(());
     };
@@ -118,8 +133,14 @@ fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    match app.tokens.check(header) {
+    match app.tokens.check(header, peer) {
         Access::Open => Ok(()),
+        Access::LoopbackOnly => Err(ApiError::Forbidden(
+            "this server has no auth.tokens configured, so it only serves clients on its own \
+             machine; configure auth.tokens (or auth.tokens_file) and send Authorization: Bearer \
+             <token>, or set auth.allow_open_remote = true to serve everyone without authentication"
+                .into(),
+        )),
         Access::Granted(role) if role >= needed => Ok(()),
         Access::Granted(role) => Err(ApiError::Forbidden(format!(
             "this token has the {} role; {} needs {}",
@@ -151,13 +172,17 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 /// Answers one request: access control, routing, metrics, request id. Errors
 /// become their JSON response here.
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = request_id(&req);
     let method = req.method().clone();
     let route = Route::of(&method, req.uri().path());
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
-    let mut response = match authorize(&app, &req) {
+    let mut response = match authorize(&app, &req, peer) {
         Err(e) => e.into_response().map(BodyExt::boxed),
         Ok(()) if req.uri().path() == "/v1/admin/backup" => {
             if method == Method::GET {
@@ -211,6 +236,7 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(
             app.settings.server.header_read_timeout_ms,
         ));
+    let write_timeout = Duration::from_millis(app.settings.server.write_timeout_ms);
     let slots = Arc::new(tokio::sync::Semaphore::new(
         app.settings.server.max_connections,
     ));
@@ -227,7 +253,7 @@ pub async fn serve(
         };
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -238,7 +264,9 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let service = service_fn(move |req| handle(app.clone(), req));
+                let peer = peer.ip();
+                let service = service_fn(move |req| handle(app.clone(), req, peer));
+                let stream = stall_guard::StallGuard::new(stream, write_timeout);
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

@@ -5,8 +5,18 @@
 //! `a`; `a[][k]=v` appends an object or adds `k` to the last one (Plug's
 //! rule). All leaf values are strings. Conflicting shapes (`a=1&a[b]=2`) are
 //! an error rather than a silent overwrite.
+//!
+//! Client input sets the shape of the tree, so both its depth and its size
+//! are bounded: a name nests at most [`MAX_NESTING`] levels and a text holds
+//! at most [`MAX_PARAMS`] parameters. Within those bounds the recursion in
+//! `insert` (and in serde_json's handling of the tree it builds) is shallow.
 
 use serde_json::{Map, Value};
+
+/// Most bracketed levels under one parameter name (`a[b][c]` has 2).
+pub const MAX_NESTING: usize = 32;
+/// Most parameters in one query string or form body.
+pub const MAX_PARAMS: usize = 10_000;
 
 /// A parameter name that cannot be placed in the tree.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,7 +24,12 @@ pub struct ParamError(pub String);
 
 /// Splits `a[b][]` into `["a", "b", ""]`.
 fn segments(name: &str) -> Result<Vec<&str>, ParamError> {
-    let bad = || ParamError(format!("malformed parameter name {name:?}"));
+    let bad = || {
+        ParamError(format!(
+            "malformed parameter name {:?}",
+            crate::ijson::quote(name)
+        ))
+    };
     let (head, mut rest) = match name.find('[') {
         Some(i) => (&name[..i], &name[i..]),
         None => (name, ""),
@@ -24,6 +39,12 @@ fn segments(name: &str) -> Result<Vec<&str>, ParamError> {
     }
     let mut out = vec![head];
     while !rest.is_empty() {
+        if out.len() > MAX_NESTING {
+            return Err(ParamError(format!(
+                "parameter {:?} nests more than {MAX_NESTING} levels",
+                crate::ijson::quote(name)
+            )));
+        }
         let inner = rest.strip_prefix('[').ok_or_else(bad)?;
         let close = inner.find(']').ok_or_else(bad)?;
         out.push(&inner[..close]);
@@ -35,7 +56,8 @@ fn segments(name: &str) -> Result<Vec<&str>, ParamError> {
 fn insert(target: &mut Value, path: &[&str], value: String, name: &str) -> Result<(), ParamError> {
     let conflict = || {
         ParamError(format!(
-            "parameter {name:?} conflicts with another parameter of the same name"
+            "parameter {:?} conflicts with another parameter of the same name",
+            crate::ijson::quote(name)
         ))
     };
     let Some((first, rest)) = path.split_first() else {
@@ -80,7 +102,10 @@ fn insert(target: &mut Value, path: &[&str], value: String, name: &str) -> Resul
 /// Parses `application/x-www-form-urlencoded` text into a JSON object.
 pub fn parse(text: &str) -> Result<Value, ParamError> {
     let mut root = Value::Object(Map::new());
-    for (name, value) in form_urlencoded::parse(text.as_bytes()) {
+    for (count, (name, value)) in form_urlencoded::parse(text.as_bytes()).enumerate() {
+        if count >= MAX_PARAMS {
+            return Err(ParamError(format!("more than {MAX_PARAMS} parameters")));
+        }
         let path = segments(&name)?;
         insert(&mut root, &path, value.into_owned(), &name)?;
     }
@@ -121,5 +146,54 @@ mod tests {
         assert!(parse("[x]=1").is_err());
         assert!(parse("a[b=1").is_err());
         assert!(parse("a[b]x=1").is_err());
+    }
+
+    #[test]
+    fn depth_and_count_are_bounded() {
+        let deep = |n: usize| format!("a{}=1", "[a]".repeat(n));
+        assert!(parse(&deep(MAX_NESTING)).is_ok());
+        let err = parse(&deep(MAX_NESTING + 1)).unwrap_err();
+        assert!(err.0.contains("nests more than"), "{}", err.0);
+        // The reported crash: about 5,000 levels in 15 KB.
+        assert!(parse(&deep(5_000)).is_err());
+        let many = vec!["a[]=1"; MAX_PARAMS].join("&");
+        assert!(parse(&many).is_ok());
+        assert!(parse(&format!("{many}&a[]=2")).is_err());
+        assert!(err.0.len() < 200);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// How deep a parsed tree nests.
+        fn depth(v: &Value) -> usize {
+            match v {
+                Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Any text: no panic, and the tree is no deeper than the bound.
+            #[test]
+            fn any_text_gives_a_bounded_tree_or_an_error(
+                text in "[a-c\\[\\]=&%0-9]{0,200}"
+            ) {
+                if let Ok(tree) = parse(&text) {
+                    prop_assert!(depth(&tree) <= MAX_NESTING + 2);
+                }
+            }
+
+            /// Names nested past the bound are refused, however deep.
+            #[test]
+            fn deep_names_are_refused(levels in (MAX_NESTING + 1)..5_000usize) {
+                let text = format!("a{}=1", "[a]".repeat(levels));
+                prop_assert!(parse(&text).is_err());
+            }
+        }
     }
 }

@@ -64,8 +64,8 @@ async fn dry_run(
     let key = request::parse_key(raw_key, app.settings.limits.max_key_bytes)?;
     request::require_json(req.headers())?;
     let (parts, body) = req.into_parts();
-    let json = request::read_body(&parts.headers, body, app.settings.server.max_body_bytes).await?;
-    request::check_json_value(&json, app.settings.limits.max_value_bytes)?;
+    let json = request::read_body(&parts.headers, body, &app.settings.server).await?;
+    request::check_json_value(&json, app.settings.limits.value_limits())?;
     let (version, run) = app.dry_run(&key, json).await?;
     let steps: Vec<Value> = run.steps.iter().map(|s| s.to_json()).collect();
     let mut answer = json!({

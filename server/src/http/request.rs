@@ -7,7 +7,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 
+use std::time::Duration;
+
+use crate::config::ServerSettings;
 use crate::error::ApiError;
+use crate::ijson::ValueLimits;
 
 /// Decodes and checks a key taken from the path: percent-decoded, valid
 /// UTF-8, 1..=`max_bytes` bytes, no control characters.
@@ -74,14 +78,17 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the whole body, refusing (413) anything over `limit` bytes without
-/// buffering it: a declared Content-Length over the limit is refused before
-/// reading, and a chunked body is cut off as soon as it passes the limit.
+/// Reads the whole body, refusing (413) anything over `server.max_body_bytes`
+/// without buffering it: a declared Content-Length over the limit is refused
+/// before reading, and a chunked body is cut off as soon as it passes the
+/// limit. A body that has not arrived within `server.body_read_timeout_ms`
+/// is refused with 408 (and the connection closed, as its rest is unread).
 pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
-    limit: usize,
+    server: &ServerSettings,
 ) -> Result<Bytes, ApiError> {
+    let limit = server.max_body_bytes;
     let too_large = || ApiError::TooLarge {
         code: "body_too_large",
         message: format!("request body exceeds {limit} bytes (server.max_body_bytes)"),
@@ -98,7 +105,15 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
-    match Limited::new(body, limit).collect().await {
+    let timeout = Duration::from_millis(server.body_read_timeout_ms);
+    let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await
+    else {
+        return Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} ms (server.body_read_timeout_ms)",
+            server.body_read_timeout_ms
+        )));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(
@@ -108,20 +123,9 @@ pub async fn read_body(
     }
 }
 
-/// Checks that `bytes` is one complete JSON document within `max_bytes`.
-pub fn check_json_value(bytes: &[u8], max_bytes: usize) -> Result<(), ApiError> {
-    if bytes.len() > max_bytes {
-        return Err(ApiError::TooLarge {
-            code: "value_too_large",
-            message: format!(
-                "value is {} bytes; the limit (limits.max_value_bytes) is {max_bytes}",
-                bytes.len()
-            ),
-        });
-    }
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map(|_| ())
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}")))
+/// Checks that `bytes` is a value the store accepts (see `crate::ijson`).
+pub fn check_json_value(bytes: &[u8], limits: ValueLimits) -> Result<(), ApiError> {
+    crate::ijson::check(bytes, limits).map_err(ApiError::from)
 }
 
 /// A parsed entity tag list from `If-Match` / `If-None-Match`.
@@ -199,14 +203,25 @@ mod tests {
 
     #[test]
     fn json_values_are_checked() {
-        assert!(check_json_value(br#"{"a":1}"#, 100).is_ok());
-        assert!(check_json_value(b"17", 100).is_ok());
-        assert!(check_json_value(b"", 100).is_err());
-        assert!(check_json_value(b"{\"a\":", 100).is_err());
-        assert!(check_json_value(b"{} {}", 100).is_err());
+        let limits = |max_bytes| ValueLimits {
+            max_bytes,
+            max_depth: 64,
+        };
+        assert!(check_json_value(br#"{"a":1}"#, limits(100)).is_ok());
+        assert!(check_json_value(b"17", limits(100)).is_ok());
+        assert!(check_json_value(b"", limits(100)).is_err());
+        assert!(check_json_value(b"{\"a\":", limits(100)).is_err());
+        assert!(check_json_value(b"{} {}", limits(100)).is_err());
         assert!(matches!(
-            check_json_value(b"[1,2,3]", 3),
+            check_json_value(b"[1,2,3]", limits(3)),
             Err(ApiError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            check_json_value(b"{\"a\":1,\"a\":2}", limits(100)),
+            Err(ApiError::BadRequest {
+                code: "duplicate_member",
+                ..
+            })
         ));
     }
 

@@ -69,7 +69,7 @@ struct WireVerdict<'a> {
     code: Option<String>,
     message: Option<String>,
     path: Option<String>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "crate::ijson::present_raw")]
     value: Option<&'a RawValue>,
 }
 
@@ -139,6 +139,48 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+        // A transform may replace a value with JSON null.
+        let v = Verdict::parse(br#"{"action":"replace","value":null}"#).unwrap();
+        assert!(matches!(v, Verdict::Replace { value } if value.get() == "null"));
+        // Two actions: the first would pass a reader that stops early.
+        assert!(Verdict::parse(br#"{"action":"accept","action":"reject","code":"x"}"#).is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use crate::testgen;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+                let _ = Verdict::parse(&bytes);
+            }
+
+            #[test]
+            fn replacements_carry_the_value_verbatim(value in testgen::value(4)) {
+                let text = value.to_string();
+                let verdict = format!(r#"{{"action":"replace","value":{text}}}"#);
+                match Verdict::parse(verdict.as_bytes()) {
+                    Ok(Verdict::Replace { value }) => prop_assert_eq!(value.get(), text.as_str()),
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            #[test]
+            fn rejections_keep_their_text(code in testgen::text(), message in testgen::text()) {
+                let verdict = serde_json::json!({"action": "reject", "code": code, "message": message});
+                match Verdict::parse(verdict.to_string().as_bytes()) {
+                    Ok(Verdict::Reject { code: c, message: m, path: None }) => {
+                        prop_assert_eq!(c, code);
+                        prop_assert_eq!(m, message);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
         }
     }
 }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use wasmtime::{Config, Engine, OptLevel};
 
+use crate::ijson::ValueLimits;
+
 use super::failure::{FailureKind, PluginFailure, PluginLoadError};
 use super::instance::{timed, CallInput, CallVerdict, LoadedPlugin};
 use super::spec::{OnFailure, PluginSpec};
@@ -124,7 +126,7 @@ impl PluginChain {
     }
 
     /// Loads every plugin of `specs`; fails on the first that cannot load.
-    pub fn load(specs: &[PluginSpec], max_value_bytes: usize) -> Result<Self, PluginLoadError> {
+    pub fn load(specs: &[PluginSpec], limits: ValueLimits) -> Result<Self, PluginLoadError> {
         if specs.is_empty() {
             return Ok(Self::empty());
         }
@@ -138,14 +140,19 @@ impl PluginChain {
         config.cranelift_opt_level(OptLevel::Speed);
         // Metering costs every plugin some speed; only pay for it when a
         // plugin asks for a fuel budget.
-        config.consume_fuel(specs.iter().any(|s| s.fuel.is_some()));
+        // Plugins without a budget then get an unlimited one.
+        let metered = specs.iter().any(|s| s.fuel.is_some());
+        config.consume_fuel(metered);
         config.max_wasm_stack(512 * 1024);
         let engine = Engine::new(&config).map_err(|e| PluginLoadError::Engine(e.to_string()))?;
+        // Before loading: loading runs guest code (start functions,
+        // exdaas_abi_version) under the plugin's timeout, which only the
+        // ticker can enforce.
+        start_epoch_ticker(&engine)?;
         let plugins = specs
             .iter()
-            .map(|spec| LoadedPlugin::load(spec, &engine, max_value_bytes))
+            .map(|spec| LoadedPlugin::load(spec, &engine, metered, limits))
             .collect::<Result<Vec<_>, _>>()?;
-        start_epoch_ticker(&engine)?;
         Ok(Self { plugins })
     }
 

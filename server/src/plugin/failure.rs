@@ -66,11 +66,16 @@ pub struct PluginFailure {
     pub detail: String,
 }
 
+/// Longest failure detail kept: details quote plugin-chosen text (trap
+/// backtraces, verdicts), and they go into logs and error bodies.
+pub const MAX_DETAIL_BYTES: usize = 1024;
+
 impl PluginFailure {
+    /// A failure whose detail is escaped and cut to [`MAX_DETAIL_BYTES`].
     pub(crate) fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
-            detail: detail.into(),
+            detail: crate::logsafe::escape(&detail.into(), MAX_DETAIL_BYTES),
         }
     }
 }

@@ -23,11 +23,13 @@ use super::failure::{FailureKind, PluginFailure, PluginLoadError};
 use super::spec::PluginSpec;
 use super::stats::PluginStats;
 use super::EPOCH_TICK;
+use crate::ijson::{ValueLimits, Violation};
+use crate::logsafe;
 
 /// Most log lines one call may emit; the rest are dropped (and counted in one line).
 const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest log line kept.
-const MAX_LOG_LINE_BYTES: usize = 4096;
+const MAX_LOG_LINE_BYTES: usize = 1024;
 
 /// Per-store host state: limits, and who is calling for log lines.
 pub(crate) struct HostState {
@@ -140,8 +142,11 @@ pub struct LoadedPlugin {
     deadline_ticks: u64,
     /// Largest verdict accepted, in bytes.
     max_output: usize,
-    /// Largest replacement value accepted, in bytes.
-    max_value: usize,
+    /// Fuel per call: the plugin's budget, unlimited when the engine meters
+    /// only for other plugins, `None` when nothing is metered.
+    fuel: Option<u64>,
+    /// What a replacement value must meet, like any client value.
+    value_limits: ValueLimits,
     /// Counters for `GET /v1/plugins`.
     pub stats: PluginStats,
 }
@@ -197,7 +202,8 @@ impl LoadedPlugin {
     pub fn load(
         spec: &PluginSpec,
         engine: &Engine,
-        max_value_bytes: usize,
+        metered: bool,
+        limits: ValueLimits,
     ) -> Result<Self, PluginLoadError> {
         let bytes = std::fs::read(&spec.path).map_err(|e| PluginLoadError::Read {
             plugin: spec.name.clone(),
@@ -259,8 +265,9 @@ impl LoadedPlugin {
             engine: engine.clone(),
             pool: Mutex::new(Vec::new()),
             deadline_ticks: spec.timeout_ms.div_ceil(tick_ms) + 1,
-            max_output: max_value_bytes + 64 * 1024,
-            max_value: max_value_bytes,
+            fuel: spec.fuel.or(metered.then_some(u64::MAX)),
+            max_output: limits.max_bytes + 64 * 1024,
+            value_limits: limits,
             stats: PluginStats::default(),
         };
         let mut ready = plugin
@@ -299,7 +306,7 @@ impl LoadedPlugin {
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         // Start functions run under the same deadline and fuel as a call.
         store.set_epoch_deadline(self.deadline_ticks);
-        if let Some(fuel) = self.spec.fuel {
+        if let Some(fuel) = self.fuel {
             store
                 .set_fuel(fuel)
                 .map_err(|e| PluginFailure::new(FailureKind::Instantiation, e.to_string()))?;
@@ -374,7 +381,7 @@ impl LoadedPlugin {
             state.memory_denied = false;
         }
         ready.store.set_epoch_deadline(self.deadline_ticks);
-        if let Some(fuel) = self.spec.fuel {
+        if let Some(fuel) = self.fuel {
             ready
                 .store
                 .set_fuel(fuel)
@@ -400,6 +407,13 @@ impl LoadedPlugin {
             .alloc
             .call(&mut ready.store, total_i32)
             .map_err(|e| classify(&ready.store, &e))?;
+        if buf == 0 {
+            // The ABI's "could not allocate" answer, not a buffer at address 0.
+            return Err(PluginFailure::new(
+                FailureKind::OutOfMemory,
+                format!("exdaas_alloc returned 0 for {total} bytes of input"),
+            ));
+        }
         let start = usize::try_from(buf).map_err(|_| {
             PluginFailure::new(
                 FailureKind::MalformedOutput,
@@ -497,20 +511,15 @@ impl LoadedPlugin {
                 "a delete cannot be answered with replace",
             )),
             Verdict::Replace { value } => {
-                let json = value.get();
-                if json.len() > self.max_value {
-                    return Err(PluginFailure::new(
-                        FailureKind::OutputTooLarge,
-                        format!(
-                            "replacement value of {} bytes exceeds limits.max_value_bytes ({})",
-                            json.len(),
-                            self.max_value
-                        ),
-                    ));
-                }
-                Ok(CallVerdict::Replace(Bytes::copy_from_slice(
-                    json.as_bytes(),
-                )))
+                let json = value.get().as_bytes();
+                crate::ijson::check(json, self.value_limits).map_err(|v| {
+                    let kind = match v {
+                        Violation::TooLarge { .. } => FailureKind::OutputTooLarge,
+                        _ => FailureKind::MalformedOutput,
+                    };
+                    PluginFailure::new(kind, format!("replacement {v}"))
+                })?;
+                Ok(CallVerdict::Replace(Bytes::copy_from_slice(json)))
             }
         }
     }
@@ -527,7 +536,14 @@ fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> PluginFailure 
             _ => FailureKind::Trap,
         }
     };
-    PluginFailure::new(kind, format!("{error}"))
+    // The trap's own reason (stack overflow, unreachable, out of bounds)
+    // comes first; the backtrace, whose function names the plugin chose,
+    // follows and is cut short with the rest of the detail.
+    let detail = match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("{trap}; {error:#}"),
+        None => format!("{error:#}"),
+    };
+    PluginFailure::new(kind, detail)
 }
 
 /// `exdaas.log(level, ptr, len)`: a log line from the plugin, tagged with
@@ -548,9 +564,8 @@ fn host_log(mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32) {
     let (Ok(start), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
         return;
     };
-    let len = len.min(MAX_LOG_LINE_BYTES);
     let text = match memory.data(&caller).get(start..start.saturating_add(len)) {
-        Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(bytes) => logsafe::escape_bytes(bytes, MAX_LOG_LINE_BYTES),
         None => return,
     };
     let state = caller.data();

@@ -70,8 +70,16 @@ impl BulkLoader {
     }
 
     /// Commits what is left, records the sequences and the id counter.
-    pub fn finish(mut self, next_id: u64) -> Result<BTreeMap<usize, u64>, StoreError> {
+    /// Every shard's sequence starts at `seq_floor` or above, so no version
+    /// the source server handed out (even to a key since deleted) is handed
+    /// out again.
+    pub fn finish(
+        mut self,
+        next_id: u64,
+        seq_floor: u64,
+    ) -> Result<BTreeMap<usize, u64>, StoreError> {
         for shard in 0..self.stores.len() {
+            self.max_version[shard] = self.max_version[shard].max(seq_floor);
             self.commit(shard)?;
             let mut tx = self.stores[shard].begin()?;
             tx.set_seq(self.max_version[shard])?;

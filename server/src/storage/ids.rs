@@ -88,6 +88,14 @@ impl IdAllocator {
         Ok(())
     }
 
+    /// Makes sure no id up to `taken` is handed out from now on (a client
+    /// stored that key itself). In memory: the block reservation that
+    /// `next` makes durable before using the ids covers it.
+    pub async fn skip_past(&self, taken: u64) {
+        let mut range = self.state.lock().await;
+        range.next = range.next.max(taken.saturating_add(1));
+    }
+
     /// The next id; reserves a new block durably first when needed.
     pub async fn next(&self) -> Result<u64, StoreError> {
         let mut range = self.state.lock().await;
@@ -123,6 +131,19 @@ mod tests {
         let ids = IdAllocator::open(dir.path()).unwrap();
         let n = ids.next().await.unwrap();
         assert!(n > 2, "{n}");
+    }
+
+    #[tokio::test]
+    async fn skipped_ids_are_never_handed_out_even_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = IdAllocator::open(dir.path()).unwrap();
+        assert_eq!(ids.next().await.unwrap(), 1);
+        ids.skip_past(5000).await;
+        ids.skip_past(10).await;
+        assert_eq!(ids.next().await.unwrap(), 5001);
+        drop(ids);
+        let ids = IdAllocator::open(dir.path()).unwrap();
+        assert!(ids.next().await.unwrap() > 5001);
     }
 
     #[test]

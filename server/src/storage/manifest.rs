@@ -20,6 +20,11 @@ pub const MANIFEST_FILE: &str = "exdaas-manifest.json";
 /// On-disk format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Where a restore builds the new store inside the target directory before
+/// moving it into place (inside, not beside: the target may be a mount point
+/// such as a container volume, whose parent is another filesystem).
+pub const RESTORE_STAGING_DIR: &str = ".restoring";
+
 /// What the manifest records.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +64,13 @@ pub fn read(data_dir: &Path) -> Result<Manifest, StoreError> {
 /// Opens or creates the manifest of `data_dir` for `shards` shards, refusing a
 /// directory that was written with a different layout.
 pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreError> {
+    let staging = data_dir.join(RESTORE_STAGING_DIR);
+    if staging.exists() {
+        return Err(StoreError::Manifest(format!(
+            "{} is left from an interrupted restore; empty the data directory and run the restore again",
+            staging.display()
+        )));
+    }
     let path = data_dir.join(MANIFEST_FILE);
     let wanted = Manifest {
         format_version: FORMAT_VERSION,
@@ -105,7 +117,7 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreErr
                     data_dir.display()
                 )));
             }
-            std::fs::create_dir_all(data_dir).map_err(|e| io_err(data_dir, e))?;
+            create_dir_durably(data_dir)?;
             write_durably(
                 &path,
                 &serde_json::to_vec_pretty(&wanted).unwrap_or_default(),
@@ -128,17 +140,40 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
     f.sync_all().map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(dir, e))?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Creates `dir` and any missing parents, and makes each new name durable
+/// by syncing the directory that holds it: otherwise a power loss can take
+/// the whole data directory with it, however well its files were synced.
+pub fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    for created in missing.iter().rev() {
+        sync_dir(created.parent().unwrap_or(Path::new(".")))?;
     }
     Ok(())
+}
+
+/// Makes the names in `dir` durable: a new or renamed file survives a
+/// power loss only once its directory is synced, whatever its own fsyncs.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{CacheSettings, StorageSettings};
-use cache::{new_cache, ShardCache};
+use cache::{new_cache, Cached, ShardCache};
 use ids::IdAllocator;
 use metrics::ShardMetrics;
 use store::ShardStore;
@@ -129,6 +129,9 @@ impl Storage {
                 metrics,
             });
         }
+        // The shard files may have just been created: make their names
+        // durable before any write to them is acknowledged.
+        manifest::sync_dir(&data_dir)?;
         Ok(Self {
             shards,
             ids,
@@ -150,32 +153,48 @@ impl Storage {
     pub async fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
         let shard = self.shard(key);
         // Hits, the common case, skip the placeholder machinery.
-        if let Some(cached) = shard.cache.get(key) {
-            return Ok(cached);
+        let cached = match shard.cache.get(key) {
+            Some(cached) => Some(cached),
+            None => match shard.cache.get_value_or_guard_async(key).await {
+                Ok(cached) => Some(cached),
+                Err(guard) => {
+                    let loaded = self.read_store(shard, key).await?;
+                    // Fails harmlessly if a writer published a newer state meanwhile.
+                    let _ = guard.insert(Cached::of(&shard.cache, key, loaded.clone()));
+                    return Ok(loaded);
+                }
+            },
+        };
+        match cached.and_then(|c| c.known()) {
+            Some(known) => Ok(known),
+            None => self.read_store(shard, key).await,
         }
-        match shard.cache.get_value_or_guard_async(key).await {
-            Ok(cached) => Ok(cached),
-            Err(guard) => {
-                let store = shard.store.clone();
-                let owned = key.to_owned();
-                let loaded = tokio::task::spawn_blocking(move || store.get(&owned))
-                    .await
-                    .map_err(|e| StoreError::Io(format!("read task failed: {e}")))??;
-                // Fails harmlessly if a writer published a newer state meanwhile.
-                let _ = guard.insert(loaded.clone());
-                Ok(loaded)
-            }
-        }
+    }
+
+    /// Reads `key` from its shard's store, off the async workers.
+    async fn read_store(
+        &self,
+        shard: &Shard,
+        key: &str,
+    ) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let store = shard.store.clone();
+        let owned = key.to_owned();
+        tokio::task::spawn_blocking(move || store.get(&owned))
+            .await
+            .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
     }
 
     /// Like [`Storage::get`] for blocking contexts (plugin pipeline threads).
     pub fn get_blocking(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
         let shard = self.shard(key);
         match shard.cache.get_value_or_guard(key, None) {
-            quick_cache::sync::GuardResult::Value(cached) => Ok(cached),
+            quick_cache::sync::GuardResult::Value(cached) => match cached.known() {
+                Some(known) => Ok(known),
+                None => shard.store.get(key),
+            },
             quick_cache::sync::GuardResult::Guard(guard) => {
                 let loaded = shard.store.get(key)?;
-                let _ = guard.insert(loaded.clone());
+                let _ = guard.insert(Cached::of(&shard.cache, key, loaded.clone()));
                 Ok(loaded)
             }
             quick_cache::sync::GuardResult::Timeout => shard.store.get(key),
@@ -209,7 +228,7 @@ impl Storage {
     /// holds committed values, so this never acknowledges anything not on disk.
     fn already_stored(&self, key: &str, op: &WriteOp, expect: &Expect) -> Option<u64> {
         let WriteOp::Put(json) = op else { return None };
-        let cached = self.shard(key).cache.peek(key)??;
+        let cached = self.shard(key).cache.peek(key)?.known()??;
         (cached.json == *json && expect.holds(Some(cached.version))).then_some(cached.version)
     }
 
@@ -266,6 +285,11 @@ impl Storage {
         self.ids.next().await
     }
 
+    /// Keeps the id counter from handing out `taken` or anything below it.
+    pub async fn skip_ids_past(&self, taken: u64) {
+        self.ids.skip_past(taken).await
+    }
+
     /// Keys starting with `prefix` that sort after `after`, ascending, merged
     /// over all shards; at most `limit`.
     pub async fn list(
@@ -295,6 +319,27 @@ impl Storage {
         let more = all.len() > limit;
         all.truncate(limit);
         Ok(Listing { items: all, more })
+    }
+
+    /// Shards that cannot take writes right now, each with the reason: a
+    /// failed commit poisoned it, or its writer thread is gone.
+    pub fn unavailable_shards(&self) -> Vec<(usize, &'static str)> {
+        let mut out = Vec::new();
+        for (index, shard) in self.shards.iter().enumerate() {
+            let writer_gone = match shard.writer.lock() {
+                Ok(handle) => handle.as_ref().is_none_or(JoinHandle::is_finished),
+                Err(_) => true,
+            };
+            if shard.poisoned.load(Ordering::Acquire) {
+                out.push((
+                    index,
+                    "a commit failed; the shard refuses writes until restart",
+                ));
+            } else if writer_gone {
+                out.push((index, "the shard's writer has stopped"));
+            }
+        }
+        out
     }
 
     /// Whether the background cache warm-up is still running.
@@ -355,7 +400,7 @@ impl Storage {
                     shard.cache.get_value_or_guard(&key, None)
                 {
                     if let Some(value) = shard.store.get(&key)? {
-                        let _ = guard.insert(Some(value));
+                        let _ = guard.insert(Cached::of(&shard.cache, &key, Some(value)));
                         loaded += 1;
                     }
                 }
@@ -373,6 +418,15 @@ impl Storage {
             shard.store.for_each(&mut f)?;
         }
         Ok(())
+    }
+
+    /// The highest version any shard has handed out (committed).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        let mut highest = 0;
+        for shard in &self.shards {
+            highest = highest.max(shard.store.last_seq()?);
+        }
+        Ok(highest)
     }
 
     /// The id counter's durable high-water mark.

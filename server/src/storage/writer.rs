@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::cache::ShardCache;
+use super::cache::{Cached, ShardCache};
 use super::metrics::ShardMetrics;
 use super::store::{ShardStore, StoredValue, WriteTx};
 use super::StoreError;
@@ -124,6 +124,24 @@ pub(crate) enum WriterMsg {
     Stop,
 }
 
+/// Runs storage work, turning a panic inside the engine into an error.
+/// persy panics when it cannot roll back a failed transaction (a failing
+/// disk); that must poison the shard, not kill its writer thread and leave
+/// the waiting requests without an answer.
+fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(StoreError::Io(format!("storage engine failed: {what}")))
+        }
+    }
+}
+
 /// State owned by one writer thread.
 pub(crate) struct ShardWriter {
     pub shard: usize,
@@ -177,26 +195,25 @@ impl ShardWriter {
             return;
         }
         let started = std::time::Instant::now();
-        match self.stage(batch) {
-            Ok((outcomes, changes, tx)) => {
-                let committed = match tx {
-                    Some(tx) => tx.commit(),
-                    None => Ok(()),
-                };
-                match committed {
-                    Ok(()) => {
-                        self.metrics.record_commit(started.elapsed());
-                        // Publish to readers only now that the batch is durable.
-                        // A deleted key is cached as absent, so the next
-                        // read or create of it needs no disk lookup.
-                        for (key, value) in changes {
-                            self.cache.insert(key, value);
-                        }
-                        for (cmd, outcome) in batch.drain(..).zip(outcomes) {
-                            (cmd.reply)(outcome);
-                        }
-                    }
-                    Err(e) => self.poison(batch, e),
+        let durable = guarded(|| {
+            let (outcomes, changes, tx) = self.stage(batch)?;
+            if let Some(tx) = tx {
+                tx.commit()?;
+            }
+            Ok((outcomes, changes))
+        });
+        match durable {
+            Ok((outcomes, changes)) => {
+                self.metrics.record_commit(started.elapsed());
+                // Publish to readers only now that the batch is durable.
+                // A deleted key is cached as absent, so the next read or
+                // create of it needs no disk lookup.
+                for (key, value) in changes {
+                    let entry = Cached::of(&self.cache, &key, value);
+                    self.cache.insert(key, entry);
+                }
+                for (cmd, outcome) in batch.drain(..).zip(outcomes) {
+                    (cmd.reply)(outcome);
                 }
             }
             Err(e) => self.poison(batch, e),
@@ -204,6 +221,8 @@ impl ShardWriter {
     }
 
     fn poison(&mut self, batch: &mut Vec<WriteCommand>, e: StoreError) {
+        // A `Poisoned` answer, not the failure itself: the batch may or may
+        // not be on disk, and only recovery at the next start can tell.
         tracing::error!(shard = self.shard, error = %e, "commit failed; shard refuses writes until restart");
         self.poisoned.store(true, Ordering::Release);
         for cmd in batch.drain(..) {
@@ -233,7 +252,7 @@ impl ShardWriter {
         for cmd in batch {
             let current = match changes.get(&cmd.key) {
                 Some(v) => v.clone(),
-                None => match self.cache.peek(cmd.key.as_str()) {
+                None => match self.cache.peek(cmd.key.as_str()).and_then(|c| c.known()) {
                     Some(cached) => cached,
                     None => self.store.get_as_writer(&cmd.key)?,
                 },

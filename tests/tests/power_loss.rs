@@ -1,0 +1,262 @@
+//! Durability under power loss, not only `kill -9`: the server runs on a
+//! FUSE filesystem (`exdaas_tests::powerfs`) that forgets everything not
+//! fsynced when told to. Under concurrent PUT, DELETE and POST load the
+//! server is killed at a random moment and the unsynced data dropped;
+//! after a restart every acknowledged write must be there, with its
+//! version, and no id may be handed out twice.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{seed, Options, Rng, Server};
+use exdaas_tests::powerfs::PowerFs;
+
+/// Mounts a fresh power-loss filesystem under a temporary directory.
+fn mount() -> (tempfile::TempDir, PowerFs, PathBuf) {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: the power-loss tests need FUSE"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mnt = root.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fs = PowerFs::mount(&mnt)
+        .unwrap_or_else(|e| panic!("cannot mount the test filesystem (is fuse3 installed?): {e}"));
+    (root, fs, mnt)
+}
+
+#[test]
+fn the_filesystem_really_loses_unsynced_writes() {
+    let (_root, fs, mnt) = mount();
+    let durable = std::fs::File::create(mnt.join("durable")).unwrap();
+    std::io::Write::write_all(&mut &durable, b"kept").unwrap();
+    durable.sync_all().unwrap();
+    std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
+    std::fs::write(mnt.join("unsynced"), b"gone").unwrap();
+    // Synced contents, but its name was never made durable.
+    let nameless = std::fs::File::create(mnt.join("nameless")).unwrap();
+    std::io::Write::write_all(&mut &nameless, b"lost").unwrap();
+    nameless.sync_all().unwrap();
+    drop((durable, nameless));
+    std::fs::write(mnt.join("durable"), b"overwritten, not synced").unwrap();
+
+    fs.power_loss();
+    assert!(!mnt.join("unsynced").exists());
+    assert!(!mnt.join("nameless").exists());
+    assert_eq!(std::fs::read(mnt.join("durable")).unwrap(), b"kept");
+}
+
+/// What the test knows of one key.
+#[derive(Clone, Debug, Default)]
+struct KeyState {
+    /// The last acknowledged state (`None`: absent) and its version.
+    acked: Option<String>,
+    version: u64,
+    /// A write sent but not answered when the power went: it may or may
+    /// not have happened.
+    in_flight: Option<Option<String>>,
+}
+
+#[derive(Default)]
+struct Model {
+    keys: HashMap<String, KeyState>,
+    /// Ids of acknowledged POSTs with their values.
+    posted: HashMap<u64, String>,
+}
+
+/// One writer: PUTs and DELETEs on its own keys, and POSTs, until the
+/// server goes away.
+async fn writer(server: common::Client, w: u64, seed: u64, model: Arc<Mutex<Model>>) {
+    let mut rng = Rng(seed ^ (w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let Ok(mut conn) = server.connect().await else {
+        return;
+    };
+    for n in 0.. {
+        let key = format!("w{w}/k{}", rng.below(12));
+        let value = format!("{{\"w\":{w},\"n\":{n}}}");
+        let op = rng.below(10);
+        let target = match op {
+            0..=5 => Some(value.clone()),
+            6 | 7 => None,
+            _ => {
+                let json = [("content-type", "application/json")];
+                match conn.send("POST", "/v1/kv", &json, value.as_bytes()).await {
+                    Ok(r) if r.status == 201 => {
+                        let id = r.json()["key"].as_str().unwrap().parse().unwrap();
+                        model.lock().unwrap().posted.insert(id, value);
+                        continue;
+                    }
+                    _ => return,
+                }
+            }
+        };
+        model
+            .lock()
+            .unwrap()
+            .keys
+            .entry(key.clone())
+            .or_default()
+            .in_flight = Some(target.clone());
+        let path = format!("/v1/kv/{key}");
+        let answer = match &target {
+            Some(v) => {
+                let json = [("content-type", "application/json")];
+                conn.send("PUT", &path, &json, v.as_bytes()).await
+            }
+            None => conn.send("DELETE", &path, &[], b"").await,
+        };
+        let Ok(r) = answer else { return };
+        let mut model = model.lock().unwrap();
+        let state = model.keys.get_mut(&key).unwrap();
+        match r.status {
+            200 | 201 => {
+                state.version = r.json()["version"].as_u64().unwrap();
+                state.acked = target;
+            }
+            204 | 404 => state.acked = None,
+            _ => return,
+        }
+        state.in_flight = None;
+    }
+}
+
+/// Checks the restarted server against what was acknowledged, then makes
+/// the model exact again.
+async fn verify(server: &Server, model: &Mutex<Model>) {
+    let c = server.client();
+    let snapshot: Vec<(String, KeyState)> = model
+        .lock()
+        .unwrap()
+        .keys
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, state) in snapshot {
+        let r = c.get(&format!("/v1/kv/{key}")).await;
+        let found = match r.status {
+            200 => Some(String::from_utf8(r.body.to_vec()).unwrap()),
+            404 => None,
+            other => panic!("GET {key}: {other}"),
+        };
+        let allowed = found == state.acked || Some(&found) == state.in_flight.as_ref();
+        assert!(
+            allowed,
+            "key {key}: found {found:?}, acknowledged {state:?}"
+        );
+        let version: u64 = r
+            .header("etag")
+            .map_or(0, |t| t.trim_matches('"').parse().unwrap());
+        if found.is_some() && found == state.acked && state.in_flight.is_none() {
+            assert_eq!(version, state.version, "key {key} lost its version");
+        }
+        let mut m = model.lock().unwrap();
+        let entry = m.keys.get_mut(&key).unwrap();
+        entry.acked = found;
+        entry.version = version;
+        entry.in_flight = None;
+    }
+    let posted: Vec<(u64, String)> = model
+        .lock()
+        .unwrap()
+        .posted
+        .iter()
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    for (id, value) in posted {
+        let r = c.get(&format!("/v1/kv/{id}")).await;
+        assert_eq!(r.status, 200, "acknowledged POST id {id} is gone");
+        assert_eq!(r.body, value.as_bytes(), "POST id {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_power_loss() {
+    let seed = seed();
+    eprintln!("power-loss seed {seed} (set EXDAAS_TEST_SEED to repeat)");
+    let mut rng = Rng(seed);
+    let (_root, fs, mnt) = mount();
+    let data = mnt.join("data");
+    let model = Arc::new(Mutex::new(Model::default()));
+    for round in 0..4 {
+        let server = Server::start_with(
+            &data,
+            Options::default().env("EXDAAS_CACHE__WARM_ON_START", "false"),
+        );
+        verify(&server, &model).await;
+        let writers: Vec<_> = (0..6)
+            .map(|w| {
+                let client = server.client();
+                tokio::spawn(writer(client, w + 10 * round, seed, model.clone()))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
+        server.kill9();
+        for w in writers {
+            w.await.unwrap();
+        }
+        fs.power_loss();
+    }
+    let server = Server::start(&data);
+    verify(&server, &model).await;
+    let (acked_keys, max_id) = {
+        let m = model.lock().unwrap();
+        (m.keys.len(), m.posted.keys().copied().max().unwrap_or(0))
+    };
+    assert!(acked_keys > 0 && max_id > 0, "the load wrote nothing");
+    // Ids handed out after the power losses are new.
+    let c = server.client();
+    for _ in 0..20 {
+        let r = c.post_json("/v1/kv", "1").await;
+        let id: u64 = r.json()["key"].as_str().unwrap().parse().unwrap();
+        assert!(
+            id > max_id,
+            "id {id} may have been handed out before (max {max_id})"
+        );
+    }
+    let (file_syncs, dir_syncs) = fs.syncs();
+    assert!(file_syncs > 0 && dir_syncs > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_disk_poisons_the_shard_and_ready_says_so() {
+    let (_root, fs, mnt) = mount();
+    let data = mnt.join("data");
+    let server = Server::start_with(&data, Options::default().env("EXDAAS_STORAGE__SHARDS", "1"));
+    let c = server.client();
+    assert_eq!(c.put_json("/v1/kv/before", "1").await.status, 201);
+    assert_eq!(c.get("/ready").await.status, 200);
+
+    fs.fail_writes(true);
+    let r = c.put_json("/v1/kv/during", "2").await;
+    assert_eq!(
+        r.status,
+        503,
+        "{:?}\n{}",
+        r.body,
+        server.log.lock().unwrap()
+    );
+    assert_eq!(
+        r.error_code(),
+        "shard_unavailable",
+        "{}",
+        server.log.lock().unwrap()
+    );
+    let ready = c.get("/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.json()["unavailable_shards"][0]["shard"], 0);
+    // Reads go on.
+    assert_eq!(c.get("/v1/kv/before").await.body, "1");
+
+    fs.fail_writes(false);
+    server.kill9();
+    let server = Server::start_with(&data, Options::default().env("EXDAAS_STORAGE__SHARDS", "1"));
+    let c = server.client();
+    assert_eq!(c.get("/v1/kv/before").await.body, "1");
+    assert_eq!(c.get("/ready").await.status, 200);
+    assert_eq!(c.put_json("/v1/kv/after", "3").await.status, 201);
+}
