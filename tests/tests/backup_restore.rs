@@ -261,3 +261,60 @@ fn damaged_backups_are_refused_and_restore_nothing() {
     assert_ne!(code, 0);
     assert!(err.contains("not empty"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reported_values_survive_backup_and_restore_and_failures_leave_no_file() {
+    let (root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    let values: [(&str, &str); 4] = [
+        ("pretty", "{\n  \"name\": \"ada\"\n}\n"),
+        ("crlf", "{\"a\":1}\r\n"),
+        ("q%22uote", "1"),
+        ("back%5Cslash", " [] "),
+    ];
+    for (key, value) in values {
+        assert!(c.put_json(&format!("/v1/kv/{key}"), value).await.status < 300);
+    }
+    let image = root.path().join("b.ndjson");
+    let (code, _, err) = backup_from_server(root.path(), &image, &server.addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(server);
+
+    let restored = root.path().join("restored");
+    let (code, _, err) = run_cli(
+        root.path(),
+        &[
+            "restore",
+            "--in",
+            image.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+        ],
+        &[("SHARD_LIMIT", "3")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start_with(
+        &restored,
+        Options::default().env("EXDAAS_STORAGE__SHARDS", "3"),
+    );
+    let c = server.client();
+    for (key, value) in values {
+        assert_eq!(
+            c.get(&format!("/v1/kv/{key}")).await.body,
+            value.as_bytes(),
+            "{key}"
+        );
+    }
+
+    // A backup that cannot be taken leaves nothing behind.
+    let failed = root.path().join("failed.ndjson");
+    let (code, _, _) = backup_from_server(root.path(), &failed, "127.0.0.1:1", &[]);
+    assert_ne!(code, 0);
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("failed"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
