@@ -13,21 +13,24 @@ use crate::plugin::PluginChain;
 use crate::storage::Storage;
 
 /// Reloads the plugin chain on every SIGHUP; a failed reload keeps the old one.
+/// The handler is installed before this returns (see `termination`).
 fn reload_on_sighup(app: Arc<App>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP; reload plugins over HTTP instead");
             return;
         };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received; reloading plugins");
-            if let Err(e) = app.reload_plugins().await {
-                tracing::error!(error = %e, "plugin reload failed; previous chain stays active");
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received; reloading plugins");
+                if let Err(e) = app.reload_plugins().await {
+                    tracing::error!(error = %e, "plugin reload failed; previous chain stays active");
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 /// Runs the server until a termination signal, then shuts down cleanly.
@@ -83,6 +86,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         storage.start_warming();
     }
     reload_on_sighup(app.clone());
+    let stop = termination();
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %settings.storage.data_dir.display(),
@@ -92,7 +96,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     crate::http::serve(
         listener,
         app,
-        termination(),
+        stop,
         Duration::from_millis(settings.server.shutdown_timeout_ms),
     )
     .await;
@@ -101,29 +105,35 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn termination() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: the server announces that it
+/// has started before it serves, and a SIGTERM in between must still mean a
+/// clean stop rather than the default (immediate) death.
+fn termination() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                    }
                 }
-            }
-            _ => {
-                tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    tracing::warn!("cannot install signal handlers; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
