@@ -528,14 +528,22 @@ impl PowerFs {
     /// Drops everything written since it was last made durable: file
     /// contents not fsynced, directory entries whose directory was not
     /// fsynced. Stop every process using the filesystem first, as a power
-    /// loss would have.
-    pub fn power_loss(&self) {
+    /// loss would have. Returns how many files and directories lost
+    /// something, as evidence that the loss was real.
+    pub fn power_loss(&self) -> usize {
+        let mut changed = 0;
         for node in self.lock().nodes.values_mut() {
-            match &mut node.kind {
-                Kind::File { data, durable } => data.clone_from(durable),
-                Kind::Dir { entries, durable } => entries.clone_from(durable),
-            }
+            let lost = match &mut node.kind {
+                Kind::File { data, durable } => {
+                    std::mem::replace(data, durable.clone()) != *durable
+                }
+                Kind::Dir { entries, durable } => {
+                    std::mem::replace(entries, durable.clone()) != *durable
+                }
+            };
+            changed += usize::from(lost);
         }
+        changed
     }
 
     /// From now on every write, sync and namespace change fails with EIO
