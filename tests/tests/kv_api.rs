@@ -428,3 +428,41 @@ async fn health_reports_status() {
     let status = r.json()["status"].as_str().unwrap().to_owned();
     assert!(status == "ok" || status == "warming", "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_of_large_values_are_paged_by_size() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    let big = format!("\"{}\"", "v".repeat(1_000_000));
+    let mut expected: Vec<String> = (0..12).map(|i| format!("big/{i:02}")).collect();
+    for key in &expected {
+        assert_eq!(c.put_json(&format!("/v1/kv/{key}"), &big).await.status, 201);
+    }
+    expected.sort();
+    // Keys only: one page, whatever the values weigh.
+    let r = c.get("/v1/kv?prefix=big/&limit=1000").await.json();
+    assert_eq!(r["items"].as_array().unwrap().len(), 12);
+    assert!(r["next"].is_null());
+    // With values: several pages of bounded size, every key exactly once, in order.
+    let mut seen = Vec::new();
+    let mut path = "/v1/kv?prefix=big/&limit=1000&values=true".to_owned();
+    for _ in 0..12 {
+        let r = c.get(&path).await;
+        assert!(
+            r.body.len() < 12_000_000,
+            "a page of {} bytes",
+            r.body.len()
+        );
+        let page = r.json();
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["value"].as_str().unwrap().len(), 1_000_000);
+            seen.push(item["key"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/kv?prefix=big/&limit=1000&values=true&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+}

@@ -10,13 +10,16 @@ use serde_json::json;
 use super::request::{self, etag, EtagCondition};
 use crate::app::App;
 use crate::error::{json_response, raw_json_response, ApiError};
-use crate::storage::{Expect, WriteOutcome};
+use crate::storage::{Expect, PageLimits, WriteOutcome};
 
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Default and largest page size of a listing.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Value bytes one page of a listing with values may carry: a page of 1,000
+/// large values would otherwise be gigabytes; `next` continues after it.
+const MAX_PAGE_VALUE_BYTES: usize = 8 * 1024 * 1024;
 
 fn with_etag(mut response: HttpResponse, version: u64) -> HttpResponse {
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
@@ -204,30 +207,35 @@ fn parse_list_query(query: Option<&str>, max_key_bytes: usize) -> Result<ListQue
 /// `GET /v1/kv?prefix=&after=&limit=&values=`.
 pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let q = parse_list_query(req.uri().query(), app.settings.limits.max_key_bytes)?;
+    let limits = PageLimits {
+        limit: q.limit,
+        values: q.values,
+        max_value_bytes: MAX_PAGE_VALUE_BYTES,
+    };
     let page = app
         .storage
-        .list(&q.prefix, q.after.as_deref(), q.limit)
+        .list(&q.prefix, q.after.as_deref(), limits)
         .await?;
     // Values are stored as JSON text already; splice them in rather than
     // parsing and re-serialising every one.
     let mut out = BytesMut::with_capacity(64 + page.items.len() * 48);
     out.put_slice(b"{\"items\":[");
-    for (i, (key, value)) in page.items.iter().enumerate() {
+    for (i, item) in page.items.iter().enumerate() {
         if i > 0 {
             out.put_u8(b',');
         }
         out.put_slice(b"{\"key\":");
-        out.put_slice(&serde_json::to_vec(key).unwrap_or_default());
-        out.put_slice(format!(",\"version\":{}", value.version).as_bytes());
-        if q.values {
+        out.put_slice(&serde_json::to_vec(&item.key).unwrap_or_default());
+        out.put_slice(format!(",\"version\":{}", item.version).as_bytes());
+        if let Some(json) = &item.json {
             out.put_slice(b",\"value\":");
-            out.put_slice(&value.json);
+            out.put_slice(json);
         }
         out.put_u8(b'}');
     }
     out.put_slice(b"],\"next\":");
     match page.items.last().filter(|_| page.more) {
-        Some((key, _)) => out.put_slice(&serde_json::to_vec(key).unwrap_or_default()),
+        Some(item) => out.put_slice(&serde_json::to_vec(&item.key).unwrap_or_default()),
         None => out.put_slice(b"null"),
     }
     out.put_u8(b'}');

@@ -29,8 +29,9 @@ use crate::config::{CacheSettings, StorageSettings};
 use cache::{new_cache, Cached, ShardCache};
 use ids::IdAllocator;
 use metrics::ShardMetrics;
+use store::ScanPage;
 use store::ShardStore;
-pub use store::StoredValue;
+pub use store::{ListedKey, PageLimits, StoredValue};
 pub use writer::{Expect, Reply, WriteOp, WriteOutcome};
 use writer::{ShardWriter, WriteCommand, WriterMsg};
 
@@ -81,10 +82,42 @@ type WriteAnswer = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
 /// One page of a key listing.
 #[derive(Debug)]
 pub struct Listing {
-    /// Keys in ascending order with their values.
-    pub items: Vec<(String, Arc<StoredValue>)>,
+    /// Keys in ascending order, with their versions (and values if asked).
+    pub items: Vec<ListedKey>,
     /// Whether more keys follow the last one.
     pub more: bool,
+}
+
+/// Merges the shards' pages into one page of the listing. A shard that
+/// stopped early (at its count or byte budget) has keys beyond its last one
+/// that the others know nothing about, so the merged page may only reach up
+/// to the smallest such last key; past it, keys could be missing.
+fn merge_pages(pages: Vec<ScanPage>, page: PageLimits) -> Listing {
+    let boundary = pages
+        .iter()
+        .filter(|p| !p.complete)
+        .filter_map(|p| p.items.last().map(|i| i.key.clone()))
+        .min();
+    let mut all: Vec<ListedKey> = pages.into_iter().flat_map(|p| p.items).collect();
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    let total = all.len();
+    if let Some(boundary) = &boundary {
+        all.retain(|i| i.key <= *boundary);
+    }
+    let mut more = boundary.is_some() || all.len() < total;
+    let mut bytes = 0usize;
+    let mut keep = 0;
+    for item in &all {
+        let full = keep >= page.limit || (keep > 0 && bytes >= page.max_value_bytes);
+        if full {
+            more = true;
+            break;
+        }
+        bytes += item.json.as_ref().map_or(0, |j| j.len());
+        keep += 1;
+    }
+    all.truncate(keep);
+    Listing { items: all, more }
 }
 
 impl Storage {
@@ -291,12 +324,14 @@ impl Storage {
     }
 
     /// Keys starting with `prefix` that sort after `after`, ascending, merged
-    /// over all shards; at most `limit`.
+    /// over all shards: at most `page.limit`, and with values at most about
+    /// `page.max_value_bytes` of them (a page always holds one key, so a
+    /// listing always moves on).
     pub async fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
+        page: PageLimits,
     ) -> Result<Listing, StoreError> {
         let mut tasks = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
@@ -304,21 +339,22 @@ impl Storage {
             let prefix = prefix.to_owned();
             let after = after.map(str::to_owned);
             // One more than asked, to learn whether another page follows.
+            let shard_page = PageLimits {
+                limit: page.limit + 1,
+                ..page
+            };
             tasks.push(tokio::task::spawn_blocking(move || {
-                store.scan(&prefix, after.as_deref(), limit + 1)
+                store.scan(&prefix, after.as_deref(), shard_page)
             }));
         }
-        let mut all = Vec::new();
+        let mut pages = Vec::with_capacity(tasks.len());
         for task in tasks {
-            all.extend(
+            pages.push(
                 task.await
                     .map_err(|e| StoreError::Io(format!("scan task failed: {e}")))??,
             );
         }
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        let more = all.len() > limit;
-        all.truncate(limit);
-        Ok(Listing { items: all, more })
+        Ok(merge_pages(pages, page))
     }
 
     /// Shards that cannot take writes right now, each with the reason: a
@@ -387,12 +423,17 @@ impl Storage {
         let mut after: Option<String> = None;
         let mut loaded = 0;
         loop {
-            let page = shard.store.scan("", after.as_deref(), 1024)?;
-            let Some((last, _)) = page.last() else {
+            let keys_only = PageLimits {
+                limit: 1024,
+                values: false,
+                max_value_bytes: 0,
+            };
+            let page = shard.store.scan("", after.as_deref(), keys_only)?;
+            let Some(last) = page.items.last() else {
                 return Ok(loaded);
             };
-            after = Some(last.clone());
-            for (key, _) in page {
+            after = Some(last.key.clone());
+            for ListedKey { key, .. } in page.items {
                 if shard.cache.weight() + shard.cache.weight() / 16 >= capacity {
                     return Ok(loaded);
                 }
@@ -464,5 +505,68 @@ impl Storage {
                 let _ = handle.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn page(keys: &[&str], complete: bool) -> ScanPage {
+        ScanPage {
+            items: keys
+                .iter()
+                .map(|k| ListedKey {
+                    key: (*k).to_owned(),
+                    version: 1,
+                    json: Some(bytes::Bytes::from(vec![b'1'; 10])),
+                })
+                .collect(),
+            complete,
+        }
+    }
+
+    fn keys(listing: &Listing) -> Vec<&str> {
+        listing.items.iter().map(|i| i.key.as_str()).collect()
+    }
+
+    #[test]
+    fn merged_pages_stop_where_a_shard_stopped() {
+        let limits = |limit, max_value_bytes| PageLimits {
+            limit,
+            values: true,
+            max_value_bytes,
+        };
+        // Shard 0 stopped early at "c" (its budget): "d" from shard 1 may not
+        // follow, since shard 0 may hold keys between "c" and "d".
+        let merged = merge_pages(
+            vec![page(&["a", "c"], false), page(&["b", "d"], true)],
+            limits(10, 1 << 20),
+        );
+        assert_eq!((keys(&merged), merged.more), (vec!["a", "b", "c"], true));
+        // Both complete: everything, no next page.
+        let merged = merge_pages(
+            vec![page(&["a", "c"], true), page(&["b", "d"], true)],
+            limits(10, 1 << 20),
+        );
+        assert_eq!(
+            (keys(&merged), merged.more),
+            (vec!["a", "b", "c", "d"], false)
+        );
+        // The count and the byte budget cut the merged page too.
+        let merged = merge_pages(
+            vec![page(&["a", "c"], true), page(&["b", "d"], true)],
+            limits(3, 1 << 20),
+        );
+        assert_eq!((keys(&merged), merged.more), (vec!["a", "b", "c"], true));
+        let merged = merge_pages(
+            vec![page(&["a", "c"], true), page(&["b", "d"], true)],
+            limits(10, 15),
+        );
+        assert_eq!((keys(&merged), merged.more), (vec!["a", "b"], true));
+        // A page always moves on, however large its first value.
+        let merged = merge_pages(vec![page(&["a"], true)], limits(10, 1));
+        assert_eq!((keys(&merged), merged.more), (vec!["a"], false));
     }
 }

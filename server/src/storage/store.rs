@@ -76,6 +76,48 @@ fn decode(record: PersyId, bytes: Vec<u8>) -> Result<StoredValue, StoreError> {
     })
 }
 
+/// The version at the head of a value record.
+fn decode_version(record: PersyId, bytes: &[u8]) -> Result<u64, StoreError> {
+    let head: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("value record {record} is {} bytes", bytes.len()))
+        })?;
+    Ok(u64::from_le_bytes(head))
+}
+
+/// How much one page of a listing may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimits {
+    /// Most keys.
+    pub limit: usize,
+    /// Whether values are wanted.
+    pub values: bool,
+    /// With values: stop adding keys once this many value bytes are in.
+    pub max_value_bytes: usize,
+}
+
+/// One key of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedKey {
+    /// The key.
+    pub key: String,
+    /// Its version.
+    pub version: u64,
+    /// Its value, when the listing asked for values.
+    pub json: Option<Bytes>,
+}
+
+/// What one shard's scan found.
+#[derive(Debug)]
+pub struct ScanPage {
+    /// Keys in ascending order.
+    pub items: Vec<ListedKey>,
+    /// True when no key with the prefix follows the last one.
+    pub complete: bool,
+}
+
 /// Decodes the record an index entry points at; a missing record means
 /// the file is damaged.
 fn decode_found(
@@ -162,24 +204,45 @@ impl ShardStore {
         decode_found(key, id, bytes).map(Some)
     }
 
-    /// Up to `limit` keys in ascending order that start with `prefix` and sort
-    /// after `after`, with their values, from one consistent snapshot.
+    /// Keys in ascending order that start with `prefix` and sort after
+    /// `after`, from one consistent snapshot: at most `page.limit` of them,
+    /// and, with values, only as many as fit `page.max_value_bytes` (at least
+    /// one). Without values, each record is read for its version only and
+    /// dropped at once, so memory stays small whatever the values weigh.
     pub fn scan(
         &self,
         prefix: &str,
         after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Arc<StoredValue>)>, StoreError> {
+        page: PageLimits,
+    ) -> Result<ScanPage, StoreError> {
         let start = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
             _ => Bound::Included(prefix.to_owned()),
         };
-        let mut out = Vec::new();
-        self.walk(start, |key, value| {
-            if out.len() >= limit || !key.starts_with(prefix) {
+        let mut out = ScanPage {
+            items: Vec::new(),
+            complete: true,
+        };
+        let mut bytes = 0usize;
+        self.walk_records(start, |key, id, record| {
+            if !key.starts_with(prefix) {
                 return Ok(false);
             }
-            out.push((key, value));
+            let full = out.items.len() >= page.limit
+                || (page.values && bytes >= page.max_value_bytes && !out.items.is_empty());
+            if full {
+                out.complete = false;
+                return Ok(false);
+            }
+            let version = decode_version(id, &record)?;
+            let json = if page.values {
+                let value = decode(id, record)?;
+                bytes += value.json.len();
+                Some(value.json)
+            } else {
+                None
+            };
+            out.items.push(ListedKey { key, version, json });
             Ok(true)
         })?;
         Ok(out)
@@ -202,15 +265,31 @@ impl ShardStore {
         start: Bound<String>,
         mut f: impl FnMut(String, Arc<StoredValue>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
+        self.walk_records(start, |key, id, record| {
+            let value = Arc::new(decode(id, record)?);
+            f(key, value)
+        })
+    }
+
+    /// Visits keys from `start` on, in order, with their raw records, from
+    /// one snapshot, until `f` returns `Ok(false)`.
+    fn walk_records(
+        &self,
+        start: Bound<String>,
+        mut f: impl FnMut(String, PersyId, Vec<u8>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let snap = self.persy.snapshot().map_err(err("snapshot"))?;
         let range = snap
             .range::<String, PersyId, _>(KEYS, (start, Bound::Unbounded))
             .map_err(err("index scan"))?;
         for (key, mut ids) in range {
             let Some(id) = ids.next() else { continue };
-            let bytes = snap.read(VALUES, &id).map_err(err("record read"))?;
-            let value = decode_found(&key, id, bytes)?;
-            if !f(key, value)? {
+            let Some(record) = snap.read(VALUES, &id).map_err(err("record read"))? else {
+                return Err(StoreError::Corrupt(format!(
+                    "key {key:?} points at missing record {id}"
+                )));
+            };
+            if !f(key, id, record)? {
                 break;
             }
         }
@@ -304,20 +383,24 @@ mod tests {
         tx.commit().unwrap();
         let got = store.get("a").unwrap().unwrap();
         assert_eq!((got.version, &got.json[..]), (1, &b"{\"x\":1}"[..]));
-        let keys: Vec<String> = store
-            .scan("a", None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let page = |values, limit, max_value_bytes| PageLimits {
+            limit,
+            values,
+            max_value_bytes,
+        };
+        let found = store.scan("a", None, page(false, 10, 0)).unwrap();
+        let keys: Vec<&str> = found.items.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(keys, ["a", "ab"]);
-        let keys: Vec<String> = store
-            .scan("", Some("a"), 1)
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, ["ab"]);
+        assert!(found.complete && found.items.iter().all(|i| i.json.is_none()));
+        assert_eq!(found.items[1].version, 2);
+        let found = store.scan("", Some("a"), page(true, 1, 1 << 20)).unwrap();
+        assert_eq!(found.items[0].key, "ab");
+        assert_eq!(found.items[0].json.as_deref(), Some(&b"2"[..]));
+        assert!(!found.complete);
+        // With values, a page stops at its byte budget (but holds one key).
+        let found = store.scan("", None, page(true, 10, 1)).unwrap();
+        assert_eq!(found.items.len(), 1);
+        assert!(!found.complete);
 
         let mut tx = store.begin().unwrap();
         tx.update(a, 4, b"4").unwrap();
