@@ -146,12 +146,9 @@ async fn conditional_writes() {
         .unwrap();
     assert_eq!(r.status, 204);
 
-    // Malformed conditions.
-    for (name, value) in [
-        ("if-match", "3"),
-        ("if-match", "\"x\""),
-        ("if-none-match", "\"3\""),
-    ] {
+    // Malformed conditions are 400; well-formed ones that cannot match are
+    // just false (RFC 9110): "x" is no version of ours.
+    for (name, value) in [("if-match", "3"), ("if-none-match", "W/3")] {
         let r = c
             .send("PUT", "/v1/kv/k", &[ct, (name, value)], b"1")
             .await
@@ -159,6 +156,70 @@ async fn conditional_writes() {
         assert_eq!(r.status, 400, "{name}: {value}");
         assert_eq!(r.error_code(), "invalid_header");
     }
+    let put = |headers: Vec<(&'static str, String)>| {
+        let c = c.clone();
+        async move {
+            let mut all: Vec<(&str, &str)> = vec![ct];
+            all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            c.send("PUT", "/v1/kv/rfc", &all, b"1").await.unwrap()
+        }
+    };
+    let created = put(vec![]).await;
+    let current = created.header("etag").unwrap().to_owned();
+    let version = current.trim_matches('"').to_owned();
+    assert_eq!(put(vec![("if-match", "\"abc\"".into())]).await.status, 412);
+    assert_eq!(
+        put(vec![("if-none-match", current.clone())]).await.status,
+        412
+    );
+    assert_eq!(
+        put(vec![("if-none-match", format!("W/\"{version}\""))])
+            .await
+            .status,
+        412
+    );
+    assert_eq!(
+        put(vec![("if-none-match", "\"999999\"".into())])
+            .await
+            .status,
+        200
+    );
+    // GET: weak comparison for If-None-Match, lists, and If-Match.
+    let after = c.get("/v1/kv/rfc").await.header("etag").unwrap().to_owned();
+    let v = after.trim_matches('"').to_owned();
+    for inm in [format!("W/\"{v}\""), format!("\"9\", W/\"{v}\"")] {
+        let r = c
+            .send("GET", "/v1/kv/rfc", &[("if-none-match", &inm)], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 304, "{inm}");
+    }
+    let r = c
+        .send("GET", "/v1/kv/rfc", &[("if-match", "\"1\"")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412);
+    let r = c
+        .send("GET", "/v1/kv/rfc", &[("if-match", &after)], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Both headers: If-Match first, then If-None-Match.
+    let both = vec![
+        ("if-match", after.clone()),
+        ("if-none-match", "\"1\"".to_owned()),
+    ];
+    assert_eq!(put(both).await.status, 200);
+    // DELETE honours If-None-Match too.
+    let r = c
+        .send("DELETE", "/v1/kv/rfc", &[("if-none-match", "*")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412);
+    // HEAD of the backup answers like GET, without the backup.
+    let r = c.send("HEAD", "/v1/admin/backup", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -47,6 +47,16 @@ impl Write for ChannelWriter {
     }
 }
 
+/// The headers of a backup, for HEAD.
+pub fn head() -> Response<Body> {
+    let mut response = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
 /// Starts the backup stream.
 pub async fn stream(app: &App) -> Response<Body> {
     let (tx, body) = Channel::<Bytes, Infallible>::new(4);

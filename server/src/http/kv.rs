@@ -3,11 +3,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ETAG, IF_MATCH, IF_NONE_MATCH, LOCATION};
+use hyper::header::{HeaderValue, ETAG, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::request::{self, etag, EtagCondition};
+use super::conditional::{Preconditions, ReadVerdict};
+use super::request::{self, etag};
 use crate::app::App;
 use crate::error::{json_response, raw_json_response, ApiError};
 use crate::storage::{Expect, PageLimits, WriteOutcome};
@@ -35,12 +36,14 @@ pub async fn get(app: &App, req: &Request<Incoming>, key: &str) -> Result<HttpRe
             "no value stored under key {key:?}"
         )));
     };
-    if let Some(cond) = request::etag_condition(req.headers(), IF_NONE_MATCH.as_str())? {
-        if cond.matches(Some(value.version)) {
+    match Preconditions::from_headers(req.headers())?.evaluate_read(value.version) {
+        ReadVerdict::Proceed => {}
+        ReadVerdict::NotModified => {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NOT_MODIFIED;
             return Ok(with_etag(r, value.version));
         }
+        ReadVerdict::Failed => return Err(precondition_failed(Some(value.version))),
     }
     Ok(with_etag(
         raw_json_response(StatusCode::OK, value.json.clone()),
@@ -50,22 +53,7 @@ pub async fn get(app: &App, req: &Request<Incoming>, key: &str) -> Result<HttpRe
 
 /// The write condition a request's `If-Match` / `If-None-Match` asks for.
 fn write_expect(req: &Request<Incoming>) -> Result<Expect, ApiError> {
-    let if_match = request::etag_condition(req.headers(), IF_MATCH.as_str())?;
-    let if_none = request::etag_condition(req.headers(), IF_NONE_MATCH.as_str())?;
-    match (if_match, if_none) {
-        (Some(_), Some(_)) => Err(ApiError::bad_request(
-            "invalid_header",
-            "send either If-Match or If-None-Match, not both",
-        )),
-        (Some(EtagCondition::Any), None) => Ok(Expect::Present),
-        (Some(EtagCondition::Versions(v)), None) => Ok(Expect::OneOf(v)),
-        (None, Some(EtagCondition::Any)) => Ok(Expect::Absent),
-        (None, Some(EtagCondition::Versions(_))) => Err(ApiError::bad_request(
-            "invalid_header",
-            "on writes If-None-Match only supports *",
-        )),
-        (None, None) => Ok(Expect::Any),
-    }
+    Ok(Preconditions::from_headers(req.headers())?.to_expect())
 }
 
 fn precondition_failed(current: Option<u64>) -> ApiError {
@@ -111,16 +99,7 @@ pub async fn delete(
     req: &Request<Incoming>,
     key: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let expect = match write_expect(req)? {
-        Expect::Absent => {
-            return Err(ApiError::bad_request(
-                "invalid_header",
-                "If-None-Match is not supported on DELETE",
-            ))
-        }
-        other => other,
-    };
-    match app.delete(key, expect).await? {
+    match app.delete(key, write_expect(req)?).await? {
         WriteOutcome::Deleted { .. } => {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;

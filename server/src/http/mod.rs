@@ -1,6 +1,7 @@
 //! The HTTP server: accepting connections, routing, graceful shutdown.
 //!
-//! - `request`: checked parsing of keys, bodies, queries and headers;
+//! - `request`: checked parsing of keys, bodies and queries;
+//! - `conditional`: If-Match / If-None-Match, as RFC 9110 orders them;
 //! - `kv`: the native `/v1/kv` API;
 //! - `plugins`: plugin listing, dry runs and reload;
 //! - `compat`: the ExDaas `/api` contract;
@@ -10,6 +11,7 @@
 
 mod backup;
 mod compat;
+mod conditional;
 mod kv;
 mod nested_params;
 mod plugins;
@@ -184,15 +186,14 @@ async fn handle(
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
     let mut response = match authorize(&app, &req, peer) {
         Err(e) => e.into_response().map(BodyExt::boxed),
-        Ok(()) if req.uri().path() == "/v1/admin/backup" => {
-            if method == Method::GET {
-                backup::stream(&app).await
-            } else {
-                ApiError::MethodNotAllowed { allow: "GET" }
-                    .into_response()
-                    .map(BodyExt::boxed)
-            }
-        }
+        Ok(()) if req.uri().path() == "/v1/admin/backup" => match method {
+            Method::GET => backup::stream(&app).await,
+            // What GET would answer, without taking a backup.
+            Method::HEAD => backup::head(),
+            _ => ApiError::MethodNotAllowed { allow: "GET, HEAD" }
+                .into_response()
+                .map(BodyExt::boxed),
+        },
         Ok(()) => {
             let mut response = match route_request(app.clone(), req).await {
                 Ok(r) => r,

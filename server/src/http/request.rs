@@ -1,5 +1,5 @@
-//! Turning raw request parts into checked values: keys, bodies, query
-//! parameters and conditional headers. Every failure is a 4xx `ApiError`
+//! Turning raw request parts into checked values: keys, bodies and query
+//! parameters (conditional headers: `conditional`). Every failure is a 4xx `ApiError`
 //! that says what was wrong.
 
 use bytes::Bytes;
@@ -128,56 +128,6 @@ pub fn check_json_value(bytes: &[u8], limits: ValueLimits) -> Result<(), ApiErro
     crate::ijson::check(bytes, limits).map_err(ApiError::from)
 }
 
-/// A parsed entity tag list from `If-Match` / `If-None-Match`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EtagCondition {
-    /// `*`: any current version.
-    Any,
-    /// Listed versions (`"3", "7"`). Weak tags never match, as for strong
-    /// comparison.
-    Versions(Vec<u64>),
-}
-
-impl EtagCondition {
-    /// Whether the condition matches a key at `version` (`None`: absent).
-    pub fn matches(&self, version: Option<u64>) -> bool {
-        match (self, version) {
-            (_, None) => false,
-            (Self::Any, Some(_)) => true,
-            (Self::Versions(list), Some(v)) => list.contains(&v),
-        }
-    }
-}
-
-/// Parses a conditional header if present.
-pub fn etag_condition(headers: &HeaderMap, name: &str) -> Result<Option<EtagCondition>, ApiError> {
-    let Some(value) = headers.get(name) else {
-        return Ok(None);
-    };
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_header",
-            format!("{name} must be * or a list of entity tags like \"12\""),
-        )
-    };
-    let text = value.to_str().map_err(|_| bad())?.trim();
-    if text == "*" {
-        return Ok(Some(EtagCondition::Any));
-    }
-    let mut versions = Vec::new();
-    for tag in text.split(',').map(str::trim) {
-        if tag.starts_with("W/") {
-            continue;
-        }
-        let inner = tag
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .ok_or_else(bad)?;
-        versions.push(inner.parse().map_err(|_| bad())?);
-    }
-    Ok(Some(EtagCondition::Versions(versions)))
-}
-
 /// The entity tag of a version.
 pub fn etag(version: u64) -> String {
     format!("\"{version}\"")
@@ -241,26 +191,5 @@ mod tests {
         assert!(require_json(&h).is_ok());
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         assert!(require_json(&h).is_err());
-    }
-
-    #[test]
-    fn etag_conditions() {
-        let mut h = HeaderMap::new();
-        assert_eq!(etag_condition(&h, "if-match").unwrap(), None);
-        h.insert(
-            "if-match",
-            HeaderValue::from_static("\"3\", W/\"4\", \"5\""),
-        );
-        let c = etag_condition(&h, "if-match").unwrap().unwrap();
-        assert!(
-            c.matches(Some(3)) && c.matches(Some(5)) && !c.matches(Some(4)) && !c.matches(None)
-        );
-        h.insert("if-match", HeaderValue::from_static("*"));
-        assert!(etag_condition(&h, "if-match")
-            .unwrap()
-            .unwrap()
-            .matches(Some(1)));
-        h.insert("if-match", HeaderValue::from_static("3"));
-        assert!(etag_condition(&h, "if-match").is_err());
     }
 }

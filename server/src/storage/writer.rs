@@ -48,6 +48,11 @@ pub enum Expect {
     Present,
     /// The key must hold one of these versions (`If-Match: "3"`).
     OneOf(Vec<u64>),
+    /// The key must be absent or hold none of these versions
+    /// (`If-None-Match: "3"`).
+    NoneOf(Vec<u64>),
+    /// Every one of these must hold (`If-Match` and `If-None-Match` together).
+    All(Vec<Expect>),
 }
 
 impl Expect {
@@ -68,6 +73,9 @@ impl Expect {
             (Self::Present, v) => v.is_some(),
             (Self::OneOf(list), Some(v)) => list.contains(&v),
             (Self::OneOf(_), None) => false,
+            (Self::NoneOf(list), Some(v)) => !list.contains(&v),
+            (Self::NoneOf(_), None) => true,
+            (Self::All(all), v) => all.iter().all(|e| e.holds(v)),
         }
     }
 }
