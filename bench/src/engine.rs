@@ -6,6 +6,8 @@
 //! - `persy`: the shard writer's work done directly on persy files, one
 //!   thread per shard: per write an index lookup, a record insert and an
 //!   index put; per batch a sequence put and one prepare (fsync) + commit;
+//!   then the same without the lookup (what a log applier does), and with
+//!   the value inside the index entry (one B-tree operation per write);
 //! - `log`: the commit log of the write-path design: per batch one append
 //!   of encoded records to a file and one fdatasync, one thread;
 //! - `storage`: exdaas's own storage layer (writer threads, group commit,
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use exdaas_server::config::{CacheSettings, StorageSettings};
 use exdaas_server::storage::{Expect, Storage, WriteOp};
-use persy::{Config, Persy, PersyId, ValueMode};
+use persy::{ByteVec, Config, Persy, PersyId, ValueMode};
 
 /// Shards, as the server's default.
 const SHARDS: usize = 4;
@@ -47,9 +49,12 @@ fn main() -> Result<(), BoxError> {
     let work = tempdir_in(&dir)?;
     println!("| engine | batch | writes/s | fsyncs/s |");
     println!("|---|---:|---:|---:|");
-    for batch in [1, 8, 64, 512] {
-        let (writes, syncs) = persy_ceiling(&work.join(format!("persy-{batch}")), batch, run)?;
-        row("persy, 4 files", batch, writes, syncs, run);
+    for layout in [Layout::Writer, Layout::Applier, Layout::ValueInIndex] {
+        for batch in [1, 8, 64, 512] {
+            let dir = work.join(format!("persy-{layout:?}-{batch}"));
+            let (writes, syncs) = persy_ceiling(&dir, batch, layout, run)?;
+            row(layout.name(), batch, writes, syncs, run);
+        }
     }
     for batch in [1, 8, 64, 512] {
         let (writes, syncs) = log_ceiling(&work.join(format!("log-{batch}")), batch, run)?;
@@ -81,8 +86,34 @@ fn tempdir_in(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// What one write does to persy.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Today's shard writer: lookup, record insert, index put.
+    Writer,
+    /// A log applier: record insert and index put, no lookup.
+    Applier,
+    /// The value inside the index entry: one index put.
+    ValueInIndex,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Writer => "persy, 4 files: lookup + record + index",
+            Self::Applier => "persy, 4 files: record + index",
+            Self::ValueInIndex => "persy, 4 files: value in index",
+        }
+    }
+}
+
 /// The shard writer's persy work, one thread per shard file, new keys.
-fn persy_ceiling(dir: &Path, batch: usize, run: Duration) -> Result<(u64, u64), BoxError> {
+fn persy_ceiling(
+    dir: &Path,
+    batch: usize,
+    layout: Layout,
+    run: Duration,
+) -> Result<(u64, u64), BoxError> {
     std::fs::create_dir_all(dir)?;
     let writes = Arc::new(AtomicU64::new(0));
     let syncs = Arc::new(AtomicU64::new(0));
@@ -99,9 +130,15 @@ fn persy_ceiling(dir: &Path, batch: usize, run: Duration) -> Result<(u64, u64), 
                     for _ in 0..batch {
                         n += 1;
                         let key = format!("s{shard}-k{n}");
-                        let _absent = persy.one::<String, PersyId>("kv", &key)?;
                         let mut record = n.to_le_bytes().to_vec();
                         record.extend_from_slice(VALUE);
+                        if let Layout::ValueInIndex = layout {
+                            tx.put::<String, ByteVec>("inline", key, record.into())?;
+                            continue;
+                        }
+                        if let Layout::Writer = layout {
+                            let _absent = persy.one::<String, PersyId>("kv", &key)?;
+                        }
                         let id = tx.insert("values", &record)?;
                         tx.put::<String, PersyId>("kv", key, id)?;
                     }
@@ -131,6 +168,7 @@ fn open_store(path: &Path) -> Result<Persy, BoxError> {
         tx.create_segment("values")?;
         tx.create_index::<String, PersyId>("kv", ValueMode::Replace)?;
         tx.create_index::<String, u64>("meta", ValueMode::Replace)?;
+        tx.create_index::<String, ByteVec>("inline", ValueMode::Replace)?;
         tx.prepare()?.commit()?;
         Ok(())
     })
