@@ -295,6 +295,13 @@ fn render_storage(o: &mut String, storage: &Storage) {
     }
     let _ = writeln!(
         o,
+        "# HELP exdaas_shard_unapplied_writes Committed writes (keys) not yet applied to the shard's store.\n# TYPE exdaas_shard_unapplied_writes gauge"
+    );
+    for (shard, n) in storage.unapplied().iter().enumerate() {
+        let _ = writeln!(o, "exdaas_shard_unapplied_writes{{shard=\"{shard}\"}} {n}");
+    }
+    let _ = writeln!(
+        o,
         "# HELP exdaas_cache_bytes Bytes held by the cache.\n# TYPE exdaas_cache_bytes gauge"
     );
     for (shard, c) in caches.iter().enumerate() {

@@ -120,16 +120,9 @@ mod tests {
     use bytes::Bytes;
 
     fn value(len: usize, version: u64) -> Arc<StoredValue> {
-        let dir = tempfile::tempdir().unwrap();
-        let store =
-            super::super::store::ShardStore::open(&dir.path().join("s.persy"), 1 << 20).unwrap();
-        let mut tx = store.begin().unwrap();
-        let record = tx.insert("k", version, b"1").unwrap();
-        tx.commit().unwrap();
         Arc::new(StoredValue {
             version,
             json: Bytes::from(vec![b'1'; len]),
-            record,
         })
     }
 

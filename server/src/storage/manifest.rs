@@ -17,8 +17,12 @@ use super::StoreError;
 /// File name of the manifest inside the data directory.
 pub const MANIFEST_FILE: &str = "exdaas-manifest.json";
 
-/// On-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// On-disk format this build writes: 2 added the commit log (`log/`).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format this build reads: a format-1 directory is upgraded in place
+/// on open (its stores are complete; the log starts empty past their
+/// versions), after which older builds refuse it rather than ignore the log.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// Where a restore builds the new store inside the target directory before
 /// moving it into place (inside, not beside: the target may be a mount point
@@ -82,12 +86,11 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreErr
             let found: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
                 StoreError::Manifest(format!("{}: unreadable manifest: {e}", path.display()))
             })?;
-            if found.format_version != FORMAT_VERSION {
+            if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found.format_version) {
                 return Err(StoreError::Manifest(format!(
-                    "{}: data format version {} is not supported by this build (expects {})",
+                    "{}: data format version {} is not supported by this build (reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                     path.display(),
                     found.format_version,
-                    FORMAT_VERSION
                 )));
             }
             if found.key_hash != KEY_HASH_NAME {
@@ -144,6 +147,21 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// Records that `data_dir` is in this build's format (after an upgrade).
+pub fn upgrade(data_dir: &Path, found: &Manifest) -> Result<(), StoreError> {
+    if found.format_version == FORMAT_VERSION {
+        return Ok(());
+    }
+    let upgraded = Manifest {
+        format_version: FORMAT_VERSION,
+        ..found.clone()
+    };
+    write_durably(
+        &data_dir.join(MANIFEST_FILE),
+        &serde_json::to_vec_pretty(&upgraded).unwrap_or_default(),
+    )
 }
 
 /// Creates `dir` and any missing parents, and makes each new name durable

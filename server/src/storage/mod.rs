@@ -10,24 +10,32 @@
 //! - `metrics`: group-commit counters;
 //! - `bulk`: loading a data set into a new directory (restore).
 
+mod applier;
 pub mod bulk;
 mod cache;
+mod committer;
 pub mod hash;
 pub mod ids;
+pub mod log;
 pub mod manifest;
+mod memtable;
 pub mod metrics;
+mod recovery;
 pub mod store;
 pub mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{CacheSettings, StorageSettings};
 use cache::{new_cache, Cached, ShardCache};
+use committer::Progress;
 use ids::IdAllocator;
+use memtable::Memtable;
 use metrics::ShardMetrics;
 use store::ScanPage;
 use store::ShardStore;
@@ -58,23 +66,31 @@ pub enum StoreError {
     ShuttingDown,
 }
 
-/// One shard: its store, cache, and the queue to its writer.
+/// One shard: its store, cache, memtable, and its threads.
 struct Shard {
     store: ShardStore,
     cache: Arc<ShardCache>,
+    memtable: Arc<Memtable>,
     queue: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    applier: Mutex<Option<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     metrics: Arc<ShardMetrics>,
 }
 
-/// All shards of one data directory.
+/// All shards of one data directory, and the commit log in front of them.
 pub struct Storage {
     shards: Vec<Shard>,
     ids: IdAllocator,
+    /// The log writer thread; it ends once every shard writer has.
+    log_thread: Mutex<Option<JoinHandle<()>>>,
     /// Shards whose cache is still being warmed after start.
     warming: AtomicUsize,
 }
+
+/// Keys a shard's memtable holds before its writer waits for the applier.
+const MEMTABLE_ENTRIES: usize = 65_536;
 
 /// Where the outcome of a queued write arrives.
 type WriteAnswer = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
@@ -86,6 +102,77 @@ pub struct Listing {
     pub items: Vec<ListedKey>,
     /// Whether more keys follow the last one.
     pub more: bool,
+}
+
+/// Starts a named storage thread.
+fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|e| StoreError::Io(format!("cannot start a storage thread: {e}")))
+}
+
+/// One shard's part of a listing: its store's keys overlaid with the
+/// memtable's committed, not yet applied, states. The memtable is read
+/// first: an entry applied meanwhile then shows in the store too, and of
+/// two states of a key the newer (higher version) wins.
+fn shard_page(
+    store: &ShardStore,
+    memtable: &Memtable,
+    prefix: &str,
+    after: Option<&str>,
+    page: PageLimits,
+) -> Result<ScanPage, StoreError> {
+    let start = match after {
+        Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_owned()),
+        _ => std::ops::Bound::Included(prefix.to_owned()),
+    };
+    let pending = memtable.range(prefix, start);
+    let deletes = pending.iter().filter(|(_, p)| p.value.is_none()).count();
+    // One more than asked, to learn whether another page follows, plus room
+    // for keys the memtable deletes.
+    let limits = PageLimits {
+        limit: page.limit + 1 + deletes,
+        ..page
+    };
+    let stored = store.scan(prefix, after, limits)?;
+    let boundary = (!stored.complete)
+        .then(|| stored.items.last().map(|i| i.key.clone()))
+        .flatten();
+    let mut merged: std::collections::BTreeMap<String, ListedKey> = stored
+        .items
+        .into_iter()
+        .map(|i| (i.key.clone(), i))
+        .collect();
+    for (key, state) in pending {
+        if boundary.as_ref().is_some_and(|b| key > *b) {
+            break;
+        }
+        let newer = merged.get(&key).is_none_or(|i| i.version < state.revision);
+        if !newer {
+            continue;
+        }
+        match state.value {
+            Some(value) => {
+                let json = page.values.then(|| value.json.clone());
+                merged.insert(
+                    key.clone(),
+                    ListedKey {
+                        key,
+                        version: value.version,
+                        json,
+                    },
+                );
+            }
+            None => {
+                merged.remove(&key);
+            }
+        }
+    }
+    Ok(ScanPage {
+        items: merged.into_values().collect(),
+        complete: stored.complete,
+    })
 }
 
 /// Merges the shards' pages into one page of the listing. A shard that
@@ -121,21 +208,58 @@ fn merge_pages(pages: Vec<ScanPage>, page: PageLimits) -> Listing {
 }
 
 impl Storage {
-    /// Opens every shard of the data directory (creating it if new), runs
-    /// persy's crash recovery on each, and starts one writer thread per shard.
+    /// Opens every shard of the data directory (creating it if new),
+    /// replays the commit log into the stores (see `recovery`), and starts
+    /// the log writer, one writer and one applier thread per shard.
     pub fn open(settings: &StorageSettings, cache: &CacheSettings) -> Result<Self, StoreError> {
         let data_dir = settings.data_dir.clone();
-        manifest::open_or_create(&data_dir, settings.shards)?;
+        let found = manifest::open_or_create(&data_dir, settings.shards)?;
         let ids = IdAllocator::open(&data_dir)?;
         let count = settings.shards as usize;
+        let stores = (0..count)
+            .map(|i| {
+                ShardStore::open(
+                    &manifest::shard_file(&data_dir, i),
+                    settings.store_cache_bytes,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let applied = stores
+            .iter()
+            .map(ShardStore::last_seq)
+            .collect::<Result<Vec<_>, _>>()?;
+        let floor = applied.iter().copied().max().unwrap_or(0) + 1;
+        let recovered = log::CommitLog::open(&data_dir, floor)?;
+        let mut log = recovered.log;
+        let replayed = recovery::replay(&stores, &applied, recovered.frames)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "replayed the commit log into the stores"
+            );
+        }
+        log.reset()?;
+        manifest::upgrade(&data_dir, &found)?;
+        // The shard files may have just been created: make their names
+        // durable before any write to them is acknowledged.
+        manifest::sync_dir(&data_dir)?;
+
+        let progress: Vec<Arc<Progress>> = stores
+            .iter()
+            .map(|s| {
+                let p = Progress::default();
+                let applied = s.last_seq().unwrap_or(0);
+                p.applied.store(applied, Ordering::Release);
+                p.logged.store(applied, Ordering::Release);
+                Arc::new(p)
+            })
+            .collect();
+        let (log, log_thread) = committer::start(log, progress.clone(), settings.queue_depth)?;
         let per_shard_cache = cache.capacity_bytes / count as u64;
         let mut shards = Vec::with_capacity(count);
-        for index in 0..count {
-            let store = ShardStore::open(
-                &manifest::shard_file(&data_dir, index),
-                settings.store_cache_bytes,
-            )?;
+        for (index, store) in stores.into_iter().enumerate() {
             let cache = Arc::new(new_cache(per_shard_cache));
+            let memtable = Arc::new(Memtable::new(MEMTABLE_ENTRIES));
             let (queue, rx) = mpsc::channel(settings.queue_depth);
             let poisoned = Arc::new(AtomicBool::new(false));
             let metrics = Arc::new(ShardMetrics::default());
@@ -143,31 +267,37 @@ impl Storage {
                 shard: index,
                 store: store.clone(),
                 cache: cache.clone(),
+                memtable: memtable.clone(),
+                log: log.clone(),
                 rx,
                 max_batch: settings.max_batch,
-                seq: store.last_seq()?,
                 poisoned: poisoned.clone(),
                 metrics: metrics.clone(),
             };
-            let handle = std::thread::Builder::new()
-                .name(format!("shard-writer-{index}"))
-                .spawn(move || writer.run())
-                .map_err(|e| StoreError::Io(format!("cannot start writer thread: {e}")))?;
+            let writer = spawn(format!("shard-writer-{index}"), move || writer.run())?;
+            let applier = {
+                let (store, memtable) = (store.clone(), memtable.clone());
+                let (progress, poisoned) = (progress[index].clone(), poisoned.clone());
+                spawn(format!("shard-applier-{index}"), move || {
+                    applier::run(index, store, memtable, progress, poisoned)
+                })?
+            };
             shards.push(Shard {
                 store,
                 cache,
+                memtable,
                 queue,
-                writer: Mutex::new(Some(handle)),
+                writer: Mutex::new(Some(writer)),
+                applier: Mutex::new(Some(applier)),
                 poisoned,
+                progress: progress[index].clone(),
                 metrics,
             });
         }
-        // The shard files may have just been created: make their names
-        // durable before any write to them is acknowledged.
-        manifest::sync_dir(&data_dir)?;
         Ok(Self {
             shards,
             ids,
+            log_thread: Mutex::new(Some(log_thread)),
             warming: AtomicUsize::new(0),
         })
     }
@@ -204,17 +334,32 @@ impl Storage {
         }
     }
 
-    /// Reads `key` from its shard's store, off the async workers.
+    /// Reads `key`'s committed state that the cache lacks: the memtable,
+    /// else the shard's store off the async workers.
     async fn read_store(
         &self,
         shard: &Shard,
         key: &str,
     ) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        if let Some(state) = shard.memtable.get(key) {
+            return Ok(state);
+        }
         let store = shard.store.clone();
         let owned = key.to_owned();
         tokio::task::spawn_blocking(move || store.get(&owned))
             .await
             .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
+    }
+
+    /// Like `read_store`, on the calling (blocking) thread.
+    fn read_store_blocking(
+        shard: &Shard,
+        key: &str,
+    ) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        match shard.memtable.get(key) {
+            Some(state) => Ok(state),
+            None => shard.store.get(key),
+        }
     }
 
     /// Like [`Storage::get`] for blocking contexts (plugin pipeline threads).
@@ -223,14 +368,14 @@ impl Storage {
         match shard.cache.get_value_or_guard(key, None) {
             quick_cache::sync::GuardResult::Value(cached) => match cached.known() {
                 Some(known) => Ok(known),
-                None => shard.store.get(key),
+                None => Self::read_store_blocking(shard, key),
             },
             quick_cache::sync::GuardResult::Guard(guard) => {
-                let loaded = shard.store.get(key)?;
+                let loaded = Self::read_store_blocking(shard, key)?;
                 let _ = guard.insert(Cached::of(&shard.cache, key, loaded.clone()));
                 Ok(loaded)
             }
-            quick_cache::sync::GuardResult::Timeout => shard.store.get(key),
+            quick_cache::sync::GuardResult::Timeout => Self::read_store_blocking(shard, key),
         }
     }
 
@@ -336,15 +481,11 @@ impl Storage {
         let mut tasks = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
             let store = shard.store.clone();
+            let memtable = shard.memtable.clone();
             let prefix = prefix.to_owned();
             let after = after.map(str::to_owned);
-            // One more than asked, to learn whether another page follows.
-            let shard_page = PageLimits {
-                limit: page.limit + 1,
-                ..page
-            };
             tasks.push(tokio::task::spawn_blocking(move || {
-                store.scan(&prefix, after.as_deref(), shard_page)
+                shard_page(&store, &memtable, &prefix, after.as_deref(), page)
             }));
         }
         let mut pages = Vec::with_capacity(tasks.len());
@@ -358,21 +499,22 @@ impl Storage {
     }
 
     /// Shards that cannot take writes right now, each with the reason: a
-    /// failed commit poisoned it, or its writer thread is gone.
+    /// failed commit poisoned it, or its writer or applier thread is gone.
     pub fn unavailable_shards(&self) -> Vec<(usize, &'static str)> {
+        let gone = |thread: &Mutex<Option<JoinHandle<()>>>| match thread.lock() {
+            Ok(handle) => handle.as_ref().is_none_or(JoinHandle::is_finished),
+            Err(_) => true,
+        };
         let mut out = Vec::new();
         for (index, shard) in self.shards.iter().enumerate() {
-            let writer_gone = match shard.writer.lock() {
-                Ok(handle) => handle.as_ref().is_none_or(JoinHandle::is_finished),
-                Err(_) => true,
-            };
+            let writer_gone = gone(&shard.writer) || gone(&shard.applier);
             if shard.poisoned.load(Ordering::Acquire) {
                 out.push((
                     index,
                     "a commit failed; the shard refuses writes until restart",
                 ));
             } else if writer_gone {
-                out.push((index, "the shard's writer has stopped"));
+                out.push((index, "the shard's writer or applier has stopped"));
             }
         }
         out
@@ -450,24 +592,47 @@ impl Storage {
     }
 
     /// Visits every shard's data, each from one consistent snapshot (see
-    /// `ShardStore::for_each`), shard by shard.
+    /// `ShardStore::for_each`), shard by shard. Every write committed before
+    /// the call is applied to the stores first, so none is missed.
     pub fn for_each(
         &self,
         mut f: impl FnMut(&str, &StoredValue) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
+        self.flush()?;
         for shard in &self.shards {
             shard.store.for_each(&mut f)?;
         }
         Ok(())
     }
 
-    /// The highest version any shard has handed out (committed).
-    pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let mut highest = 0;
-        for shard in &self.shards {
-            highest = highest.max(shard.store.last_seq()?);
+    /// Waits until every shard's store holds every write the shard had
+    /// logged when this was called. Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        for (index, shard) in self.shards.iter().enumerate() {
+            let target = shard.progress.logged.load(Ordering::Acquire);
+            while shard.progress.applied.load(Ordering::Acquire) < target {
+                if shard.poisoned.load(Ordering::Acquire) {
+                    return Err(StoreError::Poisoned(index));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        Ok(highest)
+        Ok(())
+    }
+
+    /// The highest revision handed out: every version so far is at most this.
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .shards
+            .iter()
+            .map(|s| {
+                s.progress
+                    .logged
+                    .load(Ordering::Acquire)
+                    .max(s.progress.applied.load(Ordering::Acquire))
+            })
+            .max()
+            .unwrap_or(0))
     }
 
     /// The id counter's durable high-water mark.
@@ -478,6 +643,11 @@ impl Storage {
     /// Per-shard group-commit counters.
     pub fn shard_metrics(&self) -> Vec<Arc<ShardMetrics>> {
         self.shards.iter().map(|s| s.metrics.clone()).collect()
+    }
+
+    /// Per shard, keys committed but not yet applied to its store.
+    pub fn unapplied(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.memtable.len()).collect()
     }
 
     /// Per-shard (hits, misses, bytes used, queued writes).
@@ -492,19 +662,30 @@ impl Storage {
     }
 
     /// Drains every writer (everything queued is still committed and
-    /// answered), then joins the writer threads. Writes arriving afterwards
-    /// get `ShuttingDown`.
+    /// answered), lets every applier apply what is left, and joins all the
+    /// threads, the log writer last. Writes arriving afterwards get
+    /// `ShuttingDown`.
     pub fn close(&self) {
         for shard in &self.shards {
             // try_send would drop Stop when the queue is full; block instead.
             let _ = shard.queue.blocking_send(WriterMsg::Stop);
         }
-        for shard in &self.shards {
-            let handle = shard.writer.lock().ok().and_then(|mut h| h.take());
-            if let Some(handle) = handle {
+        let join = |thread: &Mutex<Option<JoinHandle<()>>>| {
+            if let Some(handle) = thread.lock().ok().and_then(|mut h| h.take()) {
                 let _ = handle.join();
             }
+        };
+        for shard in &self.shards {
+            join(&shard.writer);
         }
+        for shard in &self.shards {
+            shard.memtable.stop();
+        }
+        for shard in &self.shards {
+            join(&shard.applier);
+        }
+        // The writers held the only handles to the log writer.
+        join(&self.log_thread);
     }
 }
 

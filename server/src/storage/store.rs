@@ -3,12 +3,14 @@
 //! Layout inside the file:
 //! - segment `values`: one record per key, `[version: u64 LE][JSON bytes]`;
 //! - index `kv`: key -> record id of its value (replace mode);
-//! - index `meta`: `"seq"` -> the last version handed out by this shard, so
-//!   versions are never reused, even after a delete and re-create.
+//! - index `meta`: `"seq"` -> the shard's applied revision: every write of
+//!   this shard up to that revision is in this file (the commit log holds
+//!   the rest; see `log`).
 //!
-//! Reads go through a persy snapshot so the index lookup and the record read
-//! see one committed state. All calls block on disk I/O: they run on the
-//! shard's writer thread or in `spawn_blocking`, never on an async worker.
+//! Only the shard's applier writes to it. Reads go through a persy snapshot
+//! so the index lookup and the record read see one committed state. All
+//! calls block on disk I/O: they run on the storage threads or in
+//! `spawn_blocking`, never on an async worker.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -32,8 +34,6 @@ pub struct StoredValue {
     pub version: u64,
     /// The JSON document, exactly as stored.
     pub json: Bytes,
-    /// Where the value lives in the store, so the writer can update it in place.
-    pub(crate) record: PersyId,
 }
 
 /// Handle to one shard's store file.
@@ -72,7 +72,6 @@ fn decode(record: PersyId, bytes: Vec<u8>) -> Result<StoredValue, StoreError> {
     Ok(StoredValue {
         version: u64::from_le_bytes(version),
         json: Bytes::copy_from_slice(&bytes[8..]),
-        record,
     })
 }
 
@@ -158,7 +157,7 @@ impl ShardStore {
         })
     }
 
-    /// The last version handed out by this shard.
+    /// The shard's applied revision (see the module documentation).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         Ok(self
             .persy
@@ -186,21 +185,6 @@ impl ShardStore {
             return Ok(None);
         };
         let bytes = snap.read(VALUES, &id).map_err(err("record read"))?;
-        decode_found(key, id, bytes).map(Some)
-    }
-
-    /// The committed value of `key`, for the shard writer only: as the sole
-    /// mutator it cannot race with itself, so it skips the snapshot that
-    /// other readers need between the index lookup and the record read.
-    pub(crate) fn get_as_writer(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
-        let Some(id) = self
-            .persy
-            .one::<String, PersyId>(KEYS, &key.to_owned())
-            .map_err(err("index lookup"))?
-        else {
-            return Ok(None);
-        };
-        let bytes = self.persy.read(VALUES, &id).map_err(err("record read"))?;
         decode_found(key, id, bytes).map(Some)
     }
 
@@ -326,22 +310,39 @@ impl WriteTx {
         Ok(id)
     }
 
-    /// Overwrites the value record of an existing key.
-    pub fn update(&mut self, record: PersyId, version: u64, json: &[u8]) -> Result<(), StoreError> {
-        self.tx
-            .update(VALUES, &record, &encode(version, json))
-            .map_err(err("update"))
+    /// Sets `key` to a value at `version`, whether or not it exists.
+    pub fn upsert(&mut self, key: &str, version: u64, json: &[u8]) -> Result<(), StoreError> {
+        let owned = key.to_owned();
+        match self.existing(&owned)? {
+            Some(record) => self
+                .tx
+                .update(VALUES, &record, &encode(version, json))
+                .map_err(err("update")),
+            None => self.insert(key, version, json).map(|_| ()),
+        }
     }
 
-    /// Removes a key and its value record.
-    pub fn delete(&mut self, key: &str, record: PersyId) -> Result<(), StoreError> {
+    /// Removes `key` and its value record, if it exists.
+    pub fn remove(&mut self, key: &str) -> Result<(), StoreError> {
+        let owned = key.to_owned();
+        let Some(record) = self.existing(&owned)? else {
+            return Ok(());
+        };
         self.tx.delete(VALUES, &record).map_err(err("delete"))?;
         self.tx
-            .remove::<String, PersyId>(KEYS, key.to_owned(), None)
+            .remove::<String, PersyId>(KEYS, owned, None)
             .map_err(err("index remove"))
     }
 
-    /// Persists the shard's sequence so versions are never handed out twice.
+    /// The record id of `key` as this transaction sees it.
+    fn existing(&mut self, key: &String) -> Result<Option<PersyId>, StoreError> {
+        self.tx
+            .one::<String, PersyId>(KEYS, key)
+            .map_err(err("index lookup"))
+    }
+
+    /// Records the highest revision this store holds every write up to
+    /// (the shard's `applied_revision`; a format-1 store's version sequence).
     pub fn set_seq(&mut self, seq: u64) -> Result<(), StoreError> {
         self.tx
             .put::<String, u64>(META, SEQ.to_owned(), seq)
@@ -376,7 +377,7 @@ mod tests {
         let path = dir.path().join("s.persy");
         let store = ShardStore::open(&path, 1 << 20).unwrap();
         let mut tx = store.begin().unwrap();
-        let a = tx.insert("a", 1, b"{\"x\":1}").unwrap();
+        tx.insert("a", 1, b"{\"x\":1}").unwrap();
         tx.insert("ab", 2, b"2").unwrap();
         tx.insert("b", 3, b"3").unwrap();
         tx.set_seq(3).unwrap();
@@ -403,7 +404,8 @@ mod tests {
         assert!(!found.complete);
 
         let mut tx = store.begin().unwrap();
-        tx.update(a, 4, b"4").unwrap();
+        tx.upsert("a", 4, b"4").unwrap();
+        tx.upsert("new", 4, b"5").unwrap();
         tx.set_seq(4).unwrap();
         tx.commit().unwrap();
         drop(store);
@@ -412,7 +414,8 @@ mod tests {
         let got = store.get("a").unwrap().unwrap();
         assert_eq!((got.version, &got.json[..]), (4, &b"4"[..]));
         let mut tx = store.begin().unwrap();
-        tx.delete("a", got.record).unwrap();
+        tx.remove("a").unwrap();
+        tx.remove("never-there").unwrap();
         tx.commit().unwrap();
         assert!(store.get("a").unwrap().is_none());
     }

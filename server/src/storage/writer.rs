@@ -1,19 +1,22 @@
-//! The shard writer: the only code that changes a shard's store, and the
-//! place where a write becomes durable and is then acknowledged.
+//! The shard writer: decides every write to its shard, in order, and has
+//! it committed.
 //!
-//! Each shard has one dedicated OS thread (persy blocks on disk I/O, so this
-//! work never runs on an async worker) fed by a bounded channel. The thread
-//! waits for a command, then takes whatever else is already queued, up to
-//! `storage.max_batch`, and applies the whole batch in ONE transaction: a
-//! single fsync for all of them (group commit). Only after that transaction
-//! is prepared and committed does it update the cache and answer every
-//! command in the batch. So a 2xx always means "on disk", and the cache
-//! never holds a value that is not committed.
+//! Each shard has one dedicated OS thread fed by a bounded channel. It waits
+//! for a command, takes whatever else is already queued (up to
+//! `storage.max_batch`), and decides each command against the key's latest
+//! committed state (memtable, cache, store) and the batch's own earlier
+//! commands: conditions, created or replaced, unchanged, deleted. The writes
+//! that change something go to the commit log as one frame (the log writer
+//! syncs the frames of all shards together). Only once the log is synced
+//! does it publish the new states (memtable, then cache) and answer every
+//! command, so a 2xx always means "on disk", and readers never see a state
+//! that is not committed. The store itself is brought up to date later by
+//! the shard's applier (see `docs/design/write-path.md`).
 //!
-//! If anything in the write path fails, the batch's commands all get an
-//! error and the shard is poisoned: it refuses further writes until the
-//! process restarts and persy's recovery establishes what reached the disk,
-//! instead of guessing. Reads keep working.
+//! If the log append fails, the batch's commands get an error and the shard
+//! is poisoned: it refuses further writes until the process restarts and
+//! recovery establishes what reached the disk, instead of guessing. Reads
+//! keep working.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +26,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::cache::{Cached, ShardCache};
+use super::committer::LogHandle;
+use super::log::LogRecord;
+use super::memtable::{Memtable, Pending};
 use super::metrics::ShardMetrics;
-use super::store::{ShardStore, StoredValue, WriteTx};
+use super::store::{ShardStore, StoredValue};
 use super::StoreError;
 
 /// What a write does to its key.
@@ -102,6 +108,8 @@ pub enum WriteOutcome {
     Deleted {
         /// The version that was removed.
         version: u64,
+        /// The revision of the delete itself.
+        revision: u64,
     },
     /// A delete found nothing to remove.
     Missing,
@@ -132,11 +140,83 @@ pub(crate) enum WriterMsg {
     Stop,
 }
 
+/// State owned by one writer thread.
+pub(crate) struct ShardWriter {
+    pub shard: usize,
+    pub store: ShardStore,
+    pub cache: Arc<ShardCache>,
+    pub memtable: Arc<Memtable>,
+    pub log: LogHandle,
+    pub rx: mpsc::Receiver<WriterMsg>,
+    pub max_batch: usize,
+    /// Set after a failed commit; shared so the HTTP layer can report it.
+    pub poisoned: Arc<AtomicBool>,
+    pub metrics: Arc<ShardMetrics>,
+}
+
+/// A version as a decision knows it: committed, or that of the `n`-th
+/// record of the batch being decided (known once the log numbers it).
+#[derive(Debug, Clone, Copy)]
+enum Ver {
+    Known(u64),
+    New(usize),
+}
+
+impl Ver {
+    /// For condition checks: a version no client can hold yet, for a state
+    /// the batch itself wrote (it is not handed out until the batch commits).
+    fn for_check(self) -> u64 {
+        match self {
+            Self::Known(v) => v,
+            Self::New(_) => u64::MAX,
+        }
+    }
+
+    fn resolve(self, first: u64) -> u64 {
+        match self {
+            Self::Known(v) => v,
+            Self::New(i) => first + i as u64,
+        }
+    }
+}
+
+/// What a command will do, with versions still symbolic.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Conflict(Option<Ver>),
+    Created(usize),
+    Replaced(usize),
+    Unchanged(Ver),
+    Deleted { removed: Ver, by: usize },
+    Missing,
+}
+
+impl Decision {
+    fn outcome(self, first: u64) -> WriteOutcome {
+        let new = |i: usize| first + i as u64;
+        match self {
+            Self::Conflict(v) => WriteOutcome::Conflict {
+                current: v.map(|v| v.resolve(first)),
+            },
+            Self::Created(i) => WriteOutcome::Created { version: new(i) },
+            Self::Replaced(i) => WriteOutcome::Replaced { version: new(i) },
+            Self::Unchanged(v) => WriteOutcome::Unchanged {
+                version: v.resolve(first),
+            },
+            Self::Deleted { removed, by } => WriteOutcome::Deleted {
+                version: removed.resolve(first),
+                revision: new(by),
+            },
+            Self::Missing => WriteOutcome::Missing,
+        }
+    }
+}
+
 /// Runs storage work, turning a panic inside the engine into an error.
 /// persy panics when it cannot roll back a failed transaction (a failing
-/// disk); that must poison the shard, not kill its writer thread and leave
-/// the waiting requests without an answer.
-fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+/// disk); that must poison the shard, not kill its thread and leave the
+/// waiting requests without an answer.
+pub(crate) fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(result) => result,
         Err(panic) => {
@@ -150,22 +230,8 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreEr
     }
 }
 
-/// State owned by one writer thread.
-pub(crate) struct ShardWriter {
-    pub shard: usize,
-    pub store: ShardStore,
-    pub cache: Arc<ShardCache>,
-    pub rx: mpsc::Receiver<WriterMsg>,
-    pub max_batch: usize,
-    /// Last version handed out; persisted with every batch that uses one.
-    pub seq: u64,
-    /// Set after a failed commit; shared so the HTTP layer can report it.
-    pub poisoned: Arc<AtomicBool>,
-    pub metrics: Arc<ShardMetrics>,
-}
-
 impl ShardWriter {
-    /// The thread body: batch, apply, commit, publish, answer; until `Stop`
+    /// The thread body: batch, decide, log, publish, answer; until `Stop`
     /// or every sender is gone.
     pub fn run(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch);
@@ -194,7 +260,7 @@ impl ShardWriter {
         tracing::debug!(shard = self.shard, "shard writer stopped");
     }
 
-    /// Applies one batch and answers every command in it.
+    /// Decides, commits and answers one batch.
     fn apply(&mut self, batch: &mut Vec<WriteCommand>) {
         if self.poisoned.load(Ordering::Acquire) {
             for cmd in batch.drain(..) {
@@ -203,28 +269,59 @@ impl ShardWriter {
             return;
         }
         let started = std::time::Instant::now();
-        let durable = guarded(|| {
-            let (outcomes, changes, tx) = self.stage(batch)?;
-            if let Some(tx) = tx {
-                tx.commit()?;
-            }
-            Ok((outcomes, changes))
-        });
-        match durable {
-            Ok((outcomes, changes)) => {
-                self.metrics.record_commit(started.elapsed());
-                // Publish to readers only now that the batch is durable.
-                // A deleted key is cached as absent, so the next read or
-                // create of it needs no disk lookup.
-                for (key, value) in changes {
-                    let entry = Cached::of(&self.cache, &key, value);
-                    self.cache.insert(key, entry);
+        let (decisions, records) = match guarded(|| self.decide(batch)) {
+            Ok(decided) => decided,
+            Err(e) => return self.poison(batch, e),
+        };
+        let first = if records.is_empty() {
+            0
+        } else {
+            self.memtable.wait_for_room(records.len());
+            match self.log.append(self.shard, records.clone()) {
+                Ok(first) => first,
+                Err(StoreError::ShuttingDown) => {
+                    for cmd in batch.drain(..) {
+                        (cmd.reply)(Err(StoreError::ShuttingDown));
+                    }
+                    return;
                 }
-                for (cmd, outcome) in batch.drain(..).zip(outcomes) {
-                    (cmd.reply)(outcome);
-                }
+                Err(e) => return self.poison(batch, e),
             }
-            Err(e) => self.poison(batch, e),
+        };
+        self.metrics.record_commit(started.elapsed());
+        self.publish(records, first);
+        for (cmd, decision) in batch.drain(..).zip(decisions) {
+            (cmd.reply)(Ok(decision.outcome(first)));
+        }
+    }
+
+    /// Makes committed records visible: memtable first (it must hold every
+    /// committed state the store lacks), then the cache.
+    fn publish(&self, records: Vec<LogRecord>, first: u64) {
+        let committed: Vec<(String, Pending)> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let revision = first + i as u64;
+                let value = record.value.map(|json| {
+                    Arc::new(StoredValue {
+                        version: revision,
+                        json,
+                    })
+                });
+                (record.key, Pending { revision, value })
+            })
+            .collect();
+        let for_cache: Vec<(String, Option<Arc<StoredValue>>)> = committed
+            .iter()
+            .map(|(k, p)| (k.clone(), p.value.clone()))
+            .collect();
+        self.memtable.insert(committed);
+        // A deleted key is cached as absent, so the next read or create of
+        // it needs no lookup.
+        for (key, value) in for_cache {
+            let entry = Cached::of(&self.cache, &key, value);
+            self.cache.insert(key, entry);
         }
     }
 
@@ -238,94 +335,68 @@ impl ShardWriter {
         }
     }
 
-    /// Decides every command's outcome against the latest state (committed
-    /// plus earlier commands of this batch) and stages the changes in one
-    /// transaction. A failure here fails the whole batch.
-    #[allow(clippy::type_complexity)]
-    fn stage(
-        &mut self,
+    /// The key's latest committed state: memtable, cache, then store.
+    fn committed(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        if let Some(state) = self.memtable.get(key) {
+            return Ok(state);
+        }
+        if let Some(state) = self.cache.peek(key).and_then(|c| c.known()) {
+            return Ok(state);
+        }
+        self.store.get(key)
+    }
+
+    /// Decides every command against the latest state (committed plus the
+    /// batch's earlier commands) and collects the records to log.
+    fn decide(
+        &self,
         batch: &[WriteCommand],
-    ) -> Result<
-        (
-            Vec<Result<WriteOutcome, StoreError>>,
-            HashMap<String, Option<Arc<StoredValue>>>,
-            Option<WriteTx>,
-        ),
-        StoreError,
-    > {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut changes: HashMap<String, Option<Arc<StoredValue>>> = HashMap::new();
-        let mut tx: Option<WriteTx> = None;
-        let seq_before = self.seq;
+    ) -> Result<(Vec<Decision>, Vec<LogRecord>), StoreError> {
+        let mut decisions = Vec::with_capacity(batch.len());
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut latest: HashMap<&str, Option<(Ver, Bytes)>> = HashMap::new();
         for cmd in batch {
-            let current = match changes.get(&cmd.key) {
-                Some(v) => v.clone(),
-                None => match self.cache.peek(cmd.key.as_str()).and_then(|c| c.known()) {
-                    Some(cached) => cached,
-                    None => self.store.get_as_writer(&cmd.key)?,
-                },
+            let current = match latest.get(cmd.key.as_str()) {
+                Some(state) => state.clone(),
+                None => self
+                    .committed(&cmd.key)?
+                    .map(|v| (Ver::Known(v.version), v.json.clone())),
             };
-            let current_version = current.as_ref().map(|v| v.version);
-            if !cmd.expect.holds(current_version) {
-                outcomes.push(Ok(WriteOutcome::Conflict {
-                    current: current_version,
-                }));
+            if !cmd
+                .expect
+                .holds(current.as_ref().map(|(v, _)| v.for_check()))
+            {
+                decisions.push(Decision::Conflict(current.map(|(v, _)| v)));
                 continue;
             }
-            let outcome = match (&cmd.op, current) {
-                (WriteOp::Put(json), Some(cur)) if cur.json == *json => WriteOutcome::Unchanged {
-                    version: cur.version,
-                },
-                (WriteOp::Put(json), cur) => {
-                    if tx.is_none() {
-                        tx = Some(self.store.begin()?);
+            let decision = match (&cmd.op, current) {
+                (WriteOp::Put(json), Some((ver, cur))) if cur == *json => Decision::Unchanged(ver),
+                (WriteOp::Put(json), current) => {
+                    let i = records.len();
+                    records.push(LogRecord {
+                        key: cmd.key.clone(),
+                        value: Some(json.clone()),
+                    });
+                    latest.insert(&cmd.key, Some((Ver::New(i), json.clone())));
+                    match current {
+                        Some(_) => Decision::Replaced(i),
+                        None => Decision::Created(i),
                     }
-                    let Some(t) = tx.as_mut() else {
-                        unreachable!("transaction begun above")
-                    };
-                    self.seq += 1;
-                    let version = self.seq;
-                    let (record, outcome) = match cur {
-                        Some(cur) => {
-                            t.update(cur.record, version, json)?;
-                            (cur.record, WriteOutcome::Replaced { version })
-                        }
-                        None => (
-                            t.insert(&cmd.key, version, json)?,
-                            WriteOutcome::Created { version },
-                        ),
-                    };
-                    let stored = StoredValue {
-                        version,
-                        json: json.clone(),
-                        record,
-                    };
-                    changes.insert(cmd.key.clone(), Some(Arc::new(stored)));
-                    outcome
                 }
-                (WriteOp::Delete, None) => WriteOutcome::Missing,
-                (WriteOp::Delete, Some(cur)) => {
-                    if tx.is_none() {
-                        tx = Some(self.store.begin()?);
-                    }
-                    let Some(t) = tx.as_mut() else {
-                        unreachable!("transaction begun above")
-                    };
-                    t.delete(&cmd.key, cur.record)?;
-                    changes.insert(cmd.key.clone(), None);
-                    WriteOutcome::Deleted {
-                        version: cur.version,
-                    }
+                (WriteOp::Delete, None) => Decision::Missing,
+                (WriteOp::Delete, Some((removed, _))) => {
+                    let by = records.len();
+                    records.push(LogRecord {
+                        key: cmd.key.clone(),
+                        value: None,
+                    });
+                    latest.insert(&cmd.key, None);
+                    Decision::Deleted { removed, by }
                 }
             };
-            outcomes.push(Ok(outcome));
+            decisions.push(decision);
         }
-        if self.seq != seq_before {
-            if let Some(t) = tx.as_mut() {
-                t.set_seq(self.seq)?;
-            }
-        }
-        Ok((outcomes, changes, tx))
+        Ok((decisions, records))
     }
 }
 
@@ -334,83 +405,37 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::storage::cache::new_cache;
+    use crate::storage::committer::{self, Progress};
+    use crate::storage::log::CommitLog;
 
-    /// Sends one command and waits for its answer.
-    fn send(
-        queue: &mpsc::Sender<WriterMsg>,
-        key: &str,
-        op: WriteOp,
-    ) -> Result<WriteOutcome, StoreError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reply: Reply = Box::new(move |r| {
-            let _ = tx.send(r);
-        });
-        let cmd = WriteCommand {
-            key: key.into(),
-            op,
-            expect: Expect::Any,
-            reply,
-        };
-        queue.blocking_send(WriterMsg::Write(cmd)).unwrap();
-        rx.recv().unwrap()
-    }
-
-    /// A writer over a fresh store in `dir`, with its queue and store.
-    fn fixture(dir: &std::path::Path) -> (ShardWriter, mpsc::Sender<WriterMsg>, ShardStore) {
+    /// A writer over a fresh store and log in `dir`.
+    fn fixture(dir: &std::path::Path) -> (ShardWriter, mpsc::Sender<WriterMsg>, Arc<Memtable>) {
         let store = ShardStore::open(&dir.join("s.persy"), 1 << 20).unwrap();
+        let log = CommitLog::open(dir, 1).unwrap().log;
+        let (log, _thread) =
+            committer::start(log, vec![Arc::new(Progress::default())], 16).unwrap();
         let (queue, rx) = mpsc::channel(16);
+        let memtable = Arc::new(Memtable::new(1000));
         let writer = ShardWriter {
             shard: 0,
-            store: store.clone(),
+            store,
             cache: Arc::new(new_cache(1 << 20)),
+            memtable: memtable.clone(),
+            log,
             rx,
             max_batch: 8,
-            seq: 0,
             poisoned: Arc::default(),
             metrics: Arc::default(),
         };
-        (writer, queue, store)
-    }
-
-    #[test]
-    fn a_failed_commit_poisons_the_shard_and_loses_nothing_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, queue, store) = fixture(dir.path());
-        let poisoned = writer.poisoned.clone();
-        let thread = std::thread::spawn(move || writer.run());
-        let put = |v: &'static str| WriteOp::Put(Bytes::from_static(v.as_bytes()));
-
-        assert_eq!(
-            send(&queue, "a", put("1")).unwrap(),
-            WriteOutcome::Created { version: 1 }
-        );
-        store.fail_commits.store(true, Ordering::SeqCst);
-        assert!(matches!(
-            send(&queue, "b", put("2")),
-            Err(StoreError::Poisoned(0))
-        ));
-        assert!(poisoned.load(Ordering::SeqCst));
-        // Healthy again underneath, but the shard refuses writes until restart.
-        store.fail_commits.store(false, Ordering::SeqCst);
-        assert!(matches!(
-            send(&queue, "c", put("3")),
-            Err(StoreError::Poisoned(0))
-        ));
-        // Reads keep working, and only the acknowledged write is there.
-        assert_eq!(&store.get("a").unwrap().unwrap().json[..], b"1");
-        assert!(store.get("b").unwrap().is_none());
-        assert!(store.get("c").unwrap().is_none());
-        queue.blocking_send(WriterMsg::Stop).unwrap();
-        thread.join().unwrap();
+        (writer, queue, memtable)
     }
 
     #[test]
     fn a_batch_sees_its_own_earlier_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut writer, queue, store) = fixture(dir.path());
-        // Stage a batch directly: create, replace, unchanged, delete, missing.
+        let (mut writer, queue, memtable) = fixture(dir.path());
         let (tx, answers) = std::sync::mpsc::channel();
-        let cmd = |key: &str, op: WriteOp| {
+        let cmd = |key: &str, op: WriteOp, expect: Expect| {
             let tx = tx.clone();
             let reply: Reply = Box::new(move |r| {
                 let _ = tx.send(r);
@@ -418,31 +443,42 @@ mod tests {
             WriteCommand {
                 key: key.into(),
                 op,
-                expect: Expect::Any,
+                expect,
                 reply,
             }
         };
+        let put = |v: &'static [u8]| WriteOp::Put(Bytes::from_static(v));
         let mut batch = vec![
-            cmd("k", WriteOp::Put(Bytes::from_static(b"1"))),
-            cmd("k", WriteOp::Put(Bytes::from_static(b"2"))),
-            cmd("k", WriteOp::Put(Bytes::from_static(b"2"))),
-            cmd("k", WriteOp::Delete),
-            cmd("k", WriteOp::Delete),
+            cmd("k", put(b"1"), Expect::Absent),
+            cmd("k", put(b"2"), Expect::Present),
+            cmd("k", put(b"2"), Expect::Any),
+            // A version no client can know yet never matches.
+            cmd("k", put(b"3"), Expect::OneOf(vec![1, 2])),
+            cmd("j", put(b"9"), Expect::Any),
+            cmd("k", WriteOp::Delete, Expect::Any),
+            cmd("k", WriteOp::Delete, Expect::Any),
         ];
         writer.apply(&mut batch);
-        let got: Vec<WriteOutcome> = (0..5).map(|_| answers.recv().unwrap().unwrap()).collect();
+        let got: Vec<WriteOutcome> = (0..7).map(|_| answers.recv().unwrap().unwrap()).collect();
         assert_eq!(
             got,
             [
                 WriteOutcome::Created { version: 1 },
                 WriteOutcome::Replaced { version: 2 },
                 WriteOutcome::Unchanged { version: 2 },
-                WriteOutcome::Deleted { version: 2 },
+                WriteOutcome::Conflict { current: Some(2) },
+                WriteOutcome::Created { version: 3 },
+                WriteOutcome::Deleted {
+                    version: 2,
+                    revision: 4
+                },
                 WriteOutcome::Missing,
             ]
         );
-        assert!(store.get("k").unwrap().is_none());
-        assert_eq!(store.last_seq().unwrap(), 2);
+        // Committed and readable before any apply; the store has none yet.
+        assert!(memtable.get("k").unwrap().is_none());
+        assert_eq!(memtable.get("j").unwrap().unwrap().version, 3);
+        assert!(writer.store.get("j").unwrap().is_none());
         drop(queue);
     }
 }

@@ -1,0 +1,64 @@
+//! One shard's applier: copies committed writes from the shard's memtable
+//! into its persy store in large transactions, off the request path.
+//!
+//! persy is fast when fed large transactions (see `bench/ENGINE.md`), so the
+//! applier waits for a few thousand entries or a few milliseconds, whichever
+//! comes first, and applies the latest state of every key in one
+//! transaction together with the shard's new applied revision. Applying is
+//! idempotent (it sets each key to its state at a revision), which is what
+//! lets recovery replay the log over a store that already has part of it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::committer::Progress;
+use super::memtable::{ApplyBatch, Memtable};
+use super::store::ShardStore;
+use super::StoreError;
+
+/// Entries that start an apply at once.
+const APPLY_AT: usize = 4096;
+/// Longest an entry waits before it is applied.
+const APPLY_WAIT: Duration = Duration::from_millis(20);
+
+/// Writes `entries` (latest state per key) into `store` with `upto` as its
+/// applied revision, in one transaction.
+pub fn apply(store: &ShardStore, batch: &ApplyBatch) -> Result<(), StoreError> {
+    let mut tx = store.begin()?;
+    for (key, pending) in &batch.entries {
+        match &pending.value {
+            Some(value) => tx.upsert(key, value.version, &value.json)?,
+            None => tx.remove(key)?,
+        }
+    }
+    tx.set_seq(batch.upto)?;
+    tx.commit()
+}
+
+/// The applier thread's body: runs until the memtable stops and is drained.
+/// A failed apply poisons the shard (its writes stop; reads go on from the
+/// memtable and the store) and ends the thread.
+pub fn run(
+    shard: usize,
+    store: ShardStore,
+    memtable: Arc<Memtable>,
+    progress: Arc<Progress>,
+    poisoned: Arc<AtomicBool>,
+) {
+    while let Some(batch) = memtable.next_batch(APPLY_AT, APPLY_WAIT) {
+        match super::writer::guarded(|| apply(&store, &batch)) {
+            Ok(()) => {
+                progress.applied.fetch_max(batch.upto, Ordering::AcqRel);
+                memtable.remove_applied(&batch);
+            }
+            Err(e) => {
+                tracing::error!(shard, error = %e, "applying committed writes failed; shard refuses writes until restart");
+                poisoned.store(true, Ordering::Release);
+                memtable.stop();
+                return;
+            }
+        }
+    }
+    tracing::debug!(shard, "shard applier stopped");
+}

@@ -1,0 +1,137 @@
+//! The log writer: the one thread that appends to the commit log, and so
+//! the place where writes get their revisions and become durable.
+//!
+//! Shard writers hand it their decided batches and wait. It takes every
+//! batch queued since its last sync, appends them as frames with one write
+//! and one fdatasync (so four shards share one sync), and answers each with
+//! its first revision. It also deletes log segments once every shard has
+//! applied them: it is the only thread that touches the log files.
+//!
+//! A failed append means the disk's state is unknown (a failed fsync may
+//! have dropped pages it will never report again), so the log refuses every
+//! later append: the shards stop taking writes until a restart, whose
+//! recovery reads what the log actually holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::log::{CommitLog, LogRecord};
+use super::StoreError;
+
+/// Appends between two attempts to delete applied segments.
+const TRIM_EVERY: u64 = 256;
+
+/// A batch waiting for the log, and where its first revision goes.
+struct Request {
+    shard: u16,
+    records: Vec<LogRecord>,
+    reply: SyncSender<Result<u64, StoreError>>,
+}
+
+/// How far each shard's writes have gone: logged by this thread, applied
+/// to the shard's store by its applier.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Highest revision logged for the shard.
+    pub logged: AtomicU64,
+    /// Every revision of the shard up to this one is in its store.
+    pub applied: AtomicU64,
+}
+
+impl Progress {
+    /// The lowest revision whose segment the shard still needs: none
+    /// (`u64::MAX`) once its store has everything it logged.
+    fn trim_floor(&self) -> u64 {
+        let applied = self.applied.load(Ordering::Acquire);
+        if self.logged.load(Ordering::Acquire) <= applied {
+            u64::MAX
+        } else {
+            applied
+        }
+    }
+}
+
+/// A shard writer's way to the log.
+#[derive(Clone)]
+pub struct LogHandle {
+    queue: SyncSender<Request>,
+}
+
+impl LogHandle {
+    /// Makes `records` durable; returns the revision of the first (the rest
+    /// follow in order). Blocks until the log is synced.
+    pub fn append(&self, shard: usize, records: Vec<LogRecord>) -> Result<u64, StoreError> {
+        let (reply, answer) = sync_channel(1);
+        let request = Request {
+            shard: shard as u16,
+            records,
+            reply,
+        };
+        self.queue
+            .send(request)
+            .map_err(|_| StoreError::ShuttingDown)?;
+        answer.recv().map_err(|_| StoreError::ShuttingDown)?
+    }
+}
+
+/// Starts the log writer over `log`; it stops once every handle is gone.
+pub fn start(
+    log: CommitLog,
+    progress: Vec<Arc<Progress>>,
+    queue_depth: usize,
+) -> Result<(LogHandle, JoinHandle<()>), StoreError> {
+    let (queue, requests) = sync_channel(queue_depth.max(1));
+    let handle = std::thread::Builder::new()
+        .name("commit-log".into())
+        .spawn(move || run(log, requests, progress))
+        .map_err(|e| StoreError::Io(format!("cannot start the log writer: {e}")))?;
+    Ok((LogHandle { queue }, handle))
+}
+
+fn run(mut log: CommitLog, requests: Receiver<Request>, progress: Vec<Arc<Progress>>) {
+    let mut failed: Option<StoreError> = None;
+    let mut appends = 0u64;
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        batch.extend(requests.try_iter());
+        if let Some(e) = &failed {
+            for request in batch {
+                let _ = request.reply.send(Err(e.clone()));
+            }
+            continue;
+        }
+        let frames: Vec<(u16, &[LogRecord])> = batch
+            .iter()
+            .map(|r| (r.shard, r.records.as_slice()))
+            .collect();
+        match log.append(&frames) {
+            Ok(firsts) => {
+                for (request, first) in batch.iter().zip(firsts) {
+                    let last = first + request.records.len() as u64 - 1;
+                    if let Some(p) = progress.get(request.shard as usize) {
+                        p.logged.fetch_max(last, Ordering::AcqRel);
+                    }
+                    let _ = request.reply.send(Ok(first));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit log append failed; no more writes until restart");
+                for request in &batch {
+                    let _ = request.reply.send(Err(e.clone()));
+                }
+                failed = Some(e);
+                continue;
+            }
+        }
+        appends += 1;
+        if appends % TRIM_EVERY == 0 {
+            let floor = progress.iter().map(|p| p.trim_floor()).min().unwrap_or(0);
+            if let Err(e) = log.trim(floor) {
+                tracing::warn!(error = %e, "could not delete applied log segments");
+            }
+        }
+    }
+    tracing::debug!("commit log writer stopped");
+}

@@ -1,0 +1,415 @@
+//! The commit log: where a write becomes durable, and where it gets its
+//! revision (see `docs/design/write-path.md`).
+//!
+//! One append-only log for all shards, in segment files named by the first
+//! revision they hold. Each shard writer's batch is one **frame**:
+//! `[u32 payload length][u32 crc32 of payload][payload]`, payload
+//! `[u64 first revision][u16 shard][u32 record count][records]`, a record
+//! `[u8 op][u16 key length][key][u32 value length][value]` (`op` 0 put,
+//! 1 delete without a value). A record's revision is its frame's first
+//! revision plus its index, so the log order is the global order of writes.
+//!
+//! Frames are appended by one thread (`LogWriter`), which writes every
+//! frame queued since its last sync with one `write` and one `fdatasync`:
+//! the commit point for all of them. On open, the segments are read back;
+//! the first frame that is short or fails its checksum is the torn tail of a
+//! batch that was never acknowledged, and the segment is cut there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::manifest;
+use super::StoreError;
+
+/// Directory of the log inside the data directory.
+pub const LOG_DIR: &str = "log";
+/// A new segment is started once the current one is this large.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Frame header: payload length and checksum.
+const FRAME_HEADER: usize = 8;
+/// Payload header: first revision, shard, record count.
+const PAYLOAD_HEADER: usize = 8 + 2 + 4;
+
+const OP_PUT: u8 = 0;
+const OP_DELETE: u8 = 1;
+
+/// One change to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// The key.
+    pub key: String,
+    /// The new value; `None` deletes the key.
+    pub value: Option<Bytes>,
+}
+
+/// One shard's batch, as read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Revision of the first record.
+    pub first_revision: u64,
+    /// The shard whose writer logged it.
+    pub shard: u16,
+    /// Its records, in order.
+    pub records: Vec<LogRecord>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Appends the encoding of one frame to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, first_revision: u64, shard: u16, records: &[LogRecord]) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER]);
+    out.extend_from_slice(&first_revision.to_le_bytes());
+    out.extend_from_slice(&shard.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for record in records {
+        out.push(if record.value.is_some() {
+            OP_PUT
+        } else {
+            OP_DELETE
+        });
+        out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
+        out.extend_from_slice(record.key.as_bytes());
+        if let Some(value) = &record.value {
+            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+    }
+    let payload_len = (out.len() - start - FRAME_HEADER) as u32;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A cursor over bytes that refuses to read past the end.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(out)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// Decodes the frame at the start of `bytes`: the frame and its encoded
+/// length, or `None` when it is short or damaged (a torn tail).
+pub fn decode_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
+    let mut c = Cursor { bytes, at: 0 };
+    let len = c.u32()? as usize;
+    let crc = c.u32()?;
+    let payload = c.take(len)?;
+    if len < PAYLOAD_HEADER || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let mut p = Cursor {
+        bytes: payload,
+        at: 0,
+    };
+    let first_revision = p.u64()?;
+    let shard = p.u16()?;
+    let count = p.u32()? as usize;
+    let mut records = Vec::with_capacity(count.min(payload.len()));
+    for _ in 0..count {
+        let op = p.take(1)?[0];
+        let key_len = p.u16()? as usize;
+        let key = String::from_utf8(p.take(key_len)?.to_vec()).ok()?;
+        let value = match op {
+            OP_PUT => {
+                let value_len = p.u32()? as usize;
+                Some(Bytes::copy_from_slice(p.take(value_len)?))
+            }
+            OP_DELETE => None,
+            _ => return None,
+        };
+        records.push(LogRecord { key, value });
+    }
+    if p.at != payload.len() {
+        return None;
+    }
+    let frame = Frame {
+        first_revision,
+        shard,
+        records,
+    };
+    Some((frame, FRAME_HEADER + len))
+}
+
+/// The log's files.
+pub struct CommitLog {
+    dir: PathBuf,
+    /// Segments, oldest first: (first revision, path).
+    segments: Vec<(u64, PathBuf)>,
+    /// The newest segment, open for appending.
+    file: File,
+    /// Bytes in the newest segment.
+    file_bytes: u64,
+    /// The revision the next record gets.
+    next_revision: u64,
+}
+
+/// What opening the log found.
+pub struct Recovered {
+    /// The log, ready to append.
+    pub log: CommitLog,
+    /// Every intact frame, in log order, for replay.
+    pub frames: Vec<Frame>,
+}
+
+fn segment_name(first_revision: u64) -> String {
+    format!("{first_revision:020}.wal")
+}
+
+impl CommitLog {
+    /// Opens (creating if new) the log in `data_dir`, reads back every
+    /// intact frame and cuts a torn tail. `min_next_revision` is the floor
+    /// for the next revision (the stores' applied revisions + 1), for a
+    /// log whose segments were all trimmed.
+    pub fn open(data_dir: &Path, min_next_revision: u64) -> Result<Recovered, StoreError> {
+        let dir = data_dir.join(LOG_DIR);
+        if !dir.exists() {
+            manifest::create_dir_durably(&dir)?;
+        }
+        let mut segments: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let path = entry.map_err(io(&dir))?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse::<u64>().ok());
+            match first {
+                Some(first) => segments.push((first, path)),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: not a log segment",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        segments.sort();
+        let mut frames = Vec::new();
+        // A segment is named by the first revision it holds (or will hold).
+        let named = segments.last().map_or(0, |s| s.0);
+        let mut next_revision = min_next_revision.max(named).max(1);
+        let mut last_len = 0u64;
+        for (i, (_, path)) in segments.iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io(path))?;
+            let mut at = 0;
+            while let Some((frame, len)) = decode_frame(&bytes[at..]) {
+                let count = frame.records.len() as u64;
+                next_revision = next_revision.max(frame.first_revision + count);
+                frames.push(frame);
+                at += len;
+            }
+            if at < bytes.len() {
+                if i + 1 != segments.len() {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: damaged at byte {at}, and later segments follow",
+                        path.display()
+                    )));
+                }
+                // The torn tail of a batch that was never acknowledged.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io(path))?;
+                file.set_len(at as u64).map_err(io(path))?;
+                file.sync_all().map_err(io(path))?;
+            }
+            last_len = at as u64;
+        }
+        let (file, file_bytes) = match segments.last() {
+            Some((_, path)) => (
+                OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(io(path))?,
+                last_len,
+            ),
+            None => {
+                let path = dir.join(segment_name(next_revision));
+                let file = File::create(&path).map_err(io(&path))?;
+                manifest::sync_dir(&dir)?;
+                segments.push((next_revision, path));
+                (file, 0)
+            }
+        };
+        let log = CommitLog {
+            dir,
+            segments,
+            file,
+            file_bytes,
+            next_revision,
+        };
+        Ok(Recovered { log, frames })
+    }
+
+    /// The revision the next record gets.
+    pub fn next_revision(&self) -> u64 {
+        self.next_revision
+    }
+
+    /// Appends one frame per batch (`(shard, records)`), in order, with one
+    /// write and one fdatasync; returns each batch's first revision. When
+    /// this returns Ok, every record is durable.
+    pub fn append(&mut self, batches: &[(u16, &[LogRecord])]) -> Result<Vec<u64>, StoreError> {
+        if self.file_bytes >= SEGMENT_BYTES {
+            self.roll()?;
+        }
+        let mut buf = Vec::new();
+        let mut firsts = Vec::with_capacity(batches.len());
+        let mut revision = self.next_revision;
+        for (shard, records) in batches {
+            encode_frame(&mut buf, revision, *shard, records);
+            firsts.push(revision);
+            revision += records.len() as u64;
+        }
+        let path = self
+            .segments
+            .last()
+            .map(|s| s.1.clone())
+            .unwrap_or_default();
+        self.file.write_all(&buf).map_err(io(&path))?;
+        self.file.sync_data().map_err(io(&path))?;
+        self.file_bytes += buf.len() as u64;
+        self.next_revision = revision;
+        Ok(firsts)
+    }
+
+    /// Starts a new segment for the records to come (unless the current
+    /// one is still empty and named for them).
+    fn roll(&mut self) -> Result<(), StoreError> {
+        if self.file_bytes == 0 && self.segments.last().map(|s| s.0) == Some(self.next_revision) {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(self.next_revision));
+        let file = File::create(&path).map_err(io(&path))?;
+        manifest::sync_dir(&self.dir)?;
+        self.file = file;
+        self.file_bytes = 0;
+        self.segments.push((self.next_revision, path));
+        Ok(())
+    }
+
+    /// Deletes the segments whose every record is at or below `applied`
+    /// (applied to its store in every shard). The newest segment stays.
+    pub fn trim(&mut self, applied: u64) -> Result<(), StoreError> {
+        while self.segments.len() > 1 && self.segments[1].0 <= applied.saturating_add(1) {
+            let (_, path) = self.segments.remove(0);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        manifest::sync_dir(&self.dir)
+    }
+
+    /// Starts over with one empty segment once every record is applied
+    /// (after recovery), so a restart does not read them again.
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        self.roll()?;
+        let applied = self.next_revision.saturating_sub(1);
+        self.trim(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn put(key: &str, value: &str) -> LogRecord {
+        LogRecord {
+            key: key.into(),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_damage_is_detected() {
+        let records = vec![
+            put("a", "1"),
+            LogRecord {
+                key: "é".into(),
+                value: None,
+            },
+        ];
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 7, 3, &records);
+        let (frame, len) = decode_frame(&buf).unwrap();
+        assert_eq!(len, buf.len());
+        assert_eq!(
+            (frame.first_revision, frame.shard, frame.records),
+            (7, 3, records)
+        );
+        for cut in 0..buf.len() {
+            assert!(decode_frame(&buf[..cut]).is_none(), "cut at {cut}");
+        }
+        for flip in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[flip] ^= 0x40;
+            if let Some((frame, _)) = decode_frame(&bad) {
+                panic!("byte {flip} flipped, still decoded {frame:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+        let a = [put("a", "1"), put("b", "2")];
+        let b = [put("c", "3")];
+        assert_eq!(log.append(&[(0, &a), (1, &b)]).unwrap(), [1, 3]);
+        assert_eq!(log.append(&[(2, &b)]).unwrap(), [4]);
+        drop(log);
+        // A crash in the middle of the next append.
+        let segment = dir.path().join(LOG_DIR).join(segment_name(1));
+        let mut torn = Vec::new();
+        encode_frame(&mut torn, 5, 0, &[put("d", "4")]);
+        let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
+        f.write_all(&torn[..torn.len() - 3]).unwrap();
+        drop(f);
+        let recovered = CommitLog::open(dir.path(), 1).unwrap();
+        let revisions: Vec<u64> = recovered.frames.iter().map(|f| f.first_revision).collect();
+        assert_eq!(revisions, [1, 3, 4]);
+        let mut log = recovered.log;
+        assert_eq!(log.next_revision(), 5);
+        assert_eq!(log.append(&[(0, &b)]).unwrap(), [5]);
+        drop(log);
+        assert_eq!(CommitLog::open(dir.path(), 1).unwrap().frames.len(), 4);
+    }
+
+    #[test]
+    fn trimmed_and_reset_logs_keep_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::open(dir.path(), 100).unwrap().log;
+        assert_eq!(log.append(&[(0, &[put("a", "1")])]).unwrap(), [100]);
+        log.reset().unwrap();
+        drop(log);
+        let recovered = CommitLog::open(dir.path(), 1).unwrap();
+        assert!(recovered.frames.is_empty());
+        assert_eq!(recovered.log.next_revision(), 101);
+        let files = std::fs::read_dir(dir.path().join(LOG_DIR)).unwrap().count();
+        assert_eq!(files, 1);
+    }
+}

@@ -1,0 +1,227 @@
+//! One shard's committed writes that its store does not have yet.
+//!
+//! A write is committed when its log frame is synced; the shard's applier
+//! copies it into the persy store later, in large transactions. Until then
+//! readers (and the shard writer's decisions) find it here. The table holds
+//! the latest committed state of each key, so it never holds more entries
+//! than keys written since the last apply, and it is bounded: the shard
+//! writer waits for room before it logs more (back-pressure).
+//!
+//! Revisions enter in increasing order (the writer logs one batch at a
+//! time), so "everything up to the newest revision the applier saw" is a
+//! prefix of the shard's history: that is what `applied_revision` records.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::store::StoredValue;
+
+/// A committed, not yet applied, state of a key: its value, or `None` for a
+/// delete, and the revision that wrote it.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Revision of the write.
+    pub revision: u64,
+    /// The value written; `None`: deleted.
+    pub value: Option<Arc<StoredValue>>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<String, Pending>,
+    /// Highest revision inserted so far.
+    newest: u64,
+    stopping: bool,
+}
+
+/// See the module documentation.
+pub struct Memtable {
+    state: Mutex<State>,
+    changed: Condvar,
+    max_entries: usize,
+}
+
+/// What the applier takes in one go.
+pub struct ApplyBatch {
+    /// Keys with their latest committed state.
+    pub entries: Vec<(String, Pending)>,
+    /// Every revision of this shard up to here is covered by `entries` (or
+    /// by earlier batches).
+    pub upto: u64,
+}
+
+impl Memtable {
+    /// An empty table holding at most about `max_entries` keys.
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key's committed state if the store does not have it yet:
+    /// `Some(None)` for a delete.
+    pub fn get(&self, key: &str) -> Option<Option<Arc<StoredValue>>> {
+        self.lock().entries.get(key).map(|p| p.value.clone())
+    }
+
+    /// Keys from `start` on that begin with `prefix`, with their states.
+    pub fn range(&self, prefix: &str, start: Bound<String>) -> Vec<(String, Pending)> {
+        let state = self.lock();
+        state
+            .entries
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Waits until `n` more keys fit (or the table is stopping).
+    pub fn wait_for_room(&self, n: usize) {
+        let mut state = self.lock();
+        while !state.stopping
+            && !state.entries.is_empty()
+            && state.entries.len() + n > self.max_entries
+        {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Records committed states, in revision order.
+    pub fn insert(&self, committed: impl IntoIterator<Item = (String, Pending)>) {
+        let mut state = self.lock();
+        for (key, pending) in committed {
+            state.newest = state.newest.max(pending.revision);
+            state.entries.insert(key, pending);
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// For the applier: waits until there are `min` entries or `max_wait`
+    /// has passed with at least one, then returns all of them. `None` once
+    /// the table is stopping and empty.
+    pub fn next_batch(&self, min: usize, max_wait: Duration) -> Option<ApplyBatch> {
+        let mut state = self.lock();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if state.entries.len() >= min || (state.stopping && !state.entries.is_empty()) {
+                break;
+            }
+            if state.stopping {
+                return None;
+            }
+            let wait = match (state.entries.is_empty(), deadline) {
+                (true, _) => Duration::from_secs(3600),
+                (false, None) => {
+                    deadline = Some(Instant::now() + max_wait);
+                    max_wait
+                }
+                (false, Some(d)) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+            };
+            state = self
+                .changed
+                .wait_timeout(state, wait)
+                .map(|(s, _)| s)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        Some(ApplyBatch {
+            entries: state
+                .entries
+                .iter()
+                .map(|(k, p)| (k.clone(), p.clone()))
+                .collect(),
+            upto: state.newest,
+        })
+    }
+
+    /// Drops the entries of `batch` that no newer write has replaced: the
+    /// store has them now.
+    pub fn remove_applied(&self, batch: &ApplyBatch) {
+        let mut state = self.lock();
+        for (key, applied) in &batch.entries {
+            if state.entries.get(key).map(|p| p.revision) == Some(applied.revision) {
+                state.entries.remove(key);
+            }
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Lets the applier drain what is left and stop, and writers stop waiting.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.changed.notify_all();
+    }
+
+    /// Keys waiting to be applied.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pending(revision: u64, deleted: bool) -> Pending {
+        Pending {
+            revision,
+            value: (!deleted).then(|| {
+                Arc::new(StoredValue {
+                    version: revision,
+                    json: bytes::Bytes::from_static(b"1"),
+                })
+            }),
+        }
+    }
+
+    #[test]
+    fn applied_entries_leave_unless_replaced() {
+        let table = Memtable::new(100);
+        table.insert([
+            ("a".to_owned(), pending(1, false)),
+            ("b".to_owned(), pending(2, true)),
+        ]);
+        assert!(table.get("a").unwrap().is_some());
+        assert!(table.get("b").unwrap().is_none());
+        assert!(table.get("c").is_none());
+        let batch = table.next_batch(1, Duration::ZERO).unwrap();
+        assert_eq!((batch.entries.len(), batch.upto), (2, 2));
+        // A newer write to "a" arrives while the batch is applied.
+        table.insert([("a".to_owned(), pending(3, false))]);
+        table.remove_applied(&batch);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get("a").unwrap().unwrap().version, 3);
+        table.stop();
+        assert_eq!(
+            table.next_batch(100, Duration::from_secs(60)).unwrap().upto,
+            3
+        );
+        table.remove_applied(&table.next_batch(1, Duration::ZERO).unwrap());
+        assert!(table.next_batch(1, Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn ranges_follow_key_order() {
+        let table = Memtable::new(100);
+        table.insert(["b/2", "a/1", "b/1", "c"].map(|k| (k.to_owned(), pending(1, false))));
+        let keys: Vec<String> = table
+            .range("b/", Bound::Included("b/".into()))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["b/1", "b/2"]);
+    }
+}
