@@ -72,11 +72,24 @@ async fn json_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ApiError>
     Ok(bytes)
 }
 
+/// The header that gives a write's place in the one global order of
+/// writes: the revision that wrote the state the response reports.
+const X_REVISION: &str = "x-exdaas-revision";
+
+fn with_revision(mut response: HttpResponse, revision: u64) -> HttpResponse {
+    response
+        .headers_mut()
+        .insert(X_REVISION, HeaderValue::from(revision));
+    response
+}
+
 fn key_version(status: StatusCode, key: &str, version: u64) -> HttpResponse {
-    with_etag(
+    let response = with_etag(
         json_response(status, &json!({"key": key, "version": version})),
         version,
-    )
+    );
+    // A key's version is the revision of the write that stored it.
+    with_revision(response, version)
 }
 
 /// `PUT /v1/kv/{key}`.
@@ -100,10 +113,10 @@ pub async fn delete(
     key: &str,
 ) -> Result<HttpResponse, ApiError> {
     match app.delete(key, write_expect(req)?).await? {
-        WriteOutcome::Deleted { .. } => {
+        WriteOutcome::Deleted { revision, .. } => {
             let mut r = Response::new(Full::new(Bytes::new()));
             *r.status_mut() = StatusCode::NO_CONTENT;
-            Ok(r)
+            Ok(with_revision(r, revision))
         }
         WriteOutcome::Missing => Err(ApiError::NotFound(format!(
             "no value stored under key {key:?}"
