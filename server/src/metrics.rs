@@ -257,12 +257,12 @@ fn render_storage(o: &mut String, storage: &Storage) {
         (
             "exdaas_shard_commits_total",
             "counter",
-            "Transactions committed (one fsync each).",
+            "Batches committed to the commit log (shards share its syncs).",
         ),
         (
             "exdaas_shard_commit_seconds_total",
             "counter",
-            "Time spent staging and committing batches.",
+            "Time from deciding a batch to its commit log sync.",
         ),
         (
             "exdaas_cache_hits_total",

@@ -26,6 +26,9 @@ pub struct Pending {
     pub revision: u64,
     /// The value written; `None`: deleted.
     pub value: Option<Arc<StoredValue>>,
+    /// The shard's store certainly lacks the key (the write found it absent
+    /// with nothing pending), so the applier can insert without looking.
+    pub not_in_store: bool,
 }
 
 #[derive(Default)]
@@ -178,6 +181,7 @@ mod tests {
     fn pending(revision: u64, deleted: bool) -> Pending {
         Pending {
             revision,
+            not_in_store: false,
             value: (!deleted).then(|| {
                 Arc::new(StoredValue {
                     version: revision,

@@ -16,6 +16,7 @@ mod cache;
 mod committer;
 pub mod hash;
 pub mod ids;
+mod keyfilter;
 pub mod log;
 pub mod manifest;
 mod memtable;
@@ -35,6 +36,7 @@ use crate::config::{CacheSettings, StorageSettings};
 use cache::{new_cache, Cached, ShardCache};
 use committer::Progress;
 use ids::IdAllocator;
+use keyfilter::KeyFilter;
 use memtable::Memtable;
 use metrics::ShardMetrics;
 use store::ScanPage;
@@ -102,6 +104,24 @@ pub struct Listing {
     pub items: Vec<ListedKey>,
     /// Whether more keys follow the last one.
     pub more: bool,
+}
+
+/// Fills `filter` from the store's index in the background; writes decided
+/// meanwhile add their keys themselves, and the filter answers "maybe"
+/// until the scan is done.
+fn fill_filter(
+    index: usize,
+    store: &ShardStore,
+    filter: &Arc<KeyFilter>,
+) -> Result<(), StoreError> {
+    let (store, filter) = (store.clone(), filter.clone());
+    spawn(format!("key-filter-{index}"), move || {
+        match store.for_each_key(|key| filter.insert(key)) {
+            Ok(()) => filter.mark_ready(),
+            Err(e) => tracing::warn!(shard = index, error = %e, "key filter not built; every write looks its key up"),
+        }
+    })
+    .map(|_| ())
 }
 
 /// Starts a named storage thread.
@@ -260,6 +280,8 @@ impl Storage {
         for (index, store) in stores.into_iter().enumerate() {
             let cache = Arc::new(new_cache(per_shard_cache));
             let memtable = Arc::new(Memtable::new(MEMTABLE_ENTRIES));
+            let filter = Arc::new(KeyFilter::default());
+            fill_filter(index, &store, &filter)?;
             let (queue, rx) = mpsc::channel(settings.queue_depth);
             let poisoned = Arc::new(AtomicBool::new(false));
             let metrics = Arc::new(ShardMetrics::default());
@@ -268,6 +290,7 @@ impl Storage {
                 store: store.clone(),
                 cache: cache.clone(),
                 memtable: memtable.clone(),
+                filter,
                 log: log.clone(),
                 rx,
                 max_batch: settings.max_batch,

@@ -42,7 +42,14 @@ pub fn replay(
                     json,
                 })
             });
-            table.insert(record.key, Pending { revision, value });
+            table.insert(
+                record.key,
+                Pending {
+                    revision,
+                    value,
+                    not_in_store: false,
+                },
+            );
             upto[shard] = upto[shard].max(revision);
             replayed += 1;
         }

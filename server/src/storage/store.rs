@@ -242,6 +242,18 @@ impl ShardStore {
         self.walk(Bound::Unbounded, |key, value| f(&key, &value))
     }
 
+    /// Calls `f` with every key, from the index alone (no record is read).
+    pub fn for_each_key(&self, mut f: impl FnMut(&str)) -> Result<(), StoreError> {
+        let snap = self.persy.snapshot().map_err(err("snapshot"))?;
+        let range = snap
+            .range::<String, PersyId, _>(KEYS, ..)
+            .map_err(err("index scan"))?;
+        for (key, _) in range {
+            f(&key);
+        }
+        Ok(())
+    }
+
     /// Visits keys from `start` on, in order, with their values, from one
     /// snapshot, until `f` returns `Ok(false)`.
     fn walk(

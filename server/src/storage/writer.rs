@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::cache::{Cached, ShardCache};
 use super::committer::LogHandle;
+use super::keyfilter::KeyFilter;
 use super::log::LogRecord;
 use super::memtable::{Memtable, Pending};
 use super::metrics::ShardMetrics;
@@ -146,6 +147,7 @@ pub(crate) struct ShardWriter {
     pub store: ShardStore,
     pub cache: Arc<ShardCache>,
     pub memtable: Arc<Memtable>,
+    pub filter: Arc<KeyFilter>,
     pub log: LogHandle,
     pub rx: mpsc::Receiver<WriterMsg>,
     pub max_batch: usize,
@@ -178,6 +180,14 @@ impl Ver {
             Self::New(i) => first + i as u64,
         }
     }
+}
+
+/// A decided batch: one decision per command, the records to log, and for
+/// each record whether the store certainly lacks its key.
+struct Decided {
+    decisions: Vec<Decision>,
+    records: Vec<LogRecord>,
+    not_in_store: Vec<bool>,
 }
 
 /// What a command will do, with versions still symbolic.
@@ -269,7 +279,11 @@ impl ShardWriter {
             return;
         }
         let started = std::time::Instant::now();
-        let (decisions, records) = match guarded(|| self.decide(batch)) {
+        let Decided {
+            decisions,
+            records,
+            not_in_store,
+        } = match guarded(|| self.decide(batch)) {
             Ok(decided) => decided,
             Err(e) => return self.poison(batch, e),
         };
@@ -289,7 +303,7 @@ impl ShardWriter {
             }
         };
         self.metrics.record_commit(started.elapsed());
-        self.publish(records, first);
+        self.publish(records, not_in_store, first);
         for (cmd, decision) in batch.drain(..).zip(decisions) {
             (cmd.reply)(Ok(decision.outcome(first)));
         }
@@ -297,11 +311,12 @@ impl ShardWriter {
 
     /// Makes committed records visible: memtable first (it must hold every
     /// committed state the store lacks), then the cache.
-    fn publish(&self, records: Vec<LogRecord>, first: u64) {
+    fn publish(&self, records: Vec<LogRecord>, not_in_store: Vec<bool>, first: u64) {
         let committed: Vec<(String, Pending)> = records
             .into_iter()
+            .zip(not_in_store)
             .enumerate()
-            .map(|(i, record)| {
+            .map(|(i, (record, not_in_store))| {
                 let revision = first + i as u64;
                 let value = record.value.map(|json| {
                     Arc::new(StoredValue {
@@ -309,7 +324,14 @@ impl ShardWriter {
                         json,
                     })
                 });
-                (record.key, Pending { revision, value })
+                (
+                    record.key,
+                    Pending {
+                        revision,
+                        value,
+                        not_in_store,
+                    },
+                )
             })
             .collect();
         let for_cache: Vec<(String, Option<Arc<StoredValue>>)> = committed
@@ -335,32 +357,39 @@ impl ShardWriter {
         }
     }
 
-    /// The key's latest committed state: memtable, cache, then store.
-    fn committed(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+    /// The key's latest committed state (memtable, cache, then store), and
+    /// whether it came from the memtable (a state the store lacks).
+    fn committed(&self, key: &str) -> Result<(Option<Arc<StoredValue>>, bool), StoreError> {
         if let Some(state) = self.memtable.get(key) {
-            return Ok(state);
+            return Ok((state, true));
         }
         if let Some(state) = self.cache.peek(key).and_then(|c| c.known()) {
-            return Ok(state);
+            return Ok((state, false));
         }
-        self.store.get(key)
+        if !self.filter.may_contain(key) {
+            return Ok((None, false));
+        }
+        Ok((self.store.get(key)?, false))
     }
 
     /// Decides every command against the latest state (committed plus the
     /// batch's earlier commands) and collects the records to log.
-    fn decide(
-        &self,
-        batch: &[WriteCommand],
-    ) -> Result<(Vec<Decision>, Vec<LogRecord>), StoreError> {
+    fn decide(&self, batch: &[WriteCommand]) -> Result<Decided, StoreError> {
         let mut decisions = Vec::with_capacity(batch.len());
         let mut records: Vec<LogRecord> = Vec::new();
+        let mut not_in_store: Vec<bool> = Vec::new();
         let mut latest: HashMap<&str, Option<(Ver, Bytes)>> = HashMap::new();
         for cmd in batch {
-            let current = match latest.get(cmd.key.as_str()) {
-                Some(state) => state.clone(),
-                None => self
-                    .committed(&cmd.key)?
-                    .map(|v| (Ver::Known(v.version), v.json.clone())),
+            let (current, fresh) = match latest.get(cmd.key.as_str()) {
+                Some(state) => (state.clone(), false),
+                None => {
+                    let (state, pending) = self.committed(&cmd.key)?;
+                    let fresh = state.is_none() && !pending;
+                    (
+                        state.map(|v| (Ver::Known(v.version), v.json.clone())),
+                        fresh,
+                    )
+                }
             };
             if !cmd
                 .expect
@@ -377,6 +406,8 @@ impl ShardWriter {
                         key: cmd.key.clone(),
                         value: Some(json.clone()),
                     });
+                    not_in_store.push(fresh);
+                    self.filter.insert(&cmd.key);
                     latest.insert(&cmd.key, Some((Ver::New(i), json.clone())));
                     match current {
                         Some(_) => Decision::Replaced(i),
@@ -390,13 +421,18 @@ impl ShardWriter {
                         key: cmd.key.clone(),
                         value: None,
                     });
+                    not_in_store.push(false);
                     latest.insert(&cmd.key, None);
                     Decision::Deleted { removed, by }
                 }
             };
             decisions.push(decision);
         }
-        Ok((decisions, records))
+        Ok(Decided {
+            decisions,
+            records,
+            not_in_store,
+        })
     }
 }
 
@@ -421,6 +457,7 @@ mod tests {
             store,
             cache: Arc::new(new_cache(1 << 20)),
             memtable: memtable.clone(),
+            filter: Arc::default(),
             log,
             rx,
             max_batch: 8,
