@@ -594,9 +594,17 @@ mod tests {
             ("back\\slash", b"[]"),
             ("null", b"null"),
             ("spaced", b"  {\"a\": [1, 2]}\t"),
+            (
+                "é/ü",
+                "{\"ключ\":\"値\",\"n\":123456789012345678901234567890}".as_bytes(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_vec()))
+        .chain([(
+            "deepest allowed".to_owned(),
+            format!("{}1{}", "[".repeat(64), "]".repeat(64)).into_bytes(),
+        )])
         .collect();
         round_trip(&docs, 4, 2);
     }

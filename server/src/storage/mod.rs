@@ -1,11 +1,18 @@
-//! Durable, sharded storage: keys are placed on shards by a stable hash; each
-//! shard owns one persy file, one read cache and one writer thread.
+//! Durable, sharded storage: keys are placed on shards by a stable hash;
+//! writes become durable in one commit log shared by all shards, then reach
+//! each shard's persy file in the background (`docs/design/write-path.md`).
 //!
 //! - `hash`: key -> shard (part of the on-disk format);
 //! - `manifest`: the data directory's shard count and format version;
+//! - `log`: the commit log's files and frames;
+//! - `committer`: the one thread that appends and syncs the log;
+//! - `writer`: one shard's writer, which decides its writes in order;
+//! - `memtable`: one shard's committed writes its store lacks yet;
+//! - `applier`: one shard's thread that moves them into the store;
+//! - `recovery`: replaying the log into the stores at start;
 //! - `store`: one shard's persy file;
 //! - `cache`: one shard's byte-weighted read cache;
-//! - `writer`: one shard's single writer and its group commit;
+//! - `keyfilter`: one shard's Bloom filter of the keys its store may hold;
 //! - `ids`: the persistent counter for server-assigned keys;
 //! - `metrics`: group-commit counters;
 //! - `bulk`: loading a data set into a new directory (restore).
