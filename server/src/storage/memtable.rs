@@ -34,9 +34,16 @@ pub struct Pending {
 #[derive(Default)]
 struct State {
     entries: BTreeMap<String, Pending>,
+    /// Key and value bytes of `entries`.
+    bytes: usize,
     /// Highest revision inserted so far.
     newest: u64,
     stopping: bool,
+}
+
+/// What an entry costs against the byte bound.
+fn weight(key: &str, pending: &Pending) -> usize {
+    key.len() + pending.value.as_ref().map_or(0, |v| v.json.len())
 }
 
 /// See the module documentation.
@@ -44,6 +51,7 @@ pub struct Memtable {
     state: Mutex<State>,
     changed: Condvar,
     max_entries: usize,
+    max_bytes: usize,
 }
 
 /// What the applier takes in one go.
@@ -56,13 +64,20 @@ pub struct ApplyBatch {
 }
 
 impl Memtable {
-    /// An empty table holding at most about `max_entries` keys.
-    pub fn new(max_entries: usize) -> Self {
+    /// An empty table holding at most about `max_entries` keys and
+    /// `max_bytes` of keys and values.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             max_entries: max_entries.max(1),
+            max_bytes: max_bytes.max(1),
         }
+    }
+
+    /// Whether the table is past half its bounds: time to apply at once.
+    fn pressing(&self, state: &State) -> bool {
+        state.entries.len() * 2 >= self.max_entries || state.bytes * 2 >= self.max_bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -86,12 +101,13 @@ impl Memtable {
             .collect()
     }
 
-    /// Waits until `n` more keys fit (or the table is stopping).
-    pub fn wait_for_room(&self, n: usize) {
+    /// Waits until `n` more keys of `bytes` in all fit (or the table is
+    /// stopping). An empty table always takes a batch, however large.
+    pub fn wait_for_room(&self, n: usize, bytes: usize) {
         let mut state = self.lock();
         while !state.stopping
             && !state.entries.is_empty()
-            && state.entries.len() + n > self.max_entries
+            && (state.entries.len() + n > self.max_entries || state.bytes + bytes > self.max_bytes)
         {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
@@ -102,7 +118,10 @@ impl Memtable {
         let mut state = self.lock();
         for (key, pending) in committed {
             state.newest = state.newest.max(pending.revision);
-            state.entries.insert(key, pending);
+            state.bytes += weight(&key, &pending);
+            if let Some(old) = state.entries.insert(key.clone(), pending) {
+                state.bytes -= weight(&key, &old);
+            }
         }
         drop(state);
         self.changed.notify_all();
@@ -115,7 +134,9 @@ impl Memtable {
         let mut state = self.lock();
         let mut deadline: Option<Instant> = None;
         loop {
-            if state.entries.len() >= min || (state.stopping && !state.entries.is_empty()) {
+            if state.entries.len() >= min
+                || (!state.entries.is_empty() && (state.stopping || self.pressing(&state)))
+            {
                 break;
             }
             if state.stopping {
@@ -154,7 +175,9 @@ impl Memtable {
         let mut state = self.lock();
         for (key, applied) in &batch.entries {
             if state.entries.get(key).map(|p| p.revision) == Some(applied.revision) {
-                state.entries.remove(key);
+                if let Some(gone) = state.entries.remove(key) {
+                    state.bytes -= weight(key, &gone);
+                }
             }
         }
         drop(state);
@@ -193,7 +216,7 @@ mod tests {
 
     #[test]
     fn applied_entries_leave_unless_replaced() {
-        let table = Memtable::new(100);
+        let table = Memtable::new(100, 1 << 20);
         table.insert([
             ("a".to_owned(), pending(1, false)),
             ("b".to_owned(), pending(2, true)),
@@ -218,8 +241,38 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_bounded_too() {
+        let table = Memtable::new(1000, 100);
+        let big = |revision| Pending {
+            revision,
+            not_in_store: false,
+            value: Some(Arc::new(StoredValue {
+                version: revision,
+                json: bytes::Bytes::from(vec![b'1'; 60]),
+            })),
+        };
+        table.insert([("a".to_owned(), big(1))]);
+        // Past half the bytes: the applier does not wait for more.
+        let started = Instant::now();
+        let batch = table.next_batch(1000, Duration::from_secs(60)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30));
+        // A writer with 60 more bytes waits until the applier is done.
+        let table = Arc::new(table);
+        let writer = {
+            let table = table.clone();
+            std::thread::spawn(move || {
+                table.wait_for_room(1, 61);
+                table.insert([("b".to_owned(), big(2))]);
+            })
+        };
+        table.remove_applied(&batch);
+        writer.join().unwrap();
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
     fn ranges_follow_key_order() {
-        let table = Memtable::new(100);
+        let table = Memtable::new(100, 1 << 20);
         table.insert(["b/2", "a/1", "b/1", "c"].map(|k| (k.to_owned(), pending(1, false))));
         let keys: Vec<String> = table
             .range("b/", Bound::Included("b/".into()))

@@ -80,6 +80,7 @@ struct Shard {
     store: ShardStore,
     cache: Arc<ShardCache>,
     memtable: Arc<Memtable>,
+    filter: Arc<KeyFilter>,
     queue: mpsc::Sender<WriterMsg>,
     writer: Mutex<Option<JoinHandle<()>>>,
     applier: Mutex<Option<JoinHandle<()>>>,
@@ -98,8 +99,10 @@ pub struct Storage {
     warming: AtomicUsize,
 }
 
-/// Keys a shard's memtable holds before its writer waits for the applier.
+/// Keys, and bytes of keys and values, a shard's memtable holds before its
+/// writer waits for the applier (values may be up to a MiB each).
 const MEMTABLE_ENTRIES: usize = 65_536;
+const MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Where the outcome of a queued write arrives.
 type WriteAnswer = oneshot::Receiver<Result<WriteOutcome, StoreError>>;
@@ -286,7 +289,7 @@ impl Storage {
         let mut shards = Vec::with_capacity(count);
         for (index, store) in stores.into_iter().enumerate() {
             let cache = Arc::new(new_cache(per_shard_cache));
-            let memtable = Arc::new(Memtable::new(MEMTABLE_ENTRIES));
+            let memtable = Arc::new(Memtable::new(MEMTABLE_ENTRIES, MEMTABLE_BYTES));
             let filter = Arc::new(KeyFilter::default());
             fill_filter(index, &store, &filter)?;
             let (queue, rx) = mpsc::channel(settings.queue_depth);
@@ -297,7 +300,7 @@ impl Storage {
                 store: store.clone(),
                 cache: cache.clone(),
                 memtable: memtable.clone(),
-                filter,
+                filter: filter.clone(),
                 log: log.clone(),
                 rx,
                 max_batch: settings.max_batch,
@@ -316,6 +319,7 @@ impl Storage {
                 store,
                 cache,
                 memtable,
+                filter,
                 queue,
                 writer: Mutex::new(Some(writer)),
                 applier: Mutex::new(Some(applier)),
@@ -374,6 +378,9 @@ impl Storage {
         if let Some(state) = shard.memtable.get(key) {
             return Ok(state);
         }
+        if !shard.filter.may_contain(key) {
+            return Ok(None);
+        }
         let store = shard.store.clone();
         let owned = key.to_owned();
         tokio::task::spawn_blocking(move || store.get(&owned))
@@ -388,6 +395,7 @@ impl Storage {
     ) -> Result<Option<Arc<StoredValue>>, StoreError> {
         match shard.memtable.get(key) {
             Some(state) => Ok(state),
+            None if !shard.filter.may_contain(key) => Ok(None),
             None => shard.store.get(key),
         }
     }

@@ -290,7 +290,11 @@ impl ShardWriter {
         let first = if records.is_empty() {
             0
         } else {
-            self.memtable.wait_for_room(records.len());
+            let bytes = records
+                .iter()
+                .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
+                .sum();
+            self.memtable.wait_for_room(records.len(), bytes);
             match self.log.append(self.shard, records.clone()) {
                 Ok(first) => first,
                 Err(StoreError::ShuttingDown) => {
@@ -451,7 +455,7 @@ mod tests {
         let (log, _thread) =
             committer::start(log, vec![Arc::new(Progress::default())], 16).unwrap();
         let (queue, rx) = mpsc::channel(16);
-        let memtable = Arc::new(Memtable::new(1000));
+        let memtable = Arc::new(Memtable::new(1000, 1 << 20));
         let writer = ShardWriter {
             shard: 0,
             store,
