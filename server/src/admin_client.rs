@@ -1,12 +1,12 @@
 //! A minimal HTTP/1.1 client for the command line: `exdaas backup` against
-//! a running server and `exdaas health` (the container health check, since
-//! slim images have no curl).
+//! a running server, `exdaas health` (the container health check, since
+//! slim images have no curl) and `exdaas kv`.
 
 use std::io::Write;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::Request;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -40,6 +40,55 @@ pub async fn get(
         }
     }
     Ok(status)
+}
+
+/// A whole answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The `ETag` header, if any.
+    pub etag: Option<String>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Sends one request with `body` and extra `headers`, and reads the whole
+/// answer (for small API answers; backups stream through [`get`]).
+pub async fn send(
+    addr: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> anyhow::Result<Answer> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, value.as_str());
+    }
+    let resp = sender.send_request(req.body(Full::new(body))?).await?;
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get(hyper::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Answer { status, etag, body })
 }
 
 /// The `host:port` to reach a server listening on `listen` from this

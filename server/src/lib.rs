@@ -16,7 +16,8 @@
 //! - [`error`]: request errors and the one place they become HTTP answers;
 //! - [`server`]: start-up and shutdown sequence used by the binary;
 //! - [`backup`]: the backup format, validation and restore;
-//! - [`admin_client`]: the HTTP client behind `exdaas backup` and `exdaas health`.
+//! - [`admin_client`]: the HTTP client behind `exdaas backup`, `health` and `kv`;
+//! - [`kv_cli`]: the `exdaas kv` commands.
 
 pub mod admin_client;
 pub mod app;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod ijson;
+pub mod kv_cli;
 pub mod logsafe;
 pub mod metrics;
 pub mod plugin;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use exdaas_server::config::{self, LoadedSettings};
-use exdaas_server::{admin_client, backup};
+use exdaas_server::{admin_client, backup, kv_cli};
 
 /// A durable, sharded JSON key-value server with WebAssembly write plugins.
 #[derive(Parser)]
@@ -60,6 +60,18 @@ enum Command {
         /// The data directory (default: storage.data_dir).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+    },
+    /// Talk to a running server's key-value API (exit codes: 0 ok, 3 not
+    /// found, 4 condition failed, 5 rejected, 6 not allowed, 1 other).
+    Kv {
+        /// host:port of the server (default: from server.listen).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        server: Option<String>,
+        /// Bearer token, if the server requires one.
+        #[arg(long, env = "EXDAAS_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: exdaas_server::kv_cli::KvCommand,
     },
     /// Exit 0 when the server answers /health (for container health checks).
     Health {
@@ -185,6 +197,34 @@ fn health(loaded: &LoadedSettings, server: Option<String>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `exdaas kv ...`: one request; the exit code says how it went.
+fn kv_cmd(
+    loaded: &LoadedSettings,
+    server: Option<String>,
+    token: Option<String>,
+    command: kv_cli::KvCommand,
+) -> ExitCode {
+    let outcome = target(loaded, server).and_then(|addr| {
+        let read_stdin = || std::io::read_to_string(std::io::stdin());
+        runtime()?.block_on(kv_cli::run(&addr, token.as_deref(), command, read_stdin))
+    });
+    match outcome {
+        Ok(outcome) => {
+            if !outcome.stdout.is_empty() {
+                println!("{}", outcome.stdout);
+            }
+            if !outcome.stderr.is_empty() {
+                eprintln!("{}", outcome.stderr);
+            }
+            ExitCode::from(outcome.code)
+        }
+        Err(e) => {
+            eprintln!("exdaas kv: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -196,6 +236,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Kv {
+            server,
+            token,
+            command,
+        } => return kv_cmd(&loaded, server, token, command),
         Command::CheckConfig => check_config(&loaded),
         Command::Backup {
             out,

@@ -1,0 +1,241 @@
+//! `exdaas kv`: the command-line client for the key-value API, in the
+//! manner of `etcdctl get/put` and `consul kv`: one command per request,
+//! JSON on stdout, the server's error on stderr, and an exit code a script
+//! can branch on. `watch` and `txn` join here when those routes exist.
+
+use bytes::Bytes;
+use clap::Subcommand;
+use hyper::Method;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::admin_client;
+
+/// Exit codes, beyond 0 for success and 1 for anything else.
+pub mod exit {
+    /// The key does not exist (404).
+    pub const NOT_FOUND: u8 = 3;
+    /// A condition (`--if-version`, `--if-absent`) did not hold (412, 409).
+    pub const CONFLICT: u8 = 4;
+    /// A plugin rejected the write, or the value was refused (422, 400, 413).
+    pub const REJECTED: u8 = 5;
+    /// No or an insufficient token (401, 403).
+    pub const DENIED: u8 = 6;
+}
+
+/// Characters a key keeps unescaped in a path.
+const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// One `exdaas kv` request.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a key's value (`{"key","version","value"}`, or the value alone with --raw).
+    Get {
+        /// The key.
+        key: String,
+        /// Print the stored value exactly, nothing else.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Store a JSON value under a key (`-` reads it from standard input).
+    Put {
+        /// The key.
+        key: String,
+        /// The JSON value, or `-` for standard input.
+        value: String,
+        /// Only if the key is at this version (compare-and-set).
+        #[arg(long, value_name = "VERSION", conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Only if the key does not exist yet.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+        /// Only if the key is at this version.
+        #[arg(long, value_name = "VERSION")]
+        if_version: Option<u64>,
+    },
+    /// List keys in order (`--raw`: one key per line).
+    List {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Most keys to print (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this key (a previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        /// Include values.
+        #[arg(long)]
+        values: bool,
+        /// One key per line instead of JSON.
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The process exit code.
+    pub code: u8,
+    /// For standard output.
+    pub stdout: String,
+    /// For standard error.
+    pub stderr: String,
+}
+
+fn key_path(key: &str) -> String {
+    format!("/v1/kv/{}", utf8_percent_encode(key, KEY_SAFE))
+}
+
+fn query(pairs: &[(&str, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    q.finish()
+}
+
+/// The exit code for a status.
+pub fn exit_code(status: u16) -> u8 {
+    match status {
+        200..=299 => 0,
+        404 => exit::NOT_FOUND,
+        409 | 412 => exit::CONFLICT,
+        400 | 413 | 415 | 422 => exit::REJECTED,
+        401 | 403 => exit::DENIED,
+        _ => 1,
+    }
+}
+
+/// Sends one command to the server at `addr`.
+pub async fn run(
+    addr: &str,
+    token: Option<&str>,
+    command: KvCommand,
+    stdin: impl FnOnce() -> std::io::Result<String>,
+) -> anyhow::Result<Outcome> {
+    let mut headers: Vec<(&str, String)> = Vec::new();
+    let (method, path, body, raw) = match &command {
+        KvCommand::Get { key, raw } => (Method::GET, key_path(key), Bytes::new(), *raw),
+        KvCommand::Put {
+            key,
+            value,
+            if_version,
+            if_absent,
+        } => {
+            let value = if value == "-" {
+                stdin()?
+            } else {
+                value.clone()
+            };
+            headers.push(("content-type", "application/json".into()));
+            if let Some(v) = if_version {
+                headers.push(("if-match", format!("\"{v}\"")));
+            }
+            if *if_absent {
+                headers.push(("if-none-match", "*".into()));
+            }
+            (Method::PUT, key_path(key), Bytes::from(value), false)
+        }
+        KvCommand::Delete { key, if_version } => {
+            if let Some(v) = if_version {
+                headers.push(("if-match", format!("\"{v}\"")));
+            }
+            (Method::DELETE, key_path(key), Bytes::new(), false)
+        }
+        KvCommand::List {
+            prefix,
+            limit,
+            after,
+            values,
+            raw,
+        } => {
+            let mut pairs = vec![("prefix", prefix.clone()), ("limit", limit.to_string())];
+            if let Some(after) = after {
+                pairs.push(("after", after.clone()));
+            }
+            if *values {
+                pairs.push(("values", "true".into()));
+            }
+            (
+                Method::GET,
+                format!("/v1/kv?{}", query(&pairs)),
+                Bytes::new(),
+                *raw,
+            )
+        }
+    };
+    let answer = admin_client::send(addr, method, &path, token, &headers, body).await?;
+    let code = exit_code(answer.status);
+    if code != 0 {
+        return Ok(Outcome {
+            code,
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&answer.body).into_owned(),
+        });
+    }
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    let stdout = match command {
+        KvCommand::Get { key, .. } if !raw => {
+            let version = answer
+                .etag
+                .as_deref()
+                .and_then(|t| t.trim_matches('"').parse::<u64>().ok());
+            let value: serde_json::Value = serde_json::from_str(&text)?;
+            serde_json::json!({ "key": key, "version": version, "value": value }).to_string()
+        }
+        KvCommand::List { .. } if raw => {
+            let page: serde_json::Value = serde_json::from_str(&text)?;
+            let keys = page["items"].as_array().cloned().unwrap_or_default();
+            keys.iter()
+                .filter_map(|i| i["key"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        KvCommand::Delete { key, .. } => {
+            serde_json::json!({ "key": key, "deleted": true }).to_string()
+        }
+        _ => text,
+    };
+    Ok(Outcome {
+        code,
+        stdout,
+        stderr: String::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_statuses() {
+        assert_eq!(key_path("users/1 é"), "/v1/kv/users%2F1%20%C3%A9");
+        assert_eq!(key_path("a-b_c.d~e"), "/v1/kv/a-b_c.d~e");
+        for (status, code) in [
+            (200, 0),
+            (201, 0),
+            (204, 0),
+            (404, 3),
+            (412, 4),
+            (409, 4),
+            (422, 5),
+            (400, 5),
+            (401, 6),
+            (403, 6),
+            (500, 1),
+            (503, 1),
+        ] {
+            assert_eq!(exit_code(status), code, "{status}");
+        }
+    }
+}
