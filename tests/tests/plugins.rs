@@ -126,11 +126,7 @@ async fn chain_runs_in_order_each_seeing_the_previous_output() {
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["error"]["plugin"], "max");
     assert_eq!(r.json()["error"]["reason"], "too_large");
-    assert!(server
-        .log
-        .lock()
-        .unwrap()
-        .contains("rejected an oversized value"));
+    assert!(server.logged("rejected an oversized value"));
     // The C plugin alone passes small values and stops large ones.
     let config = plugin_toml(
         "max",

@@ -87,7 +87,7 @@ async fn warm_cache_serves_while_warming_and_after() {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert_eq!(status, "ok");
-    assert!(server.log.lock().unwrap().contains("cache warmed"));
+    assert!(server.logged("cache warmed"));
     for i in 0..200 {
         assert_eq!(c.get(&format!("/v1/kv/w{i}")).await.body, i.to_string());
     }

@@ -199,6 +199,21 @@ impl Server {
         }
     }
 
+    /// Whether the server logs a line containing `needle` within 10 s
+    /// (its log arrives through a pipe, a little after its answers).
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log.lock().unwrap().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
