@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -18,20 +18,7 @@ pub async fn get(
     token: Option<&str>,
     sink: &mut dyn Write,
 ) -> anyhow::Result<u16> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut req = Request::get(path).header("host", addr);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
-        .await?;
+    let resp = request(addr, Method::GET, path, token, &[], Bytes::new()).await?;
     let status = resp.status().as_u16();
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
@@ -40,6 +27,35 @@ pub async fn get(
         }
     }
     Ok(status)
+}
+
+/// Sends one request on a new connection; the answer's body is still to read.
+async fn request(
+    addr: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr);
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, value.as_str());
+    }
+    Ok(sender.send_request(req.body(Full::new(body))?).await?)
 }
 
 /// A whole answer.
