@@ -79,24 +79,7 @@ pub async fn send(
     headers: &[(&str, String)],
     body: Bytes,
 ) -> anyhow::Result<Answer> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr);
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    for (name, value) in headers {
-        req = req.header(*name, value.as_str());
-    }
-    let resp = sender.send_request(req.body(Full::new(body))?).await?;
+    let resp = request(addr, method, path, token, headers, body).await?;
     let status = resp.status().as_u16();
     let etag = resp
         .headers()

@@ -477,21 +477,28 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    check(s.storage.shards > 0, "storage.shards", "must be above 0")?;
+    let positive: [(u64, &str); 10] = [
+        (s.storage.shards.into(), "storage.shards"),
+        (s.storage.max_batch as u64, "storage.max_batch"),
+        (s.storage.queue_depth as u64, "storage.queue_depth"),
+        (s.limits.max_key_bytes as u64, "limits.max_key_bytes"),
+        (s.limits.max_value_bytes as u64, "limits.max_value_bytes"),
+        (s.server.max_body_bytes as u64, "server.max_body_bytes"),
+        (s.server.max_connections as u64, "server.max_connections"),
+        (
+            s.server.header_read_timeout_ms,
+            "server.header_read_timeout_ms",
+        ),
+        (s.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
+        (s.server.write_timeout_ms, "server.write_timeout_ms"),
+    ];
+    for (value, key) in positive {
+        check(value > 0, key, "must be above 0")?;
+    }
     check(
         s.storage.shards <= 1024,
         "storage.shards",
         "must be at most 1024",
-    )?;
-    check(
-        s.storage.max_batch > 0,
-        "storage.max_batch",
-        "must be above 0",
-    )?;
-    check(
-        s.storage.queue_depth > 0,
-        "storage.queue_depth",
-        "must be above 0",
     )?;
     check(
         !s.storage.data_dir.as_os_str().is_empty(),
@@ -499,44 +506,9 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         "must not be empty",
     )?;
     check(
-        s.limits.max_key_bytes > 0,
-        "limits.max_key_bytes",
-        "must be above 0",
-    )?;
-    check(
-        s.limits.max_value_bytes > 0,
-        "limits.max_value_bytes",
-        "must be above 0",
-    )?;
-    check(
         (1..=crate::ijson::MAX_DEPTH_CEILING).contains(&s.limits.max_json_depth),
         "limits.max_json_depth",
         &format!("must be 1..={}", crate::ijson::MAX_DEPTH_CEILING),
-    )?;
-    check(
-        s.server.max_body_bytes > 0,
-        "server.max_body_bytes",
-        "must be above 0",
-    )?;
-    check(
-        s.server.max_connections > 0,
-        "server.max_connections",
-        "must be above 0",
-    )?;
-    check(
-        s.server.header_read_timeout_ms > 0,
-        "server.header_read_timeout_ms",
-        "must be above 0",
-    )?;
-    check(
-        s.server.body_read_timeout_ms > 0,
-        "server.body_read_timeout_ms",
-        "must be above 0",
-    )?;
-    check(
-        s.server.write_timeout_ms > 0,
-        "server.write_timeout_ms",
-        "must be above 0",
     )?;
     for (i, token) in s.auth.tokens.iter().enumerate() {
         if token.token.chars().count() < 16

@@ -43,6 +43,22 @@ enum Kind {
     },
 }
 
+impl Kind {
+    fn empty_dir() -> Self {
+        Self::Dir {
+            entries: BTreeMap::new(),
+            durable: BTreeMap::new(),
+        }
+    }
+
+    fn empty_file() -> Self {
+        Self::File {
+            data: Vec::new(),
+            durable: Vec::new(),
+        }
+    }
+}
+
 struct Node {
     kind: Kind,
     perm: u16,
@@ -218,11 +234,7 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         let mut state = self.lock();
-        let dir = Kind::Dir {
-            entries: BTreeMap::new(),
-            durable: BTreeMap::new(),
-        };
-        match state.add(parent.0, name, dir, (mode & 0o7777) as u16) {
+        match state.add(parent.0, name, Kind::empty_dir(), (mode & 0o7777) as u16) {
             Ok(ino) => reply_entry(&state, ino, reply),
             Err(e) => reply.error(e),
         }
@@ -239,11 +251,7 @@ impl Filesystem for Fs {
         reply: ReplyCreate,
     ) {
         let mut state = self.lock();
-        let file = Kind::File {
-            data: Vec::new(),
-            durable: Vec::new(),
-        };
-        match state.add(parent.0, name, file, (mode & 0o7777) as u16) {
+        match state.add(parent.0, name, Kind::empty_file(), (mode & 0o7777) as u16) {
             Ok(ino) => match state.attr(ino) {
                 Some(attr) => reply.created(
                     &NO_CACHE,
@@ -493,10 +501,7 @@ impl PowerFs {
     /// directory). Needs `/dev/fuse` and `fusermount3` (Debian: `fuse3`).
     pub fn mount(mountpoint: &Path) -> io::Result<PowerFs> {
         let root = Node {
-            kind: Kind::Dir {
-                entries: BTreeMap::new(),
-                durable: BTreeMap::new(),
-            },
+            kind: Kind::empty_dir(),
             perm: 0o755,
         };
         let state = Arc::new(Mutex::new(State {

@@ -23,11 +23,15 @@ use super::StoreError;
 /// Appends between two attempts to delete applied segments.
 const TRIM_EVERY: u64 = 256;
 
-/// A batch waiting for the log, and where its first revision goes.
+/// What a shard writer gets back: its batch's first revision and its
+/// records, handed back so it can publish them without copying them first.
+type Appended = Result<(u64, Vec<LogRecord>), StoreError>;
+
+/// A batch waiting for the log, and where its answer goes.
 struct Request {
     shard: u16,
     records: Vec<LogRecord>,
-    reply: SyncSender<Result<u64, StoreError>>,
+    reply: SyncSender<Appended>,
 }
 
 /// How far each shard's writes have gone: logged by this thread, applied
@@ -61,8 +65,8 @@ pub struct LogHandle {
 
 impl LogHandle {
     /// Makes `records` durable; returns the revision of the first (the rest
-    /// follow in order). Blocks until the log is synced.
-    pub fn append(&self, shard: usize, records: Vec<LogRecord>) -> Result<u64, StoreError> {
+    /// follow in order) and the records. Blocks until the log is synced.
+    pub fn append(&self, shard: usize, records: Vec<LogRecord>) -> Appended {
         let (reply, answer) = sync_channel(1);
         let request = Request {
             shard: shard as u16,
@@ -108,12 +112,12 @@ fn run(mut log: CommitLog, requests: Receiver<Request>, progress: Vec<Arc<Progre
             .collect();
         match log.append(&frames) {
             Ok(firsts) => {
-                for (request, first) in batch.iter().zip(firsts) {
+                for (request, first) in batch.into_iter().zip(firsts) {
                     let last = first + request.records.len() as u64 - 1;
                     if let Some(p) = progress.get(request.shard as usize) {
                         p.logged.fetch_max(last, Ordering::AcqRel);
                     }
-                    let _ = request.reply.send(Ok(first));
+                    let _ = request.reply.send(Ok((first, request.records)));
                 }
             }
             Err(e) => {

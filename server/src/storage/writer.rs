@@ -287,16 +287,16 @@ impl ShardWriter {
             Ok(decided) => decided,
             Err(e) => return self.poison(batch, e),
         };
-        let first = if records.is_empty() {
-            0
+        let (first, records) = if records.is_empty() {
+            (0, records)
         } else {
             let bytes = records
                 .iter()
                 .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
                 .sum();
             self.memtable.wait_for_room(records.len(), bytes);
-            match self.log.append(self.shard, records.clone()) {
-                Ok(first) => first,
+            match self.log.append(self.shard, records) {
+                Ok(appended) => appended,
                 Err(StoreError::ShuttingDown) => {
                     for cmd in batch.drain(..) {
                         (cmd.reply)(Err(StoreError::ShuttingDown));
