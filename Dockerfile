@@ -11,8 +11,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# The same commands the test suite runs: locked dependencies, release build.
-RUN cargo build --release --locked --bin exdaas \
+# Locked dependencies, the stripped distribution profile (scripts/test.sh
+# runs this same command and checks the binary's size).
+RUN cargo build --profile dist --locked --bin exdaas \
  && scripts/build-plugins.sh
 
 # --- runtime -----------------------------------------------------------------
@@ -20,7 +21,7 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin exdaas \
  && mkdir -p /data /etc/exdaas /usr/lib/exdaas/plugins \
  && chown exdaas:exdaas /data
-COPY --from=build /src/target/release/exdaas /usr/local/bin/exdaas
+COPY --from=build /src/target/dist/exdaas /usr/local/bin/exdaas
 COPY --from=build /src/examples/dist/ /usr/lib/exdaas/plugins/
 COPY config/container.toml /etc/exdaas/exdaas.toml
 USER exdaas

@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+import chart
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 EXDAAS = os.path.join(ROOT, "target/release/exdaas")
@@ -117,10 +119,11 @@ def parse_latency(text):
     return round(float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)], 3)
 
 
-def wrk(port, script, duration, env=None, conns=64):
+def wrk(port, script, duration, env=None, conns=64, warm_up=True):
     args = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", os.path.join(BENCH, script), f"http://127.0.0.1:{port}"]
     full_env = {**os.environ, **(env or {})}
-    subprocess.run(args[:3] + ["-d2s"] + args[4:], env=full_env, capture_output=True)  # warm-up
+    if warm_up:
+        subprocess.run(args[:3] + ["-d2s"] + args[4:], env=full_env, capture_output=True)
     out = subprocess.run(args, env=full_env, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = re.search(r"\n\s+50%\s+(\S+)", out)
@@ -186,6 +189,79 @@ def load_redis(port, keys, value):
                     raise SystemExit("redis refused a SET while loading the mix keys")
 
 
+def overwrite_and_delete(record, port, style, prefix, d):
+    """Overwrites, then deletes, keys that a put_distinct run with `prefix` created."""
+    env = {"STYLE": style, "PREFIX": prefix}
+    system = "exdaas" if style == "exdaas" else "webdis_redis"
+    record("put_overwrite", system, wrk(port, "overwrite_delete.lua", d, {**env, "MODE": "overwrite"}))
+    record("delete", system, wrk(port, "overwrite_delete.lua", d, {**env, "MODE": "delete"}, warm_up=False))
+
+
+def first_get_ms(proc, port, probe, seconds=120):
+    """Milliseconds from now until `probe` answers 200 (the server was just started)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            status, _ = request(port, "GET", probe, timeout=1)
+            if status == 200:
+                return round((time.monotonic() - t0) * 1000, 1)
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"exdaas exited while starting (logs in {WORK})")
+        if time.monotonic() - t0 > seconds:
+            raise SystemExit(f"exdaas did not answer {probe} within {seconds} s")
+        time.sleep(0.001)
+
+
+def at_scale(keys, d, record, results, with_mix):
+    """exdaas over `keys` existing keys with a 64 MiB cache: restart time,
+    durable PUT and cached GET throughput, peak RSS, and (with_mix) the
+    90/10 mix over those keys. Fills results["growth"][keys]."""
+    print(f"exdaas with {keys} keys", flush=True)
+    data = os.path.join(WORK, f"scale-{keys}")
+    if keys:
+        backup = os.path.join(WORK, "keys.ndjson")
+        write_backup(backup, keys)
+        t0 = time.monotonic()
+        subprocess.run([EXDAAS, "restore", "--in", backup, "--data-dir", data], check=True, capture_output=True, cwd=WORK)
+        results.setdefault("load_seconds", {})[str(keys)] = round(time.monotonic() - t0, 2)
+        os.remove(backup)
+    port = free_port()
+    cfg = os.path.join(WORK, "scale.toml")
+    with open(cfg, "w") as f:
+        f.write("")
+    env = {
+        "EXDAAS_SERVER__LISTEN": f"127.0.0.1:{port}",
+        "EXDAAS_STORAGE__DATA_DIR": data,
+        "EXDAAS_CACHE__CAPACITY_BYTES": str(64 * 1024 * 1024),
+        "EXDAAS_LOG": "warn",
+    }
+    server = start(f"scale-{keys}", [EXDAAS, "--config", cfg], env)
+    probe = f"/v1/kv/k{random.randrange(keys)}" if keys else "/health"
+    restart_ms = first_get_ms(server, port, probe)
+    print(f"  restart to first GET: {restart_ms} ms", flush=True)
+    if with_mix:
+        results["restart_to_first_get_ms"] = restart_ms
+        record("mix_90_10", "exdaas", wrk(port, "mix.lua", d, {"KEYS": str(keys)}))
+    label = f"{keys}_keys"
+    put = wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas", "PREFIX": f"grow{keys}"})
+    record(f"put_durable@{label}", "exdaas", put)
+    request(port, "PUT", "/v1/kv/bench-hot", json.dumps(VALUE), {"Content-Type": "application/json"})
+    get = wrk(port, "fixed.lua", d, {"URLPATH": "/v1/kv/bench-hot"})
+    record(f"get_cached@{label}", "exdaas", get)
+    rss = {"peak_mib": round(rss_kib(server.pid, "VmHWM") / 1024, 1), "current_mib": round(rss_kib(server.pid, "VmRSS") / 1024, 1)}
+    print(f"  RSS: {rss}", flush=True)
+    if with_mix:
+        results["rss_1m_keys_64mib_cache"] = rss
+    results.setdefault("growth", {})[str(keys)] = {
+        "put_rps": put["rps"], "put_p99_ms": put["p99_ms"], "get_rps": get["rps"], "get_p99_ms": get["p99_ms"],
+        "restart_ms": restart_ms, "peak_rss_mib": rss["peak_mib"],
+    }
+    stop(server)
+    shutil.rmtree(data, ignore_errors=True)
+
+
 def rss_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -199,6 +275,9 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk scenario")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the mix, restart and memory scenarios")
     parser.add_argument("--skip-baselines", action="store_true", help="only exdaas and the HTTP floor")
+    parser.add_argument("--growth", default="0,1000000,5000000",
+                        help="existing key counts to measure how cost grows at (comma-separated)")
+    parser.add_argument("--quick", action="store_true", help="skip key counts above 1M in --growth")
     args = parser.parse_args()
     d = args.duration
     results = {}
@@ -228,6 +307,7 @@ def main():
     request(port, "PUT", "/v1/kv/bench-hot", hot_value, {"Content-Type": "application/json"})
     record("get_cached", "exdaas", wrk(port, "fixed.lua", d, {"URLPATH": "/v1/kv/bench-hot"}))
     record("put_durable", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas", "PREFIX": "plain"}))
+    overwrite_and_delete(record, port, "exdaas", "plain", d)
     record("seed_ab", "exdaas", ab(port, "/api", seed_body, 50000, 500))
     stop(server)
 
@@ -248,47 +328,12 @@ def main():
         results["plugin_stats"] = json.loads(body)["plugins"][0]["stats"] if status == 200 else None
         stop(server)
 
-    # --- 1M keys: restart time, 90/10 mix with a small cache, peak RSS ------
-    print(f"exdaas with {args.keys} keys", flush=True)
-    backup = os.path.join(WORK, "keys.ndjson")
-    write_backup(backup, args.keys)
-    big = os.path.join(WORK, "big-data")
-    t0 = time.monotonic()
-    subprocess.run([EXDAAS, "restore", "--in", backup, "--data-dir", big], check=True, capture_output=True, cwd=WORK)
-    results["load_seconds"] = round(time.monotonic() - t0, 2)
-    os.remove(backup)
-    port = free_port()
-    cfg = os.path.join(WORK, "big.toml")
-    with open(cfg, "w") as f:
-        f.write("")
-    env = {
-        "EXDAAS_SERVER__LISTEN": f"127.0.0.1:{port}",
-        "EXDAAS_STORAGE__DATA_DIR": big,
-        "EXDAAS_CACHE__CAPACITY_BYTES": str(64 * 1024 * 1024),
-        "EXDAAS_LOG": "warn",
-    }
-    probe = f"/v1/kv/k{random.randrange(args.keys)}"
-    t0 = time.monotonic()
-    server = start("big", [EXDAAS, "--config", cfg], env)
-    while True:
-        try:
-            status, _ = request(port, "GET", probe, timeout=1)
-            if status == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() - t0 > 60:
-            raise SystemExit("server with 1M keys did not answer within 60 s")
-        time.sleep(0.001)
-    results["restart_to_first_get_ms"] = round((time.monotonic() - t0) * 1000, 1)
-    print(f"  restart to first GET: {results['restart_to_first_get_ms']} ms", flush=True)
-    record("mix_90_10", "exdaas", wrk(port, "mix.lua", d, {"KEYS": str(args.keys)}))
-    results["rss_1m_keys_64mib_cache"] = {
-        "peak_mib": round(rss_kib(server.pid, "VmHWM") / 1024, 1),
-        "current_mib": round(rss_kib(server.pid, "VmRSS") / 1024, 1),
-    }
-    print(f"  RSS: {results['rss_1m_keys_64mib_cache']}", flush=True)
-    stop(server)
+    # --- cost as the key count grows; the mix, restart and RSS at --keys ----
+    counts = sorted({int(k) for k in args.growth.split(",") if k.strip()} | {args.keys})
+    if args.quick:
+        counts = [k for k in counts if k <= max(1_000_000, args.keys)]
+    for keys in counts:
+        at_scale(keys, d, record, results, with_mix=keys == args.keys)
 
     # --- baselines ------------------------------------------------------------
     if not args.skip_baselines:
@@ -308,7 +353,8 @@ def main():
         wait_port(wport)
         request(wport, "PUT", "/SET/bench-hot", hot_value)
         record("get_cached", "webdis_redis", wrk(wport, "fixed.lua", d, {"URLPATH": "/GET/bench-hot"}))
-        record("put_durable", "webdis_redis", wrk(wport, "put_distinct.lua", d, {"STYLE": "webdis"}))
+        record("put_durable", "webdis_redis", wrk(wport, "put_distinct.lua", d, {"STYLE": "webdis", "PREFIX": "plain"}))
+        overwrite_and_delete(record, wport, "webdis", "plain", d)
         load_redis(rport, args.keys, hot_value)
         record("mix_90_10", "webdis_redis", wrk(wport, "mix.lua", d, {"KEYS": str(args.keys), "STYLE": "webdis"}))
         stop(webdis)
@@ -345,22 +391,52 @@ def ratio(results, a, b):
         return None
 
 
+def p99_ratio(results, scenario, a, b):
+    try:
+        return round(results[scenario][a]["p99_ms"] / results[scenario][b]["p99_ms"], 3)
+    except (KeyError, ZeroDivisionError, TypeError):
+        return None
+
+
+def growth_ratio(results, field):
+    """`field` at the largest key count measured over `field` at 0 keys."""
+    growth = results.get("growth", {})
+    if "0" not in growth or len(growth) < 2:
+        return None, None
+    top = max(growth, key=int)
+    base = growth["0"][field]
+    return (round(growth[top][field] / base, 3) if base else None), int(top)
+
+
 def report(results, args):
     r = lambda a, b: ratio(results, a, b)
-    ratios = {
-        "get_vs_floor": (r(("get_cached", "exdaas"), ("get_cached", "http_floor")), 0.85),
-        "mix_vs_webdis": (r(("mix_90_10", "exdaas"), ("mix_90_10", "webdis_redis")), 1.0),
-        "get_vs_webdis": (r(("get_cached", "exdaas"), ("get_cached", "webdis_redis")), 2.0),
-        "put_vs_floor": (r(("put_durable", "exdaas"), ("put_durable", "http_floor")), 0.50),
-        "put_vs_webdis": (r(("put_durable", "exdaas"), ("put_durable", "webdis_redis")), 1.0),
-        "put_vs_etcd": (r(("put_durable", "exdaas"), ("put_durable", "etcd")), 5.0),
-        "plugin_put_vs_put": (r(("put_durable_plugin", "exdaas"), ("put_durable", "exdaas")), 0.90),
-        "seed_vs_floor": (r(("seed_ab", "exdaas"), ("seed_ab", "http_floor")), 0.80),
-        "group_commit_vs_batch1": (r(("put_durable", "exdaas"), ("put_durable_batch1", "exdaas")), None),
-    }
+    # (name, measured, comparison, goal); a goal of None is reported only.
+    targets = [
+        ("get_vs_floor", r(("get_cached", "exdaas"), ("get_cached", "http_floor")), ">=", 0.85),
+        ("mix_vs_webdis", r(("mix_90_10", "exdaas"), ("mix_90_10", "webdis_redis")), ">=", 1.0),
+        ("get_vs_webdis", r(("get_cached", "exdaas"), ("get_cached", "webdis_redis")), ">=", 2.0),
+        ("put_vs_floor", r(("put_durable", "exdaas"), ("put_durable", "http_floor")), ">=", 0.50),
+        ("put_vs_webdis", r(("put_durable", "exdaas"), ("put_durable", "webdis_redis")), ">=", 1.0),
+        ("put_p99_vs_webdis_p99", p99_ratio(results, "put_durable", "exdaas", "webdis_redis"), "<=", 2.0),
+        ("put_vs_etcd", r(("put_durable", "exdaas"), ("put_durable", "etcd")), ">=", 5.0),
+        ("overwrite_vs_webdis", r(("put_overwrite", "exdaas"), ("put_overwrite", "webdis_redis")), ">=", 1.0),
+        ("delete_vs_webdis", r(("delete", "exdaas"), ("delete", "webdis_redis")), ">=", 1.0),
+        ("plugin_put_vs_put", r(("put_durable_plugin", "exdaas"), ("put_durable", "exdaas")), ">=", 0.90),
+        ("seed_vs_floor", r(("seed_ab", "exdaas"), ("seed_ab", "http_floor")), ">=", 0.80),
+        ("group_commit_vs_batch1", r(("put_durable", "exdaas"), ("put_durable_batch1", "exdaas")), None, None),
+    ]
+    for field, goal in (("put_rps", 0.8), ("get_rps", 0.8)):
+        value, top = growth_ratio(results, field)
+        if top is not None:
+            targets.append((f"{field}_at_{top}_keys_vs_0", value, ">=", goal))
     rss = results.get("rss_1m_keys_64mib_cache", {}).get("peak_mib")
     restart = results.get("restart_to_first_get_ms")
     seed_failed = results.get("seed_ab", {}).get("exdaas", {}).get("failed")
+    targets += [
+        (f"restart_to_first_get_ms ({args.keys} keys)", restart, "<", 1000),
+        (f"peak_rss_mib ({args.keys} keys, 64 MiB cache)", rss, "<=", 200),
+        ("seed_ab_failed_requests", seed_failed, "==", 0),
+    ]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.node()}, {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}"
     lines = [
@@ -368,23 +444,31 @@ def report(results, args):
         "",
         f"Run {now} on {machine}, with `scripts/bench.sh` (wrk 2 threads, 64 connections, "
         f"{args.duration} s per scenario after a 2 s warm-up; ab for the seed benchmark). "
-        "Every system ran on loopback in the same run; ratios compare figures from this run only.",
+        "Every system ran on loopback in the same run; ratios compare figures from this run only. "
+        "`@N_keys` scenarios ran with N keys already stored and a 64 MiB cache.",
         "",
-        "| scenario | system | req/s | p50 ms | p99 ms |",
-        "|---|---|---:|---:|---:|",
+        "![throughput, p99 and growth](results.png)",
+        "",
+        "| scenario | system | req/s | p50 ms | p99 ms | non-2xx |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for scenario, systems in results.items():
         if not isinstance(systems, dict) or not all(isinstance(v, dict) and "rps" in v for v in systems.values()):
             continue
         for system, f in systems.items():
-            lines.append(f"| {scenario} | {system} | {f['rps']:.0f} | {f.get('p50_ms')} | {f.get('p99_ms')} |")
+            bad = f.get("non_2xx", 0) + f.get("failed", 0) + f.get("socket_errors", 0)
+            lines.append(f"| {scenario} | {system} | {f['rps']:.0f} | {f.get('p50_ms')} | {f.get('p99_ms')} | {bad} |")
+    if results.get("growth"):
+        lines += ["", "| keys stored | PUT req/s | PUT p99 ms | GET req/s | GET p99 ms | restart ms | peak RSS MiB |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for keys, g in sorted(results["growth"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {int(keys):,} | {g['put_rps']:.0f} | {g['put_p99_ms']} | {g['get_rps']:.0f} | "
+                         f"{g['get_p99_ms']} | {g['restart_ms']} | {g['peak_rss_mib']} |")
     lines += ["", "| target | measured | goal | met |", "|---|---:|---:|---|"]
-    for name, (value, goal) in ratios.items():
-        met = "" if goal is None or value is None else ("yes" if value >= goal else "no")
-        lines.append(f"| {name} | {value} | {'>= ' + str(goal) if goal else '-'} | {met} |")
-    lines.append(f"| restart_to_first_get_ms ({args.keys} keys) | {restart} | < 1000 | {'yes' if restart is not None and restart < 1000 else 'no'} |")
-    lines.append(f"| peak_rss_mib ({args.keys} keys, 64 MiB cache) | {rss} | <= 200 | {'yes' if rss is not None and rss <= 200 else 'no'} |")
-    lines.append(f"| seed_ab_failed_requests | {seed_failed} | 0 | {'yes' if seed_failed == 0 else 'no'} |")
+    checks = {">=": lambda v, g: v >= g, "<=": lambda v, g: v <= g, "<": lambda v, g: v < g, "==": lambda v, g: v == g}
+    for name, value, cmp, goal in targets:
+        met = "" if cmp is None or value is None else ("yes" if checks[cmp](value, goal) else "no")
+        lines.append(f"| {name} | {value} | {cmp + ' ' + str(goal) if cmp else '-'} | {met} |")
     if results.get("plugin_stats"):
         calls = results["plugin_stats"]["call_micros"]
         lines += ["", f"require-fields plugin call time during its run: mean {calls['mean']} us, p50 {calls['p50']} us, p99 {calls['p99']} us."]
@@ -395,7 +479,8 @@ def report(results, args):
         f.write(text)
     with open(os.path.join(BENCH, "results.json"), "w") as f:
         json.dump({"date": now, "machine": machine, "results": results,
-                   "ratios": {k: v for k, (v, _) in ratios.items()}}, f, indent=2)
+                   "ratios": {name: value for name, value, _, _ in targets}}, f, indent=2)
+    chart.draw(os.path.join(BENCH, "results.json"), os.path.join(BENCH, "results.png"))
 
 
 if __name__ == "__main__":

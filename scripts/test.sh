@@ -21,6 +21,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The API conformance test drives schemathesis against a live server.
+if ! command -v schemathesis >/dev/null; then
+  echo "==> installing schemathesis"
+  python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+fi
+
 if [ -x scripts/build-plugins.sh ]; then
   echo "==> building example plugins"
   scripts/build-plugins.sh
@@ -32,3 +38,5 @@ echo "==> testing"
 cargo test --locked --workspace
 echo "==> testing example plugin logic natively"
 (cd examples && cargo test --locked)
+echo "==> checking the container image's binary"
+scripts/check-dist-size.sh

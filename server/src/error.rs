@@ -33,7 +33,7 @@ pub enum ApiError {
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed {
         /// Value of the `Allow` header.
-        allow: &'static str,
+        allow: String,
     },
     /// `If-Match` / `If-None-Match` did not hold.
     #[error("{0}")]
@@ -86,6 +86,9 @@ pub enum ApiError {
     /// The token's role does not cover the request (403).
     #[error("{0}")]
     Forbidden(String),
+    /// A fault of the server itself, not of the request (500).
+    #[error("{0}")]
+    Internal(String),
     /// Storage failed or is unavailable.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -141,6 +144,7 @@ impl ApiError {
             Self::ReloadFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "reload_failed"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
@@ -180,9 +184,9 @@ impl ApiError {
         }
         let mut response = json_response(status, &json!({ "error": body }));
         if let Self::MethodNotAllowed { allow } = self {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+            if let Ok(allow) = HeaderValue::from_str(allow.as_str()) {
+                response.headers_mut().insert(ALLOW, allow);
+            }
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -227,7 +231,12 @@ mod tests {
         let cases = [
             (ApiError::bad_request("invalid_key", "x"), 400),
             (ApiError::NotFound("x".into()), 404),
-            (ApiError::MethodNotAllowed { allow: "GET" }, 405),
+            (
+                ApiError::MethodNotAllowed {
+                    allow: "GET".into(),
+                },
+                405,
+            ),
             (ApiError::PreconditionFailed("x".into()), 412),
             (ApiError::UnsupportedMediaType("x".into()), 415),
             (ApiError::Store(StoreError::Poisoned(1)), 503),
@@ -236,7 +245,10 @@ mod tests {
         for (err, status) in cases {
             assert_eq!(err.into_response().status().as_u16(), status);
         }
-        let r = ApiError::MethodNotAllowed { allow: "GET, PUT" }.into_response();
+        let r = ApiError::MethodNotAllowed {
+            allow: "GET, PUT".into(),
+        }
+        .into_response();
         assert_eq!(r.headers()[ALLOW], "GET, PUT");
     }
 

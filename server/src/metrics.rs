@@ -7,6 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::http::routes::{Op, Resolved};
 use crate::plugin::{FailureKind, PluginChain};
 use crate::storage::Storage;
 
@@ -40,23 +41,25 @@ pub enum Route {
 }
 
 impl Route {
-    /// The route of a request, from its method and path.
-    pub fn of(method: &hyper::Method, path: &str) -> Route {
-        use hyper::Method;
-        let kv_key = path.strip_prefix("/v1/kv/").is_some_and(|k| !k.is_empty());
-        match (method, path) {
-            (&Method::GET | &Method::HEAD, _) if kv_key => Route::KvGet,
-            (&Method::PUT, _) if kv_key => Route::KvPut,
-            (&Method::DELETE, _) if kv_key => Route::KvDelete,
-            (&Method::POST, "/v1/kv" | "/v1/kv/") => Route::KvCreate,
-            (_, "/v1/kv" | "/v1/kv/") => Route::KvList,
-            (_, "/api") => Route::Api,
-            (_, "/api/cmd") => Route::ApiCmd,
-            (_, "/health" | "/ready") => Route::Health,
-            (_, "/metrics") => Route::Metrics,
-            (_, p) if p.starts_with("/v1/admin/") => Route::Admin,
-            (_, p) if p.starts_with("/v1/plugins") => Route::Plugins,
-            _ => Route::Other,
+    /// The label of a resolved request: operations group by area; paths
+    /// and methods the server does not serve are `other`.
+    pub fn of(resolved: &Resolved<'_>) -> Route {
+        let Resolved::Op(op, _) = resolved else {
+            return Route::Other;
+        };
+        match op {
+            Op::KvGet => Route::KvGet,
+            Op::KvPut => Route::KvPut,
+            Op::KvDelete => Route::KvDelete,
+            Op::KvCreate => Route::KvCreate,
+            Op::KvList => Route::KvList,
+            Op::ApiRead | Op::ApiWrite => Route::Api,
+            Op::ApiCmd => Route::ApiCmd,
+            Op::PluginList | Op::PluginDryRun => Route::Plugins,
+            Op::PluginReload | Op::Backup | Op::BackupHead => Route::Admin,
+            Op::Health | Op::Ready => Route::Health,
+            Op::Metrics => Route::Metrics,
+            Op::OpenApi => Route::Other,
         }
     }
 

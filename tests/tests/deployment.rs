@@ -27,7 +27,8 @@ fn dockerfile_keeps_its_promises() {
     for needle in [
         "AS build",
         "FROM debian:bookworm-slim",
-        "cargo build --release --locked --bin exdaas",
+        "cargo build --profile dist --locked --bin exdaas",
+        "COPY --from=build /src/target/dist/exdaas /usr/local/bin/exdaas",
         "scripts/build-plugins.sh",
         "USER exdaas",
         "VOLUME /data",

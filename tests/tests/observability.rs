@@ -214,3 +214,56 @@ async fn json_logs_and_request_lines() {
     }
     assert!(saw_request, "{log}");
 }
+
+/// The metric families `/metrics` declares (`# TYPE` lines).
+fn declared_families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every panel of the shipped Grafana dashboard is well formed and every
+/// query names only metrics this server exports.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grafana_dashboard_queries_existing_metrics() {
+    let path = common::repo_root().join("config/grafana/exdaas.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+    let (_tmp, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let text = String::from_utf8(server.client().get("/metrics").await.body.to_vec()).unwrap();
+    let families = declared_families(&text);
+    let exists = |name: &str| {
+        families.contains(name)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|f| families.contains(f)))
+    };
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "duplicate id: {title}"
+        );
+        assert!(panel["gridPos"]["w"].as_u64().unwrap() > 0, "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("exdaas_"))
+                .collect();
+            assert!(!names.is_empty(), "{title}: {expr} names no metric");
+            for name in names {
+                assert!(exists(name), "{title}: {name} is not exported");
+            }
+        }
+    }
+}

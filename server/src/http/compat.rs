@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -33,24 +33,6 @@ struct JsonBody<'a> {
 
 fn not_an_object() -> ApiError {
     ApiError::bad_request("invalid_data", "data must be a JSON object")
-}
-
-/// Routes `/api` and `/api/cmd`.
-pub async fn route(
-    app: &App,
-    req: Request<Incoming>,
-    path: &str,
-) -> Result<HttpResponse, ApiError> {
-    match (path, req.method().clone()) {
-        ("/api", Method::POST) => create_or_update(app, req).await,
-        ("/api", Method::GET | Method::HEAD) => read(app, &req).await,
-        ("/api", _) => Err(ApiError::MethodNotAllowed {
-            allow: "GET, HEAD, POST",
-        }),
-        ("/api/cmd", Method::GET | Method::HEAD) => command(app, &req).await,
-        ("/api/cmd", _) => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        _ => Err(ApiError::NotFound(format!("no route for {path}"))),
-    }
 }
 
 /// Reads a record id: a positive integer, as a JSON number or a numeric
@@ -91,7 +73,7 @@ fn required_id(params: &Value) -> Result<u64, ApiError> {
 
 /// `POST /api`: create (no id) or create/replace (with id); replies with the
 /// record as stored.
-async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let form = req
         .headers()
         .get(CONTENT_TYPE)
@@ -188,7 +170,7 @@ async fn record(app: &App, id: u64) -> Result<Value, ApiError> {
 }
 
 /// `GET /api?id=N`: the record, with `data: null` when unknown.
-async fn read(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn read(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let id = required_id(&query_params(req)?)?;
     let data = record(app, id).await?;
     Ok(json_response(
@@ -203,7 +185,7 @@ fn truthy(v: &Value) -> bool {
 }
 
 /// `GET /api/cmd?id=N&cmd[query]=...`.
-async fn command(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn command(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
     let params = query_params(req)?;
     let id = required_id(&params)?;
     let cmd = params.get("cmd").cloned().unwrap_or(Value::Null);

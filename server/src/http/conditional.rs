@@ -39,29 +39,59 @@ enum TagList {
 }
 
 impl TagList {
-    /// Parses a header value; `None` when it is malformed.
+    /// Parses a header value; `None` when it is malformed. The grammar is
+    /// RFC 9110's: `*`, or a comma-separated list (empty elements allowed)
+    /// of `"opaque"` or `W/"opaque"`, where opaque is visible ASCII other
+    /// than `"` (obs-text is not accepted). A comma inside quotes is part of
+    /// the tag, so the list is scanned, not split.
     fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
-        if text == "*" {
+        let ows = |b: &u8| *b == b' ' || *b == b'\t';
+        let mut rest = text.as_bytes();
+        while rest.first().is_some_and(ows) {
+            rest = &rest[1..];
+        }
+        while rest.last().is_some_and(ows) {
+            rest = &rest[..rest.len() - 1];
+        }
+        if rest == b"*" {
             return Some(Self::Any);
         }
         let mut tags = Vec::new();
-        for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (weak, quoted) = match item.strip_prefix("W/") {
-                Some(rest) => (true, rest),
-                None => (false, item),
-            };
-            let opaque = quoted.strip_prefix('"')?.strip_suffix('"')?;
-            if opaque.contains('"') {
+        loop {
+            while rest.first().is_some_and(|b| ows(b) || *b == b',') {
+                rest = &rest[1..];
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let weak = rest.starts_with(b"W/");
+            if weak {
+                rest = &rest[2..];
+            }
+            let body = rest.strip_prefix(b"\"")?;
+            let close = body.iter().position(|&b| b == b'"')?;
+            let opaque = &body[..close];
+            if !opaque
+                .iter()
+                .all(|&b| b == 0x21 || (0x23..=0x7e).contains(&b))
+            {
                 return None;
             }
-            let version = opaque
-                .parse()
+            rest = &body[close + 1..];
+            while rest.first().is_some_and(ows) {
+                rest = &rest[1..];
+            }
+            if !rest.is_empty() && rest[0] != b',' {
+                return None;
+            }
+            let version = std::str::from_utf8(opaque)
                 .ok()
-                .filter(|_| opaque.bytes().all(|b| b.is_ascii_digit()));
+                .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|o| o.parse().ok());
             tags.push(Tag { version, weak });
         }
-        (!tags.is_empty()).then_some(Self::Tags(tags))
+        // An empty list is valid (RFC 9110's `#` rule): it names no version.
+        Some(Self::Tags(tags))
     }
 
     /// The versions the list names; strong comparison leaves weak tags out.
@@ -256,11 +286,64 @@ mod tests {
 
     #[test]
     fn only_malformed_headers_are_refused() {
-        for bad in ["16", "\"16", "W/16", "\"a\"b\"", ""] {
+        for bad in [
+            "16",
+            "\"16",
+            "W/16",
+            "\"a\"b\"",
+            "\"1\" \"2\"",
+            "\"a b\"",
+            "*, \"1\"",
+            "w/\"1\"",
+        ] {
             assert!(pre(Some(bad), None).is_err(), "{bad:?}");
             assert!(pre(None, Some(bad)).is_err(), "{bad:?}");
         }
         assert!(pre(Some("\"abc\", W/\"x\""), Some("*")).is_ok());
+        // Empty list elements are allowed, and a comma inside a tag is
+        // part of it: `"1,2"` names no version, and is not `"1"` and `"2"`.
+        assert!(pre(Some(" ,\"1\",, W/\"2\" ,"), None).is_ok());
+        // An empty list names no version: If-Match never holds, and
+        // If-None-Match always does.
+        let empty = pre(Some(" , "), Some("")).unwrap();
+        assert_eq!(empty.evaluate_read(1), ReadVerdict::Failed);
+        assert!(!empty.to_expect().holds(Some(1)));
+        assert!(pre(None, Some("")).unwrap().to_expect().holds(Some(1)));
+        let p = pre(Some("\"1,2\""), None).unwrap();
+        assert_eq!(p.evaluate_read(1), ReadVerdict::Failed);
+        assert_eq!(p.evaluate_read(2), ReadVerdict::Failed);
         assert_eq!(pre(None, None).unwrap().to_expect(), Expect::Any);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::TagList;
+
+        proptest! {
+            /// Any header text parses or is refused, without panicking.
+            #[test]
+            fn any_text_parses_or_is_refused(text in ".{0,64}") {
+                let _ = TagList::parse(&text);
+            }
+
+            /// A list written by the grammar parses back to its versions.
+            #[test]
+            fn written_lists_parse_back(
+                tags in proptest::collection::vec((any::<bool>(), 0u64..1_000_000), 1..6),
+                sep in "[ \t]{0,2},[ \t,]{0,2}",
+            ) {
+                let text = tags
+                    .iter()
+                    .map(|(weak, v)| format!("{}\"{v}\"", if *weak { "W/" } else { "" }))
+                    .collect::<Vec<_>>()
+                    .join(&sep);
+                let parsed = TagList::parse(&text).expect("a grammatical list");
+                let weak: Vec<u64> = tags.iter().map(|t| t.1).collect();
+                let strong: Vec<u64> = tags.iter().filter(|t| !t.0).map(|t| t.1).collect();
+                prop_assert_eq!(parsed.versions(false), weak);
+                prop_assert_eq!(parsed.versions(true), strong);
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ETAG, LOCATION};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::conditional::{Preconditions, ReadVerdict};
@@ -157,6 +157,9 @@ fn parse_list_query(query: Option<&str>, max_key_bytes: usize) -> Result<ListQue
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match name.as_ref() {
             "prefix" => q.prefix = value.into_owned(),
+            // An empty `after` is "from the start", as a client that
+            // passes back a first page's empty cursor means it.
+            "after" if value.is_empty() => q.after = None,
             "after" => {
                 request::check_key(&value, max_key_bytes)?;
                 q.after = Some(value.into_owned());
@@ -234,38 +237,6 @@ pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Ap
     Ok(raw_json_response(StatusCode::OK, out.freeze()))
 }
 
-/// Routes a request under `/v1/kv`; `rest` is what follows it.
-pub async fn route(
-    app: &App,
-    req: Request<Incoming>,
-    rest: &str,
-) -> Result<HttpResponse, ApiError> {
-    if rest.is_empty() || rest == "/" {
-        return match *req.method() {
-            Method::GET | Method::HEAD => list(app, &req).await,
-            Method::POST => create(app, req).await,
-            _ => Err(ApiError::MethodNotAllowed {
-                allow: "GET, HEAD, POST",
-            }),
-        };
-    }
-    let Some(raw_key) = rest.strip_prefix('/') else {
-        return Err(ApiError::NotFound(format!(
-            "no route for {}",
-            req.uri().path()
-        )));
-    };
-    let key = request::parse_key(raw_key, app.settings.limits.max_key_bytes)?;
-    match *req.method() {
-        Method::GET | Method::HEAD => get(app, &req, &key).await,
-        Method::PUT => put(app, req, &key).await,
-        Method::DELETE => delete(app, &req, &key).await,
-        _ => Err(ApiError::MethodNotAllowed {
-            allow: "GET, HEAD, PUT, DELETE",
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -288,6 +259,10 @@ mod tests {
             }
         );
         assert_eq!(parse_list_query(None, 512).unwrap().limit, DEFAULT_LIMIT);
+        assert_eq!(
+            parse_list_query(Some("prefix=&after="), 512).unwrap().after,
+            None
+        );
         for bad in [
             "limit=0",
             "limit=1001",

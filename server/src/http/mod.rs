@@ -6,6 +6,8 @@
 //! - `plugins`: plugin listing, dry runs and reload;
 //! - `compat`: the ExDaas `/api` contract;
 //! - `nested_params`: Plug-style nested parameters for `compat`;
+//! - `routes`: the route table the router dispatches through;
+//! - `openapi`: the served OpenAPI document;
 //! - `backup`: the streaming backup endpoint;
 //! - `stall_guard`: the write timeout on connections.
 
@@ -14,8 +16,10 @@ mod compat;
 mod conditional;
 mod kv;
 mod nested_params;
+mod openapi;
 mod plugins;
 pub mod request;
+pub mod routes;
 mod stall_guard;
 
 use std::convert::Infallible;
@@ -40,8 +44,9 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::auth::{Access, Role};
-use crate::error::{json_response, ApiError};
+use crate::error::{json_response, raw_json_response, ApiError};
 use crate::metrics::Route;
+use routes::{Op, Resolved};
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -49,71 +54,91 @@ type HttpResponse = Response<Full<Bytes>>;
 /// the backup is a stream.
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Routes one request. Routing is a plain match on the path; each area
-/// checks its own methods so a 405 can name the allowed ones.
-async fn route_request(app: Arc<App>, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let path = req.uri().path().to_owned();
-    if let Some(rest) = path.strip_prefix("/v1/kv") {
-        if rest.is_empty() || rest.starts_with('/') {
-            return kv::route(&app, req, rest).await;
-        }
-    }
-    if path == "/api" || path == "/api/cmd" {
-        return compat::route(&app, req, &path).await;
-    }
-    if path.starts_with("/v1/plugins") || path == "/v1/admin/plugins/reload" {
-        return plugins::route(&app, req, &path).await;
-    }
-    match path.as_str() {
-        "/health" => match *req.method() {
-            Method::GET | Method::HEAD => {
-                let status = if app.storage.is_warming() {
-                    "warming"
-                } else {
-                    "ok"
-                };
-                Ok(json_response(StatusCode::OK, &json!({ "status": status })))
-            }
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        },
-        // Ready for traffic once the stores are open, which is before the
-        // listener exists, and while every shard takes writes; warming is
-        // reported but does not block traffic.
-        "/ready" => match *req.method() {
-            Method::GET | Method::HEAD => {
-                let warming = app.storage.is_warming();
-                let unavailable: Vec<_> = app
-                    .storage
-                    .unavailable_shards()
-                    .into_iter()
-                    .map(|(shard, reason)| json!({ "shard": shard, "reason": reason }))
-                    .collect();
-                let status = if unavailable.is_empty() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                Ok(json_response(
-                    status,
-                    &json!({ "ready": unavailable.is_empty(), "warming": warming, "unavailable_shards": unavailable }),
-                ))
-            }
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        },
-        "/metrics" => match *req.method() {
-            Method::GET | Method::HEAD => {
-                let text = app.metrics.render(&app.storage, &app.chain());
-                let mut r = Response::new(Full::new(Bytes::from(text)));
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                Ok(r)
-            }
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        },
-        _ => Err(ApiError::NotFound(format!("no route for {path}"))),
-    }
+/// Answers one resolved operation. `key` is the still percent-encoded
+/// `{key}` part of the path, for the operations that have one.
+async fn dispatch(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    op: Op,
+    key: &str,
+) -> Result<Response<Body>, ApiError> {
+    let parse_key = |raw: &str| request::parse_key(raw, app.settings.limits.max_key_bytes);
+    let response = match op {
+        Op::Backup => return Ok(backup::stream(app).await),
+        Op::BackupHead => return Ok(backup::head()),
+        Op::KvList => kv::list(app, &req).await?,
+        Op::KvCreate => kv::create(app, req).await?,
+        Op::KvGet => kv::get(app, &req, &parse_key(key)?).await?,
+        Op::KvPut => kv::put(app, req, &parse_key(key)?).await?,
+        Op::KvDelete => kv::delete(app, &req, &parse_key(key)?).await?,
+        Op::ApiRead => compat::read(app, &req).await?,
+        Op::ApiWrite => compat::create_or_update(app, req).await?,
+        Op::ApiCmd => compat::command(app, &req).await?,
+        Op::PluginList => plugins::list(app),
+        Op::PluginDryRun => plugins::dry_run(app, req, parse_key(key)?).await?,
+        Op::PluginReload => plugins::reload(app).await?,
+        Op::Health => health(app),
+        Op::Ready => ready(app),
+        Op::Metrics => metrics(app),
+        Op::OpenApi => raw_json_response(StatusCode::OK, openapi::document()?),
+    };
+    Ok(response.map(BodyExt::boxed))
+}
+
+fn health(app: &App) -> HttpResponse {
+    let status = if app.storage.is_warming() {
+        "warming"
+    } else {
+        "ok"
+    };
+    json_response(StatusCode::OK, &json!({ "status": status }))
+}
+
+/// Ready for traffic once the stores are open, which is before the
+/// listener exists, and while every shard takes writes; warming is
+/// reported but does not block traffic.
+fn ready(app: &App) -> HttpResponse {
+    let warming = app.storage.is_warming();
+    let unavailable: Vec<_> = app
+        .storage
+        .unavailable_shards()
+        .into_iter()
+        .map(|(shard, reason)| json!({ "shard": shard, "reason": reason }))
+        .collect();
+    let status = if unavailable.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        &json!({ "ready": unavailable.is_empty(), "warming": warming, "unavailable_shards": unavailable }),
+    )
+}
+
+fn metrics(app: &App) -> HttpResponse {
+    let text = app.metrics.render(&app.storage, &app.chain());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// HEAD answers like GET, with the length of the body it leaves out.
+fn strip_body_for_head(response: Response<Body>) -> Response<Body> {
+    let body_len = hyper::body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0);
+    let (mut parts, _) = response.into_parts();
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+    )
 }
 
 /// The role a request needs; `None` for the open health probes.
@@ -182,35 +207,34 @@ async fn handle(
     let started = Instant::now();
     let id = request_id(&req);
     let method = req.method().clone();
-    let route = Route::of(&method, req.uri().path());
+    let resolved = routes::resolve(&method, req.uri().path());
+    let route = Route::of(&resolved);
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
-    let mut response = match authorize(&app, &req, peer) {
-        Err(e) => e.into_response().map(BodyExt::boxed),
-        Ok(()) if req.uri().path() == "/v1/admin/backup" => match method {
-            Method::GET => backup::stream(&app).await,
-            // What GET would answer, without taking a backup.
-            Method::HEAD => backup::head(),
-            _ => ApiError::MethodNotAllowed { allow: "GET, HEAD" }
-                .into_response()
-                .map(BodyExt::boxed),
-        },
-        Ok(()) => {
-            let mut response = match route_request(app.clone(), req).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
-            };
-            if method == Method::HEAD {
-                // HEAD answers like GET, with the length of the body it leaves out.
-                let body_len = hyper::body::Body::size_hint(response.body())
-                    .exact()
-                    .unwrap_or(0);
-                response
-                    .headers_mut()
-                    .insert(CONTENT_LENGTH, HeaderValue::from(body_len));
-                *response.body_mut() = Full::new(Bytes::new());
-            }
-            response.map(BodyExt::boxed)
+    let answer = match (authorize(&app, &req, peer), resolved) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Resolved::NotFound) => Err(ApiError::NotFound(format!(
+            "no route for {}",
+            crate::ijson::quote(req.uri().path())
+        ))),
+        (Ok(()), Resolved::MethodNotAllowed(r)) => {
+            Err(ApiError::MethodNotAllowed { allow: r.allow() })
         }
+        (Ok(()), Resolved::Op(op, key)) => {
+            let key = key.to_owned();
+            match dispatch(&app, req, op, &key).await {
+                Ok(r) if method == Method::HEAD && op != Op::BackupHead => {
+                    Ok(strip_body_for_head(r))
+                }
+                other => other,
+            }
+        }
+    };
+    let mut response = match answer {
+        Ok(r) => r,
+        Err(e) if method == Method::HEAD => {
+            strip_body_for_head(e.into_response().map(BodyExt::boxed))
+        }
+        Err(e) => e.into_response().map(BodyExt::boxed),
     };
     let status = response.status().as_u16();
     app.metrics.record(route, status, started.elapsed());

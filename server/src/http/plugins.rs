@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::request;
@@ -14,36 +14,13 @@ use crate::plugin::ChainStop;
 
 type HttpResponse = Response<Full<Bytes>>;
 
-/// Routes `/v1/plugins...` and `/v1/admin/plugins/reload`.
-pub async fn route(
-    app: &App,
-    req: Request<Incoming>,
-    path: &str,
-) -> Result<HttpResponse, ApiError> {
-    if path == "/v1/plugins" {
-        return match *req.method() {
-            Method::GET | Method::HEAD => {
-                Ok(json_response(StatusCode::OK, &app.chain().describe()))
-            }
-            _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
-        };
-    }
-    if path == "/v1/admin/plugins/reload" {
-        return match *req.method() {
-            Method::POST => reload(app).await,
-            _ => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        };
-    }
-    if let Some(raw_key) = path.strip_prefix("/v1/plugins/dry-run/") {
-        return match *req.method() {
-            Method::POST => dry_run(app, req, raw_key).await,
-            _ => Err(ApiError::MethodNotAllowed { allow: "POST" }),
-        };
-    }
-    Err(ApiError::NotFound(format!("no route for {path}")))
+/// `GET /v1/plugins`: the chain, in order.
+pub fn list(app: &App) -> HttpResponse {
+    json_response(StatusCode::OK, &app.chain().describe())
 }
 
-async fn reload(app: &App) -> Result<HttpResponse, ApiError> {
+/// `POST /v1/admin/plugins/reload`.
+pub async fn reload(app: &App) -> Result<HttpResponse, ApiError> {
     match app.reload_plugins().await {
         Ok(count) => Ok(json_response(
             StatusCode::OK,
@@ -56,12 +33,12 @@ async fn reload(app: &App) -> Result<HttpResponse, ApiError> {
     }
 }
 
-async fn dry_run(
+/// `POST /v1/plugins/dry-run/{key}`.
+pub async fn dry_run(
     app: &App,
     req: Request<Incoming>,
-    raw_key: &str,
+    key: String,
 ) -> Result<HttpResponse, ApiError> {
-    let key = request::parse_key(raw_key, app.settings.limits.max_key_bytes)?;
     request::require_json(req.headers())?;
     let (parts, body) = req.into_parts();
     let json = request::read_body(&parts.headers, body, &app.settings.server).await?;

@@ -1,0 +1,251 @@
+//! The route table: every path the server answers and what each method does
+//! there. The router dispatches through it, `405` answers take their
+//! `Allow` from it, the `route` metric label comes from it, and tests hold
+//! it equal to `docs/openapi.yaml` (here) and to the live server (in
+//! `tests/tests/openapi.rs`), so the three cannot drift apart.
+
+use hyper::Method;
+
+/// One operation: what a method on a path does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `GET /v1/kv`: a page of keys.
+    KvList,
+    /// `POST /v1/kv`: a value under a new key.
+    KvCreate,
+    /// `GET /v1/kv/{key}`.
+    KvGet,
+    /// `PUT /v1/kv/{key}`.
+    KvPut,
+    /// `DELETE /v1/kv/{key}`.
+    KvDelete,
+    /// `GET /api`: an ExDaas record.
+    ApiRead,
+    /// `POST /api`: an ExDaas create or update.
+    ApiWrite,
+    /// `GET /api/cmd`: an ExDaas command.
+    ApiCmd,
+    /// `GET /v1/plugins`.
+    PluginList,
+    /// `POST /v1/plugins/dry-run/{key}`.
+    PluginDryRun,
+    /// `POST /v1/admin/plugins/reload`.
+    PluginReload,
+    /// `GET /v1/admin/backup`: the streamed backup.
+    Backup,
+    /// `HEAD /v1/admin/backup`: its headers without taking one.
+    BackupHead,
+    /// `GET /health`.
+    Health,
+    /// `GET /ready`.
+    Ready,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /v1/openapi.json`.
+    OpenApi,
+}
+
+/// A path and its operations. A template ending in `{key}` matches any
+/// non-empty rest of the path (keys may contain `/`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The path as the OpenAPI document writes it.
+    pub template: &'static str,
+    /// Each allowed method and its operation. `HEAD` answers as `GET`
+    /// without the body unless it has an operation of its own.
+    pub ops: &'static [(Method, Op)],
+}
+
+/// The trailing parameter of templated paths.
+const KEY_PARAM: &str = "{key}";
+
+const fn get(op: Op) -> [(Method, Op); 2] {
+    [(Method::GET, op), (Method::HEAD, op)]
+}
+
+/// Every route, in the order the README's table lists them.
+pub static ROUTES: &[Route] = &[
+    Route {
+        template: "/v1/kv",
+        ops: &[
+            (Method::GET, Op::KvList),
+            (Method::HEAD, Op::KvList),
+            (Method::POST, Op::KvCreate),
+        ],
+    },
+    Route {
+        template: "/v1/kv/{key}",
+        ops: &[
+            (Method::GET, Op::KvGet),
+            (Method::HEAD, Op::KvGet),
+            (Method::PUT, Op::KvPut),
+            (Method::DELETE, Op::KvDelete),
+        ],
+    },
+    Route {
+        template: "/api",
+        ops: &[
+            (Method::GET, Op::ApiRead),
+            (Method::HEAD, Op::ApiRead),
+            (Method::POST, Op::ApiWrite),
+        ],
+    },
+    Route {
+        template: "/api/cmd",
+        ops: &get(Op::ApiCmd),
+    },
+    Route {
+        template: "/v1/plugins",
+        ops: &get(Op::PluginList),
+    },
+    Route {
+        template: "/v1/plugins/dry-run/{key}",
+        ops: &[(Method::POST, Op::PluginDryRun)],
+    },
+    Route {
+        template: "/v1/admin/plugins/reload",
+        ops: &[(Method::POST, Op::PluginReload)],
+    },
+    Route {
+        template: "/v1/admin/backup",
+        ops: &[(Method::GET, Op::Backup), (Method::HEAD, Op::BackupHead)],
+    },
+    Route {
+        template: "/health",
+        ops: &get(Op::Health),
+    },
+    Route {
+        template: "/ready",
+        ops: &get(Op::Ready),
+    },
+    Route {
+        template: "/metrics",
+        ops: &get(Op::Metrics),
+    },
+    Route {
+        template: "/v1/openapi.json",
+        ops: &get(Op::OpenApi),
+    },
+];
+
+/// How a request's path and method resolve.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resolved<'p> {
+    /// An operation, with the path's `{key}` part (still percent-encoded),
+    /// or `""` for paths without one.
+    Op(Op, &'p str),
+    /// The path exists but not with this method.
+    MethodNotAllowed(&'static Route),
+    /// No such path.
+    NotFound,
+}
+
+impl Route {
+    /// The path's `{key}` part if this route matches `path`.
+    fn matches<'p>(&self, path: &'p str) -> Option<&'p str> {
+        match self.template.strip_suffix(KEY_PARAM) {
+            Some(prefix) => path.strip_prefix(prefix).filter(|rest| !rest.is_empty()),
+            None => (path == self.template).then_some(""),
+        }
+    }
+
+    /// The `Allow` header value: the route's methods, in table order.
+    pub fn allow(&self) -> String {
+        let names: Vec<&str> = self.ops.iter().map(|(m, _)| m.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+/// Finds what `method` on `path` does. `/v1/kv/` (trailing slash) is the
+/// collection, as clients of the first version used it.
+pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
+    let path = if path == "/v1/kv/" { "/v1/kv" } else { path };
+    for route in ROUTES {
+        if let Some(param) = route.matches(path) {
+            return match route.ops.iter().find(|(m, _)| m == method) {
+                Some((_, op)) => Resolved::Op(*op, param),
+                None => Resolved::MethodNotAllowed(route),
+            };
+        }
+    }
+    Resolved::NotFound
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn spec() -> serde_json::Value {
+        super::super::openapi::document_value().unwrap()
+    }
+
+    #[test]
+    fn resolves_paths_methods_and_keys() {
+        assert_eq!(
+            resolve(&Method::PUT, "/v1/kv/a/b"),
+            Resolved::Op(Op::KvPut, "a/b")
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/v1/kv/"),
+            Resolved::Op(Op::KvCreate, "")
+        );
+        assert_eq!(resolve(&Method::GET, "/v1/kvx"), Resolved::NotFound);
+        assert_eq!(
+            resolve(&Method::GET, "/v1/plugins/dry-run/"),
+            Resolved::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::HEAD, "/v1/admin/backup"),
+            Resolved::Op(Op::BackupHead, "")
+        );
+        let Resolved::MethodNotAllowed(route) = resolve(&Method::PATCH, "/v1/kv/x") else {
+            panic!("PATCH on a key must be 405");
+        };
+        assert_eq!(route.allow(), "GET, HEAD, PUT, DELETE");
+        // A plugin named "reload" could never shadow the reload route.
+        assert_eq!(
+            resolve(&Method::POST, "/v1/admin/plugins/reload"),
+            Resolved::Op(Op::PluginReload, "")
+        );
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document_and_back() {
+        let spec = spec();
+        let paths = spec["paths"].as_object().unwrap();
+        let ours: BTreeSet<&str> = ROUTES.iter().map(|r| r.template).collect();
+        let theirs: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
+        assert_eq!(ours, theirs, "router paths vs docs/openapi.yaml paths");
+        for route in ROUTES {
+            let ours: BTreeSet<String> = route
+                .ops
+                .iter()
+                .map(|(m, _)| m.as_str().to_lowercase())
+                .collect();
+            let theirs: BTreeSet<String> = paths[route.template]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+                .cloned()
+                .collect();
+            assert_eq!(ours, theirs, "methods of {}", route.template);
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_route() {
+        let readme = include_str!("../../../README.md");
+        for route in ROUTES {
+            assert!(
+                readme.contains(route.template),
+                "README.md does not mention {}",
+                route.template
+            );
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The served OpenAPI document against the live server, both ways: every
+//! operation in the document is answered (not 404 "no route", not 405),
+//! every other method on its paths gets 405 naming exactly the document's
+//! methods; then schemathesis generates requests from the document and
+//! checks the answers conform to it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::{seed, temp_data_dir, Options, Server};
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// A concrete path for a template (`{key}` filled in).
+fn concrete(template: &str) -> String {
+    template.replace("{key}", "route-probe")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_served_document_and_the_router_agree_both_ways() {
+    let (_tmp, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let client = server.client();
+    let resp = client.get("/v1/openapi.json").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let doc = resp.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12, "{paths:?}");
+    for (template, item) in paths {
+        let documented: BTreeSet<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+            .map(|m| m.to_uppercase())
+            .collect();
+        let path = concrete(template);
+        for method in METHODS {
+            let (headers, body): (&[(&str, &str)], &[u8]) = match method {
+                "POST" | "PUT" => (&[("content-type", "application/json")], b"{}"),
+                _ => (&[], b""),
+            };
+            let resp = client.send(method, &path, headers, body).await.unwrap();
+            if documented.contains(method) {
+                assert_ne!(resp.status, 405, "{method} {path} is documented");
+                let unrouted = resp.status == 404
+                    && method != "HEAD"
+                    && resp.json()["error"]["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("no route");
+                assert!(!unrouted, "{method} {path} is documented but not routed");
+            } else {
+                assert_eq!(resp.status, 405, "{method} {path} is not documented");
+                let allowed: BTreeSet<String> = resp
+                    .header("allow")
+                    .unwrap()
+                    .split(", ")
+                    .map(str::to_owned)
+                    .collect();
+                assert_eq!(allowed, documented, "Allow of {path}");
+            }
+        }
+    }
+    // And a path outside the document is not served at all.
+    let resp = client.get("/v1/undocumented").await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.error_code(), "not_found");
+}
+
+/// Runs schemathesis against a fresh server. Its checks: no 5xx where the
+/// document promises none, status codes, content types, headers and bodies
+/// as documented, valid requests accepted and invalid ones refused.
+#[test]
+fn schemathesis_finds_no_departure_from_the_document() {
+    let tool = std::env::var("EXDAAS_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let (tmp, data) = temp_data_dir();
+    // Keys are limited in bytes, which a JSON schema cannot state (it counts
+    // characters); a roomy limit keeps generated keys inside it.
+    let server = Server::start_with(
+        &data,
+        Options::default().env("EXDAAS_LIMITS__MAX_KEY_BYTES", "8192"),
+    );
+    let spec = server.url("/v1/openapi.json");
+    let base = server.url("");
+    let report = tmp.path().join("schemathesis");
+    let config = common::repo_root().join("tests/schemathesis.toml");
+    let out = Command::new(&tool)
+        .current_dir(tmp.path())
+        .arg("--config-file")
+        .arg(&config)
+        .args(["run", &spec, "--url", &base])
+        // A backup streams the whole store; it is checked by its own tests.
+        .args(["--exclude-path", "/v1/admin/backup"])
+        .args(["--max-examples", "25", "--max-time", "60", "--workers", "2"])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--seed", &(seed() % 1_000_000).to_string()])
+        .args(["--request-timeout", "10"])
+        .args(["--generation-database", "none"])
+        .arg("--report-dir")
+        .arg(&report)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {tool} ({e}); scripts/test.sh installs it (pip install schemathesis)"
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{stdout}\n{stderr}"
+    );
+    drop(server);
+}
