@@ -27,4 +27,10 @@ CLANG=${CLANG:-clang}
 command -v "$CLANG" >/dev/null || { echo "clang not found: apt-get install clang lld" >&2; exit 1; }
 "$CLANG" --target=wasm32-unknown-unknown -O2 -nostdlib -Wl,--no-entry -Wl,--strip-all \
   -I ../guest-sdk/include -o dist/max_size.wasm max-size/max_size.c
+# Each example's test vectors go beside its module, where the server and
+# `exdaas plugin test` look for them (MODULE.vectors.json).
+for dir in */; do
+  dir=${dir%/}
+  if [ -f "$dir/vectors.json" ]; then cp "$dir/vectors.json" "dist/${dir//-/_}.vectors.json"; fi
+done
 ls -l dist

@@ -65,7 +65,7 @@ pub struct App {
 }
 
 /// Milliseconds since the Unix epoch, the clock plugins are given.
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

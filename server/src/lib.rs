@@ -17,7 +17,8 @@
 //! - [`server`]: start-up and shutdown sequence used by the binary;
 //! - [`backup`]: the backup format, validation and restore;
 //! - [`admin_client`]: the HTTP client behind `exdaas backup`, `health` and `kv`;
-//! - [`kv_cli`]: the `exdaas kv` commands.
+//! - [`kv_cli`]: the `exdaas kv` commands;
+//! - [`plugin_cli`]: the `exdaas plugin` commands (vectors, one-off calls).
 
 pub mod admin_client;
 pub mod app;
@@ -31,6 +32,7 @@ pub mod kv_cli;
 pub mod logsafe;
 pub mod metrics;
 pub mod plugin;
+pub mod plugin_cli;
 pub mod server;
 pub mod storage;
 #[cfg(test)]

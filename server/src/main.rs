@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use exdaas_server::config::{self, LoadedSettings};
-use exdaas_server::{admin_client, backup, kv_cli};
+use exdaas_server::{admin_client, backup, kv_cli, plugin_cli};
 
 /// A durable, sharded JSON key-value server with WebAssembly write plugins.
 #[derive(Parser)]
@@ -72,6 +72,13 @@ enum Command {
         token: Option<String>,
         #[command(subcommand)]
         command: exdaas_server::kv_cli::KvCommand,
+    },
+    /// Try a plugin module without a server: run its test vectors, or call
+    /// it once (exit codes: 0 passed / ran, 1 a vector or the call failed,
+    /// 2 the module, vectors or arguments are unusable).
+    Plugin {
+        #[command(subcommand)]
+        command: plugin_cli::PluginCommand,
     },
     /// Exit 0 when the server answers /health (for container health checks).
     Health {
@@ -225,6 +232,20 @@ fn kv_cmd(
     }
 }
 
+/// `exdaas plugin ...`: prints the report; the exit code says how it went.
+fn plugin_cmd(loaded: &LoadedSettings, command: plugin_cli::PluginCommand) -> ExitCode {
+    match plugin_cli::run(command, loaded.settings.limits.value_limits()) {
+        Ok(outcome) => {
+            println!("{}", outcome.stdout);
+            ExitCode::from(outcome.code)
+        }
+        Err(e) => {
+            eprintln!("exdaas plugin: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -241,6 +262,7 @@ fn main() -> ExitCode {
             token,
             command,
         } => return kv_cmd(&loaded, server, token, command),
+        Command::Plugin { command } => return plugin_cmd(&loaded, command),
         Command::CheckConfig => check_config(&loaded),
         Command::Backup {
             out,

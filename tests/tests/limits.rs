@@ -157,3 +157,58 @@ async fn idle_keep_alive_connections_are_closed() {
         idle.elapsed()
     );
 }
+
+/// The cache's byte bound bounds memory: cached values must not keep the
+/// connection read buffers they arrived in alive (each one kilobytes, for a
+/// value of a hundred bytes), or a cache of N bytes pins many times N.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_values_do_not_pin_request_buffers() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(
+        &data,
+        Options::default().env("EXDAAS_CACHE__CAPACITY_BYTES", "67108864"),
+    );
+    let client = server.client();
+    let value = r#"{"name":"benchmark user","email":"user@example.com","age":42,"tags":["a","b"],"active":true,"x":1}"#;
+    // Warm up allocators and threads before the baseline.
+    for i in 0..500 {
+        assert_eq!(
+            client
+                .put_json(&format!("/v1/kv/warm{i}"), value)
+                .await
+                .status,
+            201
+        );
+    }
+    let before = rss_kib(server.pid());
+    const WRITERS: usize = 8;
+    const EACH: usize = 1500;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let client = server.client();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            for i in 0..EACH {
+                let path = format!("/v1/kv/w{w}/{i}");
+                let headers = [("content-type", "application/json")];
+                let r = conn
+                    .send("PUT", &path, &headers, value.as_bytes())
+                    .await
+                    .unwrap();
+                assert_eq!(r.status, 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let grown_kib = rss_kib(server.pid()).saturating_sub(before);
+    // 12,000 values of ~100 bytes: a few MiB with keys, cache and memtable
+    // entries; pinned read buffers made it tens of MiB.
+    let per_write = grown_kib * 1024 / (WRITERS * EACH) as u64;
+    assert!(
+        per_write < 1500,
+        "resident memory grew {grown_kib} KiB for {} cached writes ({per_write} bytes each)",
+        WRITERS * EACH
+    );
+}

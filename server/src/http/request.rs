@@ -114,7 +114,11 @@ pub async fn read_body(
         )));
     };
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+        // A body that arrived in one chunk is a slice of the connection's
+        // read buffer, and a value kept in the cache or the memtable would
+        // keep that whole buffer alive: a 64 MiB cache of 100-byte values
+        // measured 820 MiB resident. An exact copy lets the buffer go.
+        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(
             "invalid_body",

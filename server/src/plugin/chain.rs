@@ -15,6 +15,7 @@ use crate::ijson::ValueLimits;
 use super::failure::{FailureKind, PluginFailure, PluginLoadError};
 use super::instance::{timed, CallInput, CallVerdict, LoadedPlugin};
 use super::spec::{OnFailure, PluginSpec};
+use super::vectors;
 use super::EPOCH_TICK;
 
 /// All plugins of one configuration. Replaced as a whole on reload, so a
@@ -117,6 +118,34 @@ fn start_epoch_ticker(engine: &Engine) -> Result<(), PluginLoadError> {
         .map_err(|e| PluginLoadError::Engine(format!("cannot start the epoch ticker: {e}")))
 }
 
+/// Runs the plugin's test vectors, if it has any: the file its table
+/// names (which must exist), else `MODULE.vectors.json` beside the module.
+/// Returns how many passed; any failure refuses the plugin.
+fn check_vectors(plugin: &LoadedPlugin, limits: ValueLimits) -> Result<usize, PluginLoadError> {
+    let spec = &plugin.spec;
+    let path = match &spec.vectors {
+        Some(path) => path.clone(),
+        None => {
+            let beside = vectors::beside(&spec.path);
+            if !beside.exists() {
+                return Ok(0);
+            }
+            beside
+        }
+    };
+    let refuse = |problem: String| PluginLoadError::Vectors {
+        plugin: spec.name.clone(),
+        path: path.clone(),
+        problem,
+    };
+    let loaded = vectors::load(&path, limits).map_err(|e| refuse(e.to_string()))?;
+    let results = vectors::run(plugin, &loaded);
+    match vectors::failure_report(&results) {
+        Some(report) => Err(refuse(report)),
+        None => Ok(results.len()),
+    }
+}
+
 impl PluginChain {
     /// A chain without plugins.
     pub fn empty() -> Self {
@@ -125,8 +154,26 @@ impl PluginChain {
         }
     }
 
-    /// Loads every plugin of `specs`; fails on the first that cannot load.
+    /// Loads every plugin of `specs`; fails on the first that cannot load
+    /// or whose test vectors fail.
     pub fn load(specs: &[PluginSpec], limits: ValueLimits) -> Result<Self, PluginLoadError> {
+        Self::load_checked(specs, limits, true)
+    }
+
+    /// Loads like [`PluginChain::load`] without running test vectors, for
+    /// `exdaas plugin test`, which runs them itself and reports each.
+    pub fn load_without_vectors(
+        specs: &[PluginSpec],
+        limits: ValueLimits,
+    ) -> Result<Self, PluginLoadError> {
+        Self::load_checked(specs, limits, false)
+    }
+
+    fn load_checked(
+        specs: &[PluginSpec],
+        limits: ValueLimits,
+        with_vectors: bool,
+    ) -> Result<Self, PluginLoadError> {
         if specs.is_empty() {
             return Ok(Self::empty());
         }
@@ -151,8 +198,14 @@ impl PluginChain {
         start_epoch_ticker(&engine)?;
         let plugins = specs
             .iter()
-            .map(|spec| LoadedPlugin::load(spec, &engine, metered, limits))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|spec| {
+                let mut plugin = LoadedPlugin::load(spec, &engine, metered, limits)?;
+                if with_vectors {
+                    plugin.vectors_passed = check_vectors(&plugin, limits)?;
+                }
+                Ok(plugin)
+            })
+            .collect::<Result<Vec<_>, PluginLoadError>>()?;
         Ok(Self { plugins })
     }
 
@@ -311,6 +364,7 @@ impl PluginChain {
                     "fuel": p.spec.fuel,
                     "on_failure": p.spec.on_failure,
                     "run_on_delete": p.spec.run_on_delete,
+                    "vectors_passed": p.vectors_passed,
                     "stats": p.stats.to_json(),
                 })
             })

@@ -132,4 +132,14 @@ pub enum PluginLoadError {
     /// The engine could not be configured.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+    /// The plugin's test vectors cannot be read, or some fail.
+    #[error("plugin {plugin:?}: test vectors {}: {problem}", path.display())]
+    Vectors {
+        /// Plugin name.
+        plugin: String,
+        /// The vectors file.
+        path: PathBuf,
+        /// What is wrong: each failing vector and what came back instead.
+        problem: String,
+    },
 }

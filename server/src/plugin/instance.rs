@@ -149,6 +149,8 @@ pub struct LoadedPlugin {
     value_limits: ValueLimits,
     /// Counters for `GET /v1/plugins`.
     pub stats: PluginStats,
+    /// How many test vectors the plugin passed when it was loaded.
+    pub vectors_passed: usize,
 }
 
 fn load_err(spec: &PluginSpec, problem: impl Into<String>) -> PluginLoadError {
@@ -269,6 +271,7 @@ impl LoadedPlugin {
             max_output: limits.max_bytes + 64 * 1024,
             value_limits: limits,
             stats: PluginStats::default(),
+            vectors_passed: 0,
         };
         let mut ready = plugin
             .instantiate()
@@ -358,12 +361,23 @@ impl LoadedPlugin {
 
     /// Runs the plugin once. A failed call's instance is discarded.
     pub fn call(&self, input: &CallInput<'_>) -> Result<CallVerdict, PluginFailure> {
+        self.call_with_config(input, None)
+    }
+
+    /// Runs the plugin once with `config` (JSON) instead of its configured
+    /// settings when given: test vectors carry their own.
+    pub fn call_with_config(
+        &self,
+        input: &CallInput<'_>,
+        config: Option<&[u8]>,
+    ) -> Result<CallVerdict, PluginFailure> {
+        let config = config.unwrap_or(&self.config_json);
         let pooled = self.pool.lock().ok().and_then(|mut p| p.pop());
         let mut ready = match pooled {
             Some(r) => r,
             None => self.instantiate()?,
         };
-        let verdict = self.call_on(&mut ready, input)?;
+        let verdict = self.call_on(&mut ready, input, config)?;
         self.release(ready);
         Ok(verdict)
     }
@@ -372,6 +386,7 @@ impl LoadedPlugin {
         &self,
         ready: &mut Ready,
         input: &CallInput<'_>,
+        config: &[u8],
     ) -> Result<CallVerdict, PluginFailure> {
         {
             let state = ready.store.data_mut();
@@ -388,8 +403,7 @@ impl LoadedPlugin {
                 .map_err(|e| PluginFailure::new(FailureKind::Instantiation, e.to_string()))?;
         }
         let len_of = |v: Option<&[u8]>| v.map_or(0, <[u8]>::len);
-        let total =
-            input.key.len() + len_of(input.value) + len_of(input.old) + self.config_json.len();
+        let total = input.key.len() + len_of(input.value) + len_of(input.old) + config.len();
         let too_big = || {
             PluginFailure::new(
                 FailureKind::OutputTooLarge,
@@ -436,7 +450,7 @@ impl LoadedPlugin {
                 Some(input.key.as_bytes()),
                 input.value,
                 input.old,
-                Some(&self.config_json[..]),
+                Some(config),
             ]
             .into_iter()
             .flatten()
@@ -460,7 +474,7 @@ impl LoadedPlugin {
                     i32::try_from(input.key.len()).map_err(|_| too_big())?,
                     as_len(input.value)?,
                     as_len(input.old)?,
-                    i32::try_from(self.config_json.len()).map_err(|_| too_big())?,
+                    i32::try_from(config.len()).map_err(|_| too_big())?,
                     input.now_ms,
                 ),
             )

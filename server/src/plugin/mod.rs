@@ -7,7 +7,8 @@
 //! - `chain`: all plugins of a configuration, run in order for a key;
 //! - `failure`: failure kinds and load errors;
 //! - `stats`: per-plugin counters and call-time histogram;
-//! - `pool`: the threads the write pipeline runs plugins on.
+//! - `pool`: the threads the write pipeline runs plugins on;
+//! - `vectors`: test vectors a plugin must pass before it is loaded.
 
 mod abi;
 mod chain;
@@ -16,11 +17,13 @@ mod instance;
 mod pool;
 mod spec;
 mod stats;
+pub mod vectors;
 
 use std::time::Duration;
 
 pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
 pub use failure::{FailureKind, PluginFailure, PluginLoadError};
+pub use instance::{CallInput, CallVerdict, LoadedPlugin};
 pub use pool::WorkerPool;
 pub use spec::{OnFailure, PluginSpec};
 

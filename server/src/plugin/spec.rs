@@ -51,6 +51,11 @@ pub struct PluginSpec {
     /// written for puts do not block deletes.
     #[serde(default)]
     pub run_on_delete: bool,
+    /// Test vectors the plugin must pass to be loaded (see
+    /// `plugin::vectors`). Default: `MODULE.vectors.json` beside the
+    /// module when that file exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<PathBuf>,
 }
 
 fn empty_object() -> serde_json::Value {
