@@ -3,6 +3,7 @@
 # Rust plugins: rustup's toolchain when it has the wasm32 target, otherwise
 # Debian's (apt-get install rustc cargo libstd-rust-dev-wasm32).
 # C plugins: clang with wasm-ld (apt-get install clang lld).
+# AssemblyScript plugins: Node.js and npm (the compiler comes from npm).
 set -euo pipefail
 cd "$(dirname "$0")/../examples"
 mkdir -p dist
@@ -27,6 +28,12 @@ CLANG=${CLANG:-clang}
 command -v "$CLANG" >/dev/null || { echo "clang not found: apt-get install clang lld" >&2; exit 1; }
 "$CLANG" --target=wasm32-unknown-unknown -O2 -nostdlib -Wl,--no-entry -Wl,--strip-all \
   -I ../guest-sdk/include -o dist/max_size.wasm max-size/max_size.c
+# AssemblyScript plugins: the compiler is an npm package (Node.js is the
+# only toolchain); the SDK is linked from guest-sdk/assemblyscript.
+command -v npm >/dev/null || { echo "npm not found: install Node.js (18 or newer) and npm" >&2; exit 1; }
+echo "building AssemblyScript plugins with Node $(node --version)"
+(cd enum-field && npm ci --silent --no-audit --no-fund && npm run --silent build)
+
 # Each example's test vectors go beside its module, where the server and
 # `exdaas plugin test` look for them (MODULE.vectors.json).
 for dir in */; do

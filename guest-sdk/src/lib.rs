@@ -37,6 +37,14 @@ use json::{ParseError, Value};
 /// ```
 pub const ABI_VERSION: i32 = 1;
 
+/// `op` of a put.
+pub const OP_PUT: i32 = 0;
+/// `op` of a delete (only for plugins configured with `run_on_delete`).
+pub const OP_DELETE: i32 = 1;
+/// Length the host passes for an absent value (a delete's new value, a new
+/// key's stored value).
+pub const ABSENT: i32 = -1;
+
 /// What kind of write is being made.
 ///
 /// ```
@@ -383,8 +391,11 @@ pub mod __private {
     }
 
     fn split<'a>(input: &'a [u8], at: &mut usize, len: i32) -> Result<Option<&'a str>, ()> {
-        if len < 0 {
+        if len == super::ABSENT {
             return Ok(None);
+        }
+        if len < 0 {
+            return Err(());
         }
         let end = *at + len as usize;
         let bytes = input.get(*at..end).ok_or(())?;
@@ -417,7 +428,11 @@ pub mod __private {
             match parts {
                 Ok((key, value, old, config)) => {
                     let write = Write {
-                        op: if op == 1 { Op::Delete } else { Op::Put },
+                        op: if op == super::OP_DELETE {
+                            Op::Delete
+                        } else {
+                            Op::Put
+                        },
                         key,
                         value,
                         old,

@@ -49,6 +49,58 @@ async fn require_fields_validates_on_its_prefix_only() {
     assert_eq!(c.post_json("/v1/kv", "{}").await.status, 201);
 }
 
+/// The AssemblyScript example, end to end: verdicts as documented, and
+/// thousands of calls on reused instances without a failure (its garbage
+/// collector and the SDK's input buffer keep memory bounded).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assemblyscript_plugin_judges_writes() {
+    let config = plugin_toml(
+        "post-status",
+        &example_plugin("enum_field"),
+        "prefixes = [\"posts/\"]\nconfig = { field = \"status\", allowed = [\"draft\", \"published\"] }",
+    );
+    let (_root, server) = server_with(&config);
+    let c = server.client();
+    assert_eq!(
+        c.put_json("/v1/kv/posts/1", r#"{"status":"draft"}"#)
+            .await
+            .status,
+        201
+    );
+    let r = c.put_json("/v1/kv/posts/1", r#"{"status":"gone"}"#).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["error"]["reason"], "not_allowed");
+    assert_eq!(r.json()["error"]["path"], "$.status");
+    let mut conn = c.connect().await.unwrap();
+    for i in 0..3000 {
+        let status = if i % 2 == 0 { "draft" } else { "published" };
+        let body = format!(
+            r#"{{"status":"{status}","n":{i},"pad":"{}"}}"#,
+            "x".repeat(i % 500)
+        );
+        let headers = [("content-type", "application/json")];
+        let r = conn
+            .send(
+                "PUT",
+                &format!("/v1/kv/posts/{}", i % 50),
+                &headers,
+                body.as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert!(r.status == 200 || r.status == 201, "{i}: {:?}", r.body);
+    }
+    let stats = c.get("/v1/plugins").await.json()["plugins"][0]["stats"].clone();
+    assert_eq!(
+        stats["failures"]
+            .as_object()
+            .map(|f| f.values().filter_map(|v| v.as_u64()).sum::<u64>()),
+        Some(0),
+        "{stats}"
+    );
+    assert_eq!(stats["calls"], 3002, "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn immutable_fields_uses_the_stored_value() {
     let config = plugin_toml(
