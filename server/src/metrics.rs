@@ -1,15 +1,30 @@
-//! Request metrics and the Prometheus text rendering of everything
-//! `/metrics` reports: requests by route and status, latency histograms,
-//! shard queues and group commits, caches, plugins, uptime and build info.
-//! Counters are fixed arrays of atomics: no lock on the request path.
+//! Everything `/metrics` reports (requests by route and status, latency
+//! histograms, shard queues and group commits, caches, plugins, uptime and
+//! build info), encoded by the `prometheus-client` crate in the OpenMetrics
+//! text format. The names registered here are the one list of metric names.
+//! Request counters and histograms are handles created once per label set,
+//! so the request path touches no lock and no map (`bench/src/metrics_cost.rs`
+//! measured them at the cost of plain atomics).
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::http::routes::{Op, Resolved};
 use crate::plugin::{FailureKind, PluginChain};
 use crate::storage::Storage;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Which endpoint a request hit; the `route` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,12 +118,17 @@ impl Route {
     }
 }
 
-/// Status codes counted individually; others fall into the last slot.
+/// Status codes counted individually; others are `status="other"`.
 const STATUSES: [u16; 16] = [
     200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 422, 500, 503,
 ];
+/// Their label values, so a label costs no formatting.
+const STATUS_LABELS: [&str; 16] = [
+    "200", "201", "204", "304", "400", "401", "403", "404", "405", "409", "412", "413", "415",
+    "422", "500", "503",
+];
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
-/// Upper bounds of the latency histogram, seconds.
+/// Upper bounds of the request latency histogram, seconds.
 const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
@@ -120,14 +140,53 @@ fn status_slot(status: u16) -> usize {
         .unwrap_or(STATUS_SLOTS - 1)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginOutcomeLabels {
+    plugin: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginKindLabels {
+    plugin: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
 /// Request counters and latency histograms per route.
 pub struct RequestMetrics {
     started: Instant,
-    /// [route][status slot]
-    requests: Vec<AtomicU64>,
-    /// [route][bucket], plus +Inf as the last bucket.
-    latency: Vec<AtomicU64>,
-    latency_sum_micros: Vec<AtomicU64>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// [route][status slot]: created on first use, so only label sets that
+    /// occurred are exported.
+    request_handles: Vec<OnceLock<Counter>>,
+    /// [route]
+    latency_handles: Vec<OnceLock<Histogram>>,
 }
 
 impl Default for RequestMetrics {
@@ -135,13 +194,12 @@ impl Default for RequestMetrics {
         let routes = Route::ALL.len();
         Self {
             started: Instant::now(),
-            requests: (0..routes * STATUS_SLOTS)
-                .map(|_| AtomicU64::new(0))
+            requests: Family::default(),
+            latency: Family::new_with_constructor(request_histogram as fn() -> Histogram),
+            request_handles: (0..routes * STATUS_SLOTS)
+                .map(|_| OnceLock::new())
                 .collect(),
-            latency: (0..routes * (BUCKETS.len() + 1))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            latency_sum_micros: (0..routes).map(|_| AtomicU64::new(0)).collect(),
+            latency_handles: (0..routes).map(|_| OnceLock::new()).collect(),
         }
     }
 }
@@ -150,225 +208,259 @@ impl RequestMetrics {
     /// Records one answered request.
     pub fn record(&self, route: Route, status: u16, took: Duration) {
         let r = route.index();
-        self.requests[r * STATUS_SLOTS + status_slot(status)].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        let bucket = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.latency[r * (BUCKETS.len() + 1) + bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros[r].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let slot = status_slot(status);
+        self.request_handles[r * STATUS_SLOTS + slot]
+            .get_or_init(|| {
+                let status = STATUS_LABELS.get(slot).copied().unwrap_or("other");
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        route: route.name(),
+                        status,
+                    })
+                    .clone()
+            })
+            .inc();
+        self.latency_handles[r]
+            .get_or_init(|| {
+                self.latency
+                    .get_or_create(&RouteLabels {
+                        route: route.name(),
+                    })
+                    .clone()
+            })
+            .observe(took.as_secs_f64());
     }
 
-    /// Renders every metric in the Prometheus text exposition format.
+    /// Encodes every metric (OpenMetrics text, see [`CONTENT_TYPE`]).
     pub fn render(&self, storage: &Storage, chain: &PluginChain) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        let o = &mut out;
-        let _ = writeln!(
-            o,
-            "# HELP exdaas_build_info Build information.\n# TYPE exdaas_build_info gauge"
+        let mut registry = Registry::default();
+        registry.register(
+            "exdaas_build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let _ = writeln!(
-            o,
-            "exdaas_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+        let uptime = Gauge::<f64, AtomicU64>::default();
+        uptime.set(self.started.elapsed().as_secs_f64());
+        registry.register("exdaas_uptime_seconds", "Seconds since start", uptime);
+        registry.register(
+            "exdaas_requests",
+            "Requests answered, by route and status",
+            self.requests.clone(),
         );
-        let _ = writeln!(
-            o,
-            "# HELP exdaas_uptime_seconds Seconds since start.\n# TYPE exdaas_uptime_seconds gauge"
+        registry.register(
+            "exdaas_request_duration_seconds",
+            "Request latency by route",
+            self.latency.clone(),
         );
-        let _ = writeln!(
-            o,
-            "exdaas_uptime_seconds {:.3}",
-            self.started.elapsed().as_secs_f64()
-        );
-
-        let _ = writeln!(o, "# HELP exdaas_requests_total Requests answered, by route and status.\n# TYPE exdaas_requests_total counter");
-        for route in Route::ALL {
-            let row = &self.requests[route.index() * STATUS_SLOTS..][..STATUS_SLOTS];
-            for (slot, counter) in row.iter().enumerate() {
-                let n = counter.load(Ordering::Relaxed);
-                if n > 0 {
-                    let status = STATUSES
-                        .get(slot)
-                        .map_or("other".to_owned(), u16::to_string);
-                    let _ = writeln!(
-                        o,
-                        "exdaas_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                        route.name()
-                    );
-                }
-            }
+        register_storage(&mut registry, storage);
+        register_plugins(&mut registry, chain);
+        let mut text = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
         }
-        let _ = writeln!(o, "# HELP exdaas_request_duration_seconds Request latency by route.\n# TYPE exdaas_request_duration_seconds histogram");
-        for route in Route::ALL {
-            let base = route.index() * (BUCKETS.len() + 1);
-            let total: u64 = (0..=BUCKETS.len())
-                .map(|i| self.latency[base + i].load(Ordering::Relaxed))
-                .sum();
-            if total == 0 {
-                continue;
-            }
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += self.latency[base + i].load(Ordering::Relaxed);
-                let _ = writeln!(o, "exdaas_request_duration_seconds_bucket{{route=\"{}\",le=\"{bound}\"}} {cumulative}", route.name());
-            }
-            let _ = writeln!(
-                o,
-                "exdaas_request_duration_seconds_bucket{{route=\"{}\",le=\"+Inf\"}} {total}",
-                route.name()
-            );
-            let sum = self.latency_sum_micros[route.index()].load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                o,
-                "exdaas_request_duration_seconds_sum{{route=\"{}\"}} {sum:.6}",
-                route.name()
-            );
-            let _ = writeln!(
-                o,
-                "exdaas_request_duration_seconds_count{{route=\"{}\"}} {total}",
-                route.name()
-            );
-        }
-        render_storage(o, storage);
-        render_plugins(o, chain);
-        out
+        text
     }
 }
 
-fn render_storage(o: &mut String, storage: &Storage) {
-    let shard_metrics = storage.shard_metrics();
+/// One value per shard, as a gauge family.
+fn shard_gauges(values: impl IntoIterator<Item = i64>) -> Family<ShardLabels, Gauge> {
+    let family = Family::<ShardLabels, Gauge>::default();
+    for (shard, v) in values.into_iter().enumerate() {
+        family.get_or_create(&ShardLabels { shard }).set(v);
+    }
+    family
+}
+
+/// One value per shard, as a counter family.
+fn shard_counters(values: impl IntoIterator<Item = u64>) -> Family<ShardLabels, Counter> {
+    let family = Family::<ShardLabels, Counter>::default();
+    for (shard, v) in values.into_iter().enumerate() {
+        family.get_or_create(&ShardLabels { shard }).inc_by(v);
+    }
+    family
+}
+
+fn register_storage(registry: &mut Registry, storage: &Storage) {
+    let shards = storage.shard_metrics();
     let caches = storage.cache_stats();
-    let families: [(&str, &str, &str); 8] = [
-        (
-            "exdaas_shard_queue_depth",
-            "gauge",
-            "Writes waiting for the shard writer.",
-        ),
-        (
-            "exdaas_shard_batches_total",
-            "counter",
-            "Batches taken by the shard writer.",
-        ),
-        (
-            "exdaas_shard_batched_writes_total",
-            "counter",
-            "Writes in those batches (divide for the mean batch size).",
-        ),
-        ("exdaas_shard_batch_max", "gauge", "Largest batch so far."),
-        (
-            "exdaas_shard_commits_total",
-            "counter",
-            "Batches committed to the commit log (shards share its syncs).",
-        ),
-        (
-            "exdaas_shard_commit_seconds_total",
-            "counter",
-            "Time from deciding a batch to its commit log sync.",
-        ),
-        (
-            "exdaas_cache_hits_total",
-            "counter",
-            "Reads served from the cache.",
-        ),
-        (
-            "exdaas_cache_misses_total",
-            "counter",
-            "Reads that went to disk.",
-        ),
-    ];
-    for (name, kind, help) in families {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (shard, (m, c)) in shard_metrics.iter().zip(&caches).enumerate() {
-            let value = match name {
-                "exdaas_shard_queue_depth" => c.3 as f64,
-                "exdaas_shard_batches_total" => m.batches.load(Ordering::Relaxed) as f64,
-                "exdaas_shard_batched_writes_total" => m.commands.load(Ordering::Relaxed) as f64,
-                "exdaas_shard_batch_max" => m.max_batch.load(Ordering::Relaxed) as f64,
-                "exdaas_shard_commits_total" => m.commits.load(Ordering::Relaxed) as f64,
-                "exdaas_shard_commit_seconds_total" => {
-                    m.commit_micros.load(Ordering::Relaxed) as f64 / 1e6
-                }
-                "exdaas_cache_hits_total" => c.0 as f64,
-                _ => c.1 as f64,
-            };
-            let _ = writeln!(o, "{name}{{shard=\"{shard}\"}} {value}");
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    registry.register(
+        "exdaas_shard_queue_depth",
+        "Writes waiting for the shard writer",
+        shard_gauges(caches.iter().map(|c| gauge(c.3 as u64))),
+    );
+    registry.register(
+        "exdaas_shard_batches",
+        "Batches taken by the shard writer",
+        shard_counters(shards.iter().map(|m| load(&m.batches))),
+    );
+    registry.register(
+        "exdaas_shard_batched_writes",
+        "Writes in those batches (divide for the mean batch size)",
+        shard_counters(shards.iter().map(|m| load(&m.commands))),
+    );
+    registry.register(
+        "exdaas_shard_batch_max",
+        "Largest batch so far",
+        shard_gauges(shards.iter().map(|m| gauge(load(&m.max_batch)))),
+    );
+    registry.register(
+        "exdaas_shard_commits",
+        "Batches committed to the commit log (shards share its syncs)",
+        shard_counters(shards.iter().map(|m| load(&m.commits))),
+    );
+    let commit_seconds = Family::<ShardLabels, Counter<f64, AtomicU64>>::default();
+    for (shard, m) in shards.iter().enumerate() {
+        commit_seconds
+            .get_or_create(&ShardLabels { shard })
+            .inc_by(load(&m.commit_micros) as f64 / 1e6);
+    }
+    registry.register(
+        "exdaas_shard_commit_seconds",
+        "Time from deciding a batch to its commit log sync",
+        commit_seconds,
+    );
+    registry.register(
+        "exdaas_shard_unapplied_writes",
+        "Committed writes (keys) not yet applied to the shard's store",
+        shard_gauges(storage.unapplied().into_iter().map(|n| gauge(n as u64))),
+    );
+    registry.register(
+        "exdaas_cache_hits",
+        "Reads served from the cache",
+        shard_counters(caches.iter().map(|c| c.0)),
+    );
+    registry.register(
+        "exdaas_cache_misses",
+        "Reads that went to disk",
+        shard_counters(caches.iter().map(|c| c.1)),
+    );
+    registry.register(
+        "exdaas_cache_bytes",
+        "Bytes held by the cache",
+        shard_gauges(caches.iter().map(|c| gauge(c.2))),
+    );
+}
+
+/// Every plugin's call-time histogram, read from its own lock-free buckets
+/// at scrape time.
+#[derive(Debug)]
+struct PluginCallTimes(Vec<PluginCallTime>);
+
+/// One plugin's call times as read at scrape time.
+#[derive(Debug)]
+struct PluginCallTime {
+    labels: PluginLabels,
+    sum_seconds: f64,
+    count: u64,
+    /// Each bucket's own count, under its upper bound in seconds.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for PluginCallTimes {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for t in &self.0 {
+            encoder
+                .encode_family(&t.labels)?
+                .encode_histogram::<PluginLabels>(t.sum_seconds, t.count, &t.buckets, None)?;
         }
+        Ok(())
     }
-    let _ = writeln!(
-        o,
-        "# HELP exdaas_shard_unapplied_writes Committed writes (keys) not yet applied to the shard's store.\n# TYPE exdaas_shard_unapplied_writes gauge"
-    );
-    for (shard, n) in storage.unapplied().iter().enumerate() {
-        let _ = writeln!(o, "exdaas_shard_unapplied_writes{{shard=\"{shard}\"}} {n}");
-    }
-    let _ = writeln!(
-        o,
-        "# HELP exdaas_cache_bytes Bytes held by the cache.\n# TYPE exdaas_cache_bytes gauge"
-    );
-    for (shard, c) in caches.iter().enumerate() {
-        let _ = writeln!(o, "exdaas_cache_bytes{{shard=\"{shard}\"}} {}", c.2);
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
-/// Escapes a label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn render_plugins(o: &mut String, chain: &PluginChain) {
-    let plugins = chain.plugins();
-    let _ = writeln!(o, "# HELP exdaas_plugin_calls_total Plugin calls by outcome.\n# TYPE exdaas_plugin_calls_total counter");
-    for p in plugins {
-        let name = label(p.name());
+fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
+    let calls = Family::<PluginOutcomeLabels, Counter>::default();
+    let failures = Family::<PluginKindLabels, Counter>::default();
+    let mut times = Vec::new();
+    for p in chain.plugins() {
         let s = &p.stats;
         for (outcome, counter) in [
             ("accepted", &s.accepted),
             ("rejected", &s.rejected),
             ("replaced", &s.replaced),
         ] {
-            let _ = writeln!(
-                o,
-                "exdaas_plugin_calls_total{{plugin=\"{name}\",outcome=\"{outcome}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
+            let labels = PluginOutcomeLabels {
+                plugin: p.name().to_owned(),
+                outcome,
+            };
+            calls
+                .get_or_create(&labels)
+                .inc_by(counter.load(Ordering::Relaxed));
         }
-    }
-    let _ = writeln!(o, "# HELP exdaas_plugin_failures_total Plugin failures by kind.\n# TYPE exdaas_plugin_failures_total counter");
-    for p in plugins {
-        let name = label(p.name());
         for kind in FailureKind::ALL {
-            let _ = writeln!(
-                o,
-                "exdaas_plugin_failures_total{{plugin=\"{name}\",kind=\"{}\"}} {}",
-                kind.as_str(),
-                p.stats.failures(kind)
-            );
+            let labels = PluginKindLabels {
+                plugin: p.name().to_owned(),
+                kind: kind.as_str(),
+            };
+            failures.get_or_create(&labels).inc_by(s.failures(kind));
         }
+        let l = &s.latency;
+        times.push(PluginCallTime {
+            labels: PluginLabels {
+                plugin: p.name().to_owned(),
+            },
+            sum_seconds: l.total_seconds(),
+            count: l.count(),
+            buckets: l.prometheus_buckets(),
+        });
     }
-    let _ = writeln!(o, "# HELP exdaas_plugin_call_seconds Plugin call time quantiles.\n# TYPE exdaas_plugin_call_seconds summary");
-    for p in plugins {
-        let name = label(p.name());
-        let l = &p.stats.latency;
-        for q in [0.5, 0.99] {
-            let _ = writeln!(
-                o,
-                "exdaas_plugin_call_seconds{{plugin=\"{name}\",quantile=\"{q}\"}} {:.9}",
-                l.quantile_micros(q) / 1e6
-            );
+    registry.register("exdaas_plugin_calls", "Plugin calls by outcome", calls);
+    registry.register(
+        "exdaas_plugin_failures",
+        "Plugin failures by kind",
+        failures,
+    );
+    registry.register(
+        "exdaas_plugin_call_seconds",
+        "Plugin call time",
+        PluginCallTimes(times),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_name_their_codes() {
+        for (code, label) in STATUSES.iter().zip(STATUS_LABELS) {
+            assert_eq!(code.to_string(), label);
         }
-        let _ = writeln!(
-            o,
-            "exdaas_plugin_call_seconds_sum{{plugin=\"{name}\"}} {:.9}",
-            l.mean_micros() * l.count() as f64 / 1e6
+        assert_eq!(status_slot(404), 7);
+        assert_eq!(status_slot(418), STATUS_SLOTS - 1);
+    }
+
+    #[test]
+    fn renders_openmetrics_with_the_names_we_keep() {
+        let m = RequestMetrics::default();
+        m.record(Route::KvGet, 200, Duration::from_micros(300));
+        m.record(Route::KvGet, 418, Duration::from_millis(2));
+        let mut registry = Registry::default();
+        registry.register("exdaas_requests", "Requests", m.requests.clone());
+        registry.register(
+            "exdaas_request_duration_seconds",
+            "Latency",
+            m.latency.clone(),
         );
-        let _ = writeln!(
-            o,
-            "exdaas_plugin_call_seconds_count{{plugin=\"{name}\"}} {}",
-            l.count()
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_default();
+        assert!(
+            text.contains("exdaas_requests_total{route=\"kv_get\",status=\"200\"} 1"),
+            "{text}"
         );
+        assert!(
+            text.contains("exdaas_requests_total{route=\"kv_get\",status=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("exdaas_request_duration_seconds_count{route=\"kv_get\"} 2"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -55,6 +55,32 @@ impl LatencyHistogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Sum of all observations, in seconds.
+    pub fn total_seconds(&self) -> f64 {
+        self.total_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// The distribution in coarser buckets for Prometheus: the count of
+    /// observations up to each power of two of nanoseconds from 2^10 (1 us)
+    /// to 2^30 (1.07 s), each bucket's own count (not cumulative), then the
+    /// rest under `f64::MAX` (+Inf). Bounds in seconds.
+    pub fn prometheus_buckets(&self) -> Vec<(f64, u64)> {
+        let load = |b: &AtomicU64| b.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(22);
+        let mut from = 0;
+        for exp in 10..=30u32 {
+            // Bucket b's upper bound is 2^((b + 1) / SUB_BUCKETS) ns.
+            let to = exp as usize * SUB_BUCKETS;
+            out.push((
+                2f64.powi(exp as i32) / 1e9,
+                self.buckets[from..to].iter().map(load).sum(),
+            ));
+            from = to;
+        }
+        out.push((f64::MAX, self.buckets[from..].iter().map(load).sum()));
+        out
+    }
+
     /// Mean in microseconds.
     pub fn mean_micros(&self) -> f64 {
         let count = self.count();
