@@ -85,15 +85,22 @@ fn value(samples: &[(String, f64)], series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_parse_and_move() {
-    let (_root, data) = temp_data_dir();
+/// A server running the require-fields example as plugin "schema" (field
+/// `a` must be a number).
+fn server_with_a_plugin() -> (tempfile::TempDir, Server) {
+    let (root, data) = temp_data_dir();
     let config = plugin_toml(
         "schema",
         &example_plugin("require_fields"),
         "config = { required = { a = \"number\" } }",
     );
     let server = Server::start_with(&data, Options::default().config(&config));
+    (root, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_and_move() {
+    let (_root, server) = server_with_a_plugin();
     let c = server.client();
     let before = samples(
         &c.get("/metrics")
@@ -258,15 +265,9 @@ async fn the_grafana_dashboard_queries_existing_metrics() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
-    let (_tmp, data) = temp_data_dir();
     // Families with no series yet are left out of the exposition, so give
     // every panel something to show: a plugin, a write, reads.
-    let config = plugin_toml(
-        "schema",
-        &example_plugin("require_fields"),
-        "config = { required = { a = \"number\" } }",
-    );
-    let server = Server::start_with(&data, Options::default().config(&config));
+    let (_tmp, server) = server_with_a_plugin();
     let c = server.client();
     c.put_json("/v1/kv/x", r#"{"a":1}"#).await;
     c.get("/v1/kv/x").await;
