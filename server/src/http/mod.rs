@@ -77,6 +77,8 @@ async fn dispatch(
         Op::PluginList => plugins::list(app),
         Op::PluginDryRun => plugins::dry_run(app, req, parse_key(key)?).await?,
         Op::PluginReload => plugins::reload(app).await?,
+        Op::PluginShadow => plugins::shadow(app, key)?,
+        Op::PluginPromote => plugins::promote(app, key)?,
         Op::Health => health(app),
         Op::Ready => ready(app),
         Op::Metrics => metrics(app),

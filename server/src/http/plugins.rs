@@ -19,6 +19,67 @@ pub fn list(app: &App) -> HttpResponse {
     json_response(StatusCode::OK, &app.chain().describe())
 }
 
+/// The running plugin a path's `{name}` names, percent-decoded.
+fn named<'c>(
+    chain: &'c crate::plugin::PluginChain,
+    raw: &str,
+) -> Result<&'c crate::plugin::LoadedPlugin, ApiError> {
+    let name = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid_name", "plugin name is not UTF-8"))?;
+    chain.plugin(&name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no plugin named {:?} is loaded",
+            crate::ijson::quote(&name)
+        ))
+    })
+}
+
+/// `GET /v1/plugins/{name}/shadow`: what a shadow plugin would have done.
+pub fn shadow(app: &App, raw_name: &str) -> Result<HttpResponse, ApiError> {
+    let chain = app.chain();
+    let plugin = named(&chain, raw_name)?;
+    let stats = plugin.stats.to_json();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "plugin": plugin.name(),
+            "mode": if plugin.is_shadow() { "shadow" } else { "enforce" },
+            "calls": stats["calls"],
+            "would_accept": stats["accepted"],
+            "would_reject": stats["rejected"],
+            "would_replace": stats["replaced"],
+            "failures": stats["failures"],
+            "call_micros": stats["call_micros"],
+            "samples": plugin.shadow_log.to_json(),
+        }),
+    ))
+}
+
+/// `POST /v1/admin/plugins/{name}/promote`: a shadow plugin starts to
+/// enforce, between writes. A reload reapplies the configured mode.
+pub fn promote(app: &App, raw_name: &str) -> Result<HttpResponse, ApiError> {
+    let chain = app.chain();
+    let plugin = named(&chain, raw_name)?;
+    let changed = plugin.promote();
+    if changed {
+        tracing::info!(
+            plugin = plugin.name(),
+            "plugin promoted from shadow to enforce"
+        );
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "plugin": plugin.name(),
+            "mode": "enforce",
+            "changed": changed,
+            "until_reload": true,
+            "note": "set mode = \"enforce\" in the plugin's table to keep it across reloads and restarts",
+        }),
+    ))
+}
+
 /// `POST /v1/admin/plugins/reload`.
 pub async fn reload(app: &App) -> Result<HttpResponse, ApiError> {
     match app.reload_plugins().await {

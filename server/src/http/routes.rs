@@ -31,6 +31,10 @@ pub enum Op {
     PluginDryRun,
     /// `POST /v1/admin/plugins/reload`.
     PluginReload,
+    /// `GET /v1/plugins/{name}/shadow`: a shadow plugin's record.
+    PluginShadow,
+    /// `POST /v1/admin/plugins/{name}/promote`: shadow to enforce.
+    PluginPromote,
     /// `GET /v1/admin/backup`: the streamed backup.
     Backup,
     /// `HEAD /v1/admin/backup`: its headers without taking one.
@@ -46,7 +50,8 @@ pub enum Op {
 }
 
 /// A path and its operations. A template ending in `{key}` matches any
-/// non-empty rest of the path (keys may contain `/`).
+/// non-empty rest of the path (keys may contain `/`); `{name}` matches one
+/// non-empty path segment.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Route {
     /// The path as the OpenAPI document writes it.
@@ -58,6 +63,8 @@ pub struct Route {
 
 /// The trailing parameter of templated paths.
 const KEY_PARAM: &str = "{key}";
+/// A one-segment parameter.
+const NAME_PARAM: &str = "{name}";
 
 const fn get(op: Op) -> [(Method, Op); 2] {
     [(Method::GET, op), (Method::HEAD, op)]
@@ -107,6 +114,14 @@ pub static ROUTES: &[Route] = &[
         ops: &[(Method::POST, Op::PluginReload)],
     },
     Route {
+        template: "/v1/plugins/{name}/shadow",
+        ops: &get(Op::PluginShadow),
+    },
+    Route {
+        template: "/v1/admin/plugins/{name}/promote",
+        ops: &[(Method::POST, Op::PluginPromote)],
+    },
+    Route {
         template: "/v1/admin/backup",
         ops: &[(Method::GET, Op::Backup), (Method::HEAD, Op::BackupHead)],
     },
@@ -131,8 +146,8 @@ pub static ROUTES: &[Route] = &[
 /// How a request's path and method resolve.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resolved<'p> {
-    /// An operation, with the path's `{key}` part (still percent-encoded),
-    /// or `""` for paths without one.
+    /// An operation, with the path's `{key}` or `{name}` part (still
+    /// percent-encoded), or `""` for paths without one.
     Op(Op, &'p str),
     /// The path exists but not with this method.
     MethodNotAllowed(&'static Route),
@@ -141,12 +156,16 @@ pub enum Resolved<'p> {
 }
 
 impl Route {
-    /// The path's `{key}` part if this route matches `path`.
+    /// The path's `{key}` or `{name}` part if this route matches `path`.
     fn matches<'p>(&self, path: &'p str) -> Option<&'p str> {
-        match self.template.strip_suffix(KEY_PARAM) {
-            Some(prefix) => path.strip_prefix(prefix).filter(|rest| !rest.is_empty()),
-            None => (path == self.template).then_some(""),
+        if let Some(prefix) = self.template.strip_suffix(KEY_PARAM) {
+            return path.strip_prefix(prefix).filter(|rest| !rest.is_empty());
         }
+        if let Some((before, after)) = self.template.split_once(NAME_PARAM) {
+            let name = path.strip_prefix(before)?.strip_suffix(after)?;
+            return (!name.is_empty() && !name.contains('/')).then_some(name);
+        }
+        (path == self.template).then_some("")
     }
 
     /// The `Allow` header value: the route's methods, in table order.
@@ -197,6 +216,22 @@ mod tests {
         assert_eq!(
             resolve(&Method::GET, "/v1/plugins/dry-run/"),
             Resolved::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1/plugins/schema/shadow"),
+            Resolved::Op(Op::PluginShadow, "schema")
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1/plugins/a/b/shadow"),
+            Resolved::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/v1/plugins//shadow"),
+            Resolved::NotFound
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/v1/admin/plugins/schema/promote"),
+            Resolved::Op(Op::PluginPromote, "schema")
         );
         assert_eq!(
             resolve(&Method::HEAD, "/v1/admin/backup"),

@@ -74,6 +74,11 @@ pub enum StepOutcome {
         /// Its message.
         message: String,
     },
+    /// A shadow plugin's verdict, recorded but not applied.
+    Shadow {
+        /// `accept`, `reject CODE`, `replace` or `fail KIND`.
+        would: String,
+    },
     /// Failed; `skipped` tells whether `on_failure = "skip"` let the write go on.
     Failed {
         /// The failure.
@@ -209,6 +214,11 @@ impl PluginChain {
         Ok(Self { plugins })
     }
 
+    /// The loaded plugin called `name`.
+    pub fn plugin(&self, name: &str) -> Option<&LoadedPlugin> {
+        self.plugins.iter().find(|p| p.name() == name)
+    }
+
     /// The loaded plugins, in order.
     pub fn plugins(&self) -> &[LoadedPlugin] {
         &self.plugins
@@ -247,6 +257,11 @@ impl PluginChain {
                 now_ms,
             };
             let (result, took) = timed(|| plugin.call(&input));
+            if plugin.is_shadow() {
+                // Recorded, and the write goes on as if it were absent.
+                steps.push(observe_shadow(plugin, key, &result, took, now_ms, record));
+                continue;
+            }
             let stats = &plugin.stats;
             if record == Record::Yes {
                 stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -365,6 +380,7 @@ impl PluginChain {
                     "on_failure": p.spec.on_failure,
                     "run_on_delete": p.spec.run_on_delete,
                     "vectors_passed": p.vectors_passed,
+                    "mode": if p.is_shadow() { "shadow" } else { "enforce" },
                     "stats": p.stats.to_json(),
                 })
             })
@@ -383,6 +399,7 @@ impl Step {
             StepOutcome::Rejected { code, message } => {
                 json!({ "outcome": "rejected", "reason": code, "message": message })
             }
+            StepOutcome::Shadow { would } => json!({ "outcome": "shadow", "would": would }),
             StepOutcome::Failed { failure, skipped } => json!({
                 "outcome": if *skipped { "failed_skipped" } else { "failed" },
                 "kind": failure.kind.as_str(),
@@ -392,6 +409,58 @@ impl Step {
         v["plugin"] = Value::from(self.plugin.clone());
         v["micros"] = Value::from(micros);
         v
+    }
+}
+
+/// Counts and samples what a shadow plugin would have done; returns its
+/// step for dry runs.
+fn observe_shadow(
+    plugin: &LoadedPlugin,
+    key: &str,
+    result: &Result<CallVerdict, PluginFailure>,
+    took: Duration,
+    now_ms: i64,
+    record: Record,
+) -> Step {
+    let stats = &plugin.stats;
+    let (would, verdict, detail) = match result {
+        Ok(CallVerdict::Accept) => ("accept".to_owned(), None, String::new()),
+        Ok(CallVerdict::Reject { code, message, .. }) => (
+            format!("reject {code}"),
+            Some("reject"),
+            format!("{code}: {message}"),
+        ),
+        Ok(CallVerdict::Replace(value)) => (
+            "replace".to_owned(),
+            Some("replace"),
+            String::from_utf8_lossy(value).into_owned(),
+        ),
+        Err(failure) => (
+            format!("fail {}", failure.kind.as_str()),
+            Some("fail"),
+            failure.to_string(),
+        ),
+    };
+    if record == Record::Yes {
+        stats.calls.fetch_add(1, Ordering::Relaxed);
+        stats.latency.record(took);
+        match result {
+            Ok(CallVerdict::Accept) => stats.accepted.fetch_add(1, Ordering::Relaxed),
+            Ok(CallVerdict::Reject { .. }) => stats.rejected.fetch_add(1, Ordering::Relaxed),
+            Ok(CallVerdict::Replace(_)) => stats.replaced.fetch_add(1, Ordering::Relaxed),
+            Err(failure) => {
+                stats.record_failure(failure.kind);
+                0
+            }
+        };
+        if let Some(verdict) = verdict {
+            plugin.shadow_log.push(key, verdict, &detail, now_ms);
+        }
+    }
+    Step {
+        plugin: plugin.name().to_owned(),
+        outcome: StepOutcome::Shadow { would },
+        took,
     }
 }
 

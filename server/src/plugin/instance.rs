@@ -8,6 +8,7 @@
 //! that failed in any way is discarded and replaced by a fresh one, and a
 //! reload starts from scratch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use wasmtime::{
 
 use super::abi::{self, Verdict};
 use super::failure::{FailureKind, PluginFailure, PluginLoadError};
-use super::spec::PluginSpec;
+use super::shadow::ShadowLog;
+use super::spec::{PluginMode, PluginSpec};
 use super::stats::PluginStats;
 use super::EPOCH_TICK;
 use crate::ijson::{ValueLimits, Violation};
@@ -151,6 +153,10 @@ pub struct LoadedPlugin {
     pub stats: PluginStats,
     /// How many test vectors the plugin passed when it was loaded.
     pub vectors_passed: usize,
+    /// In shadow mode now (starts as configured; promotion clears it).
+    shadow: AtomicBool,
+    /// Would-be verdicts while in shadow mode.
+    pub shadow_log: ShadowLog,
 }
 
 fn load_err(spec: &PluginSpec, problem: impl Into<String>) -> PluginLoadError {
@@ -272,6 +278,8 @@ impl LoadedPlugin {
             value_limits: limits,
             stats: PluginStats::default(),
             vectors_passed: 0,
+            shadow: AtomicBool::new(spec.mode == PluginMode::Shadow),
+            shadow_log: ShadowLog::default(),
         };
         let mut ready = plugin
             .instantiate()
@@ -352,6 +360,17 @@ impl LoadedPlugin {
         if let Ok(mut pool) = self.pool.lock() {
             pool.push(ready);
         }
+    }
+
+    /// Whether the plugin runs in shadow mode now.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow.load(Ordering::Acquire)
+    }
+
+    /// Makes a shadow plugin enforce; false when it already did. Lasts
+    /// until the chain is reloaded from the configuration.
+    pub fn promote(&self) -> bool {
+        self.shadow.swap(false, Ordering::AcqRel)
     }
 
     /// The plugin's name.

@@ -8,13 +8,15 @@
 //! - `failure`: failure kinds and load errors;
 //! - `stats`: per-plugin counters and call-time histogram;
 //! - `pool`: the threads the write pipeline runs plugins on;
-//! - `vectors`: test vectors a plugin must pass before it is loaded.
+//! - `vectors`: test vectors a plugin must pass before it is loaded;
+//! - `shadow`: the record of a shadow-mode plugin's would-be verdicts.
 
 mod abi;
 mod chain;
 mod failure;
 mod instance;
 mod pool;
+mod shadow;
 mod spec;
 mod stats;
 pub mod vectors;
@@ -25,7 +27,7 @@ pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
 pub use failure::{FailureKind, PluginFailure, PluginLoadError};
 pub use instance::{CallInput, CallVerdict, LoadedPlugin};
 pub use pool::WorkerPool;
-pub use spec::{OnFailure, PluginSpec};
+pub use spec::{OnFailure, PluginMode, PluginSpec};
 
 /// Granularity of plugin timeouts: the epoch ticker's period.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);

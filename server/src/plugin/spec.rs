@@ -19,6 +19,19 @@ pub enum OnFailure {
     Skip,
 }
 
+/// Whether a plugin's verdicts count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginMode {
+    /// Its rejections refuse writes and its replacements are stored.
+    #[default]
+    Enforce,
+    /// It runs on every matching write and its verdicts are recorded
+    /// (`GET /v1/plugins/{name}/shadow`), but writes proceed as if it were
+    /// absent.
+    Shadow,
+}
+
 /// One `[[plugins]]` table.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +69,9 @@ pub struct PluginSpec {
     /// module when that file exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vectors: Option<PathBuf>,
+    /// `enforce` (default) or `shadow`.
+    #[serde(default)]
+    pub mode: PluginMode,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -75,6 +91,10 @@ impl PluginSpec {
     pub fn validate(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("name must not be empty".into());
+        }
+        // The name is a path segment of /v1/plugins/{name}/shadow.
+        if self.name.contains('/') || self.name == "dry-run" {
+            return Err("name must not contain '/' or be \"dry-run\"".into());
         }
         if self.timeout_ms == 0 {
             return Err("timeout_ms must be above 0".into());
