@@ -58,7 +58,7 @@ pub enum Route {
 impl Route {
     /// The label of a resolved request: operations group by area; paths
     /// and methods the server does not serve are `other`.
-    pub fn of(resolved: &Resolved<'_>) -> Route {
+    pub fn of(resolved: &Resolved) -> Route {
         let Resolved::Op(op, _) = resolved else {
             return Route::Other;
         };

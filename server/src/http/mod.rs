@@ -54,31 +54,39 @@ type HttpResponse = Response<Full<Bytes>>;
 /// the backup is a stream.
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Answers one resolved operation. `key` is the still percent-encoded
-/// `{key}` part of the path, for the operations that have one.
+/// Answers one resolved operation. `param` is where the path's `{key}` or
+/// `{name}` part lies, for the operations that have one.
 async fn dispatch(
     app: &Arc<App>,
     req: Request<Incoming>,
     op: Op,
-    key: &str,
+    param: std::ops::Range<usize>,
 ) -> Result<Response<Body>, ApiError> {
-    let parse_key = |raw: &str| request::parse_key(raw, app.settings.limits.max_key_bytes);
+    // Decoded and checked here, before the request moves into its handler.
+    let raw = req.uri().path().get(param).unwrap_or("");
+    let param = match op {
+        Op::KvGet | Op::KvPut | Op::KvDelete | Op::PluginDryRun => {
+            request::parse_key(raw, app.settings.limits.max_key_bytes)?
+        }
+        Op::PluginShadow | Op::PluginPromote => raw.to_owned(),
+        _ => String::new(),
+    };
     let response = match op {
         Op::Backup => return Ok(backup::stream(app).await),
         Op::BackupHead => return Ok(backup::head()),
         Op::KvList => kv::list(app, &req).await?,
         Op::KvCreate => kv::create(app, req).await?,
-        Op::KvGet => kv::get(app, &req, &parse_key(key)?).await?,
-        Op::KvPut => kv::put(app, req, &parse_key(key)?).await?,
-        Op::KvDelete => kv::delete(app, &req, &parse_key(key)?).await?,
+        Op::KvGet => kv::get(app, &req, &param).await?,
+        Op::KvPut => kv::put(app, req, &param).await?,
+        Op::KvDelete => kv::delete(app, &req, &param).await?,
         Op::ApiRead => compat::read(app, &req).await?,
         Op::ApiWrite => compat::create_or_update(app, req).await?,
         Op::ApiCmd => compat::command(app, &req).await?,
         Op::PluginList => plugins::list(app),
-        Op::PluginDryRun => plugins::dry_run(app, req, parse_key(key)?).await?,
+        Op::PluginDryRun => plugins::dry_run(app, req, param).await?,
         Op::PluginReload => plugins::reload(app).await?,
-        Op::PluginShadow => plugins::shadow(app, key)?,
-        Op::PluginPromote => plugins::promote(app, key)?,
+        Op::PluginShadow => plugins::shadow(app, &param)?,
+        Op::PluginPromote => plugins::promote(app, &param)?,
         Op::Health => health(app),
         Op::Ready => ready(app),
         Op::Metrics => metrics(app),
@@ -221,15 +229,10 @@ async fn handle(
         (Ok(()), Resolved::MethodNotAllowed(r)) => {
             Err(ApiError::MethodNotAllowed { allow: r.allow() })
         }
-        (Ok(()), Resolved::Op(op, key)) => {
-            let key = key.to_owned();
-            match dispatch(&app, req, op, &key).await {
-                Ok(r) if method == Method::HEAD && op != Op::BackupHead => {
-                    Ok(strip_body_for_head(r))
-                }
-                other => other,
-            }
-        }
+        (Ok(()), Resolved::Op(op, param)) => match dispatch(&app, req, op, param).await {
+            Ok(r) if method == Method::HEAD && op != Op::BackupHead => Ok(strip_body_for_head(r)),
+            other => other,
+        },
     };
     let mut response = match answer {
         Ok(r) => r,

@@ -4,6 +4,8 @@
 //! it equal to `docs/openapi.yaml` (here) and to the live server (in
 //! `tests/tests/openapi.rs`), so the three cannot drift apart.
 
+use std::ops::Range;
+
 use hyper::Method;
 
 /// One operation: what a method on a path does.
@@ -145,10 +147,10 @@ pub static ROUTES: &[Route] = &[
 
 /// How a request's path and method resolve.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Resolved<'p> {
-    /// An operation, with the path's `{key}` or `{name}` part (still
-    /// percent-encoded), or `""` for paths without one.
-    Op(Op, &'p str),
+pub enum Resolved {
+    /// An operation, with where the path's `{key}` or `{name}` part lies
+    /// (still percent-encoded; empty for paths without one).
+    Op(Op, Range<usize>),
     /// The path exists but not with this method.
     MethodNotAllowed(&'static Route),
     /// No such path.
@@ -156,16 +158,19 @@ pub enum Resolved<'p> {
 }
 
 impl Route {
-    /// The path's `{key}` or `{name}` part if this route matches `path`.
-    fn matches<'p>(&self, path: &'p str) -> Option<&'p str> {
+    /// Where the path's `{key}` or `{name}` part lies if this route
+    /// matches `path` (an empty range at the end for routes without one).
+    fn matches(&self, path: &str) -> Option<Range<usize>> {
         if let Some(prefix) = self.template.strip_suffix(KEY_PARAM) {
-            return path.strip_prefix(prefix).filter(|rest| !rest.is_empty());
+            let rest = path.strip_prefix(prefix).filter(|rest| !rest.is_empty())?;
+            return Some(path.len() - rest.len()..path.len());
         }
         if let Some((before, after)) = self.template.split_once(NAME_PARAM) {
             let name = path.strip_prefix(before)?.strip_suffix(after)?;
-            return (!name.is_empty() && !name.contains('/')).then_some(name);
+            let ok = !name.is_empty() && !name.contains('/');
+            return ok.then_some(before.len()..before.len() + name.len());
         }
-        (path == self.template).then_some("")
+        (path == self.template).then_some(path.len()..path.len())
     }
 
     /// The `Allow` header value: the route's methods, in table order.
@@ -177,7 +182,7 @@ impl Route {
 
 /// Finds what `method` on `path` does. `/v1/kv/` (trailing slash) is the
 /// collection, as clients of the first version used it.
-pub fn resolve<'p>(method: &Method, path: &'p str) -> Resolved<'p> {
+pub fn resolve(method: &Method, path: &str) -> Resolved {
     let path = if path == "/v1/kv/" { "/v1/kv" } else { path };
     for route in ROUTES {
         if let Some(param) = route.matches(path) {
@@ -202,24 +207,26 @@ mod tests {
         super::super::openapi::document_value().unwrap()
     }
 
+    /// The operation and parameter text `path` resolves to.
+    fn op<'p>(method: &Method, path: &'p str) -> Option<(Op, &'p str)> {
+        match resolve(method, path) {
+            Resolved::Op(op, range) => Some((op, &path[range])),
+            _ => None,
+        }
+    }
+
     #[test]
     fn resolves_paths_methods_and_keys() {
-        assert_eq!(
-            resolve(&Method::PUT, "/v1/kv/a/b"),
-            Resolved::Op(Op::KvPut, "a/b")
-        );
-        assert_eq!(
-            resolve(&Method::POST, "/v1/kv/"),
-            Resolved::Op(Op::KvCreate, "")
-        );
+        assert_eq!(op(&Method::PUT, "/v1/kv/a/b"), Some((Op::KvPut, "a/b")));
+        assert_eq!(op(&Method::POST, "/v1/kv/"), Some((Op::KvCreate, "")));
         assert_eq!(resolve(&Method::GET, "/v1/kvx"), Resolved::NotFound);
         assert_eq!(
             resolve(&Method::GET, "/v1/plugins/dry-run/"),
             Resolved::NotFound
         );
         assert_eq!(
-            resolve(&Method::GET, "/v1/plugins/schema/shadow"),
-            Resolved::Op(Op::PluginShadow, "schema")
+            op(&Method::GET, "/v1/plugins/schema/shadow"),
+            Some((Op::PluginShadow, "schema"))
         );
         assert_eq!(
             resolve(&Method::GET, "/v1/plugins/a/b/shadow"),
@@ -230,12 +237,12 @@ mod tests {
             Resolved::NotFound
         );
         assert_eq!(
-            resolve(&Method::POST, "/v1/admin/plugins/schema/promote"),
-            Resolved::Op(Op::PluginPromote, "schema")
+            op(&Method::POST, "/v1/admin/plugins/schema/promote"),
+            Some((Op::PluginPromote, "schema"))
         );
         assert_eq!(
-            resolve(&Method::HEAD, "/v1/admin/backup"),
-            Resolved::Op(Op::BackupHead, "")
+            op(&Method::HEAD, "/v1/admin/backup"),
+            Some((Op::BackupHead, ""))
         );
         let Resolved::MethodNotAllowed(route) = resolve(&Method::PATCH, "/v1/kv/x") else {
             panic!("PATCH on a key must be 405");
@@ -243,8 +250,8 @@ mod tests {
         assert_eq!(route.allow(), "GET, HEAD, PUT, DELETE");
         // A plugin named "reload" could never shadow the reload route.
         assert_eq!(
-            resolve(&Method::POST, "/v1/admin/plugins/reload"),
-            Resolved::Op(Op::PluginReload, "")
+            op(&Method::POST, "/v1/admin/plugins/reload"),
+            Some((Op::PluginReload, ""))
         );
     }
 
