@@ -15,8 +15,7 @@
 //! for different keys runs in parallel on all cores rather than inside a
 //! shard's single writer.
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -25,9 +24,8 @@ use crate::auth::TokenSet;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::RequestMetrics;
-use crate::plugin::{
-    ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain, WorkerPool,
-};
+use crate::plugin::{ChainRun, ChainStop, PluginLoadError, Record, SharedChain, WorkerPool};
+use crate::plugin_host::PluginHost;
 use crate::storage::{Expect, Reply, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// How often a write through plugins is retried when other writes to the
@@ -49,11 +47,8 @@ pub struct App {
     pub settings: Settings,
     /// All shards.
     pub storage: Arc<Storage>,
-    /// The active plugin chain; swapped whole on reload. A std lock: it is
-    /// held only to clone the `Arc`, never across an await.
-    chain: RwLock<SharedChain>,
-    /// The configuration file, re-read on plugin reload.
-    config_file: Option<PathBuf>,
+    /// The plugin chain and its configured and managed plugins.
+    pub plugins: PluginHost,
     /// Serialises writes through plugins per key (striped by key hash).
     key_locks: Vec<tokio::sync::Mutex<()>>,
     /// Threads for the plugin pipeline's blocking work.
@@ -77,14 +72,12 @@ impl App {
     pub fn new(
         settings: Settings,
         storage: Arc<Storage>,
-        chain: PluginChain,
-        config_file: Option<PathBuf>,
+        plugins: PluginHost,
         workers: WorkerPool,
     ) -> Self {
         Self {
             storage,
-            chain: RwLock::new(Arc::new(chain)),
-            config_file,
+            plugins,
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -97,32 +90,14 @@ impl App {
 
     /// The chain writes use right now.
     pub fn chain(&self) -> SharedChain {
-        match self.chain.read() {
-            Ok(chain) => chain.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.plugins.chain()
     }
 
     /// Re-reads the plugin section of the configuration (file and
     /// environment) and swaps in the new chain. On any error the running
     /// chain stays active and the error is returned.
     pub async fn reload_plugins(&self) -> Result<usize, PluginLoadError> {
-        let file = self.config_file.clone();
-        let limits = self.settings.limits.value_limits();
-        let chain = tokio::task::spawn_blocking(move || {
-            let loaded = crate::config::load(file.as_deref())
-                .map_err(|e| PluginLoadError::Config(e.to_string()))?;
-            PluginChain::load(&loaded.settings.plugins, limits)
-        })
-        .await
-        .map_err(|e| PluginLoadError::Engine(format!("reload task failed: {e}")))??;
-        let count = chain.plugins().len();
-        match self.chain.write() {
-            Ok(mut active) => *active = Arc::new(chain),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(chain),
-        }
-        tracing::info!(plugins = count, "plugin chain reloaded");
-        Ok(count)
+        self.plugins.reload().await
     }
 
     /// Reads the key's current value, runs the chain against it and (unless

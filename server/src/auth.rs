@@ -64,7 +64,7 @@ pub enum Access {
 /// depend on where a guess first differs, nor on its length.
 #[derive(Debug, Default)]
 pub struct TokenSet {
-    tokens: Vec<([u8; 32], Role)>,
+    tokens: Vec<([u8; 32], Role, String)>,
     /// Without tokens, also serve clients that are not on loopback.
     open_remote: bool,
 }
@@ -94,7 +94,7 @@ impl TokenSet {
         Self {
             tokens: specs
                 .iter()
-                .map(|s| (digest(s.token.as_bytes()), s.role))
+                .map(|s| (digest(s.token.as_bytes()), s.role, s.name.clone()))
                 .collect(),
             open_remote,
         }
@@ -120,12 +120,32 @@ impl TokenSet {
         let presented = digest(presented);
         // Compare against every token, so timing does not reveal which matched.
         let mut granted: Option<Role> = None;
-        for (known, role) in &self.tokens {
+        for (known, role, _) in &self.tokens {
             if same(known, &presented) {
                 granted = Some(granted.map_or(*role, |g| g.max(*role)));
             }
         }
         granted.map_or(Access::Unauthenticated, Access::Granted)
+    }
+}
+
+impl TokenSet {
+    /// The name of the configured token in an `Authorization` header, for
+    /// records of who did what (uploads); `open` without access control.
+    pub fn name_of(&self, authorization: Option<&[u8]>) -> String {
+        if !self.enabled() {
+            return "open".into();
+        }
+        let presented = authorization
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .map(digest);
+        let mut found = "unknown";
+        for (known, _, name) in &self.tokens {
+            if presented.is_some_and(|p| same(known, &p)) {
+                found = name;
+            }
+        }
+        found.to_owned()
     }
 }
 
@@ -192,5 +212,8 @@ mod tests {
             Access::Granted(Role::Admin)
         );
         assert!(Role::Admin > Role::Write && Role::Write > Role::Read);
+        assert_eq!(set.name_of(Some(b"Bearer admin-token-123456")), "a");
+        assert_eq!(set.name_of(Some(b"Bearer nope")), "unknown");
+        assert_eq!(open.name_of(None), "open");
     }
 }

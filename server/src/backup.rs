@@ -2,17 +2,21 @@
 //! new data directory (with any shard count).
 //!
 //! Format, one JSON document per line:
-//! 1. header `{"format":"exdaas-backup","version":2,"shards":4,"next_id":N,"created_ms":T}`;
-//! 2. one line per key, `{"key":"k","version":V,"value":<the stored JSON>}`,
+//! 1. header `{"format":"exdaas-backup","version":3,"shards":4,"next_id":N,"created_ms":T}`;
+//! 2. when plugins were uploaded (`plugin::managed`): one
+//!    `{"plugin_blob":"<sha256>.wasm","base64":"..."}` per stored module or
+//!    vectors file, then `{"plugin_registry":{...}}`;
+//! 3. one line per key, `{"key":"k","version":V,"value":<the stored JSON>}`,
 //!    or `{"key":"k","version":V,"text":"<the stored JSON as a string>"}`
 //!    for a value that a line cannot carry byte for byte (one with a line
 //!    break, or leading or trailing white space);
-//! 3. trailer `{"end":true,"records":R,"seq":S}`, where S is at least every
+//! 4. trailer `{"end":true,"records":R,"seq":S}`, where S is at least every
 //!    version the server had handed out when the backup ended, so a
 //!    restored server never hands out a version again (not even to a key
 //!    deleted before the backup).
 //!
-//! Version 1 files (no `text` records, no `seq`) are still read.
+//! Version 1 files (no `text` records, no `seq`) and version 2 files (no
+//! plugin lines) are still read.
 //!
 //! Each shard is read from one snapshot, so every shard in a backup taken
 //! under load is a state between two committed batches. The trailer makes
@@ -30,6 +34,8 @@ use serde_json::value::RawValue;
 
 use crate::config::{CacheSettings, StorageSettings};
 use crate::ijson::ValueLimits;
+use crate::plugin::managed::Registry;
+use crate::plugin::managed_files::{self, ManagedFiles};
 use crate::storage::bulk::BulkLoader;
 use crate::storage::ids::IdAllocator;
 use crate::storage::manifest;
@@ -38,7 +44,7 @@ use crate::storage::{Storage, StoreError, StoredValue};
 /// Name in the header line.
 const FORMAT: &str = "exdaas-backup";
 /// Layout version written.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Oldest layout version read.
 const OLDEST_VERSION: u32 = 1;
 /// Longest line read from a backup file: a record is a key and a value, each
@@ -138,10 +144,12 @@ fn io_error(path: &str) -> impl Fn(std::io::Error) -> BackupError + '_ {
     }
 }
 
-/// Writes a backup of `storage` to `out`; returns the number of records.
-/// Blocking: run it off the async workers.
+/// Writes a backup of `storage` and the managed plugins in `plugins` to
+/// `out`; returns the number of records. Blocking: run it off the async
+/// workers.
 pub fn write_backup(
     storage: &Storage,
+    plugins: &ManagedFiles,
     next_id: u64,
     out: &mut dyn Write,
 ) -> Result<u64, BackupError> {
@@ -161,6 +169,10 @@ pub fn write_backup(
     };
     serde_json::to_writer(&mut *out, &header).map_err(|e| io(e.into()))?;
     out.write_all(b"\n").map_err(io)?;
+    plugins.export(out).map_err(|e| BackupError::Io {
+        path: "managed plugins".into(),
+        error: e.to_string(),
+    })?;
     let mut records = 0u64;
     let mut failed: Option<std::io::Error> = None;
     storage.for_each(|key, value| match write_record(out, key, value) {
@@ -212,7 +224,7 @@ pub fn backup_stopped(
     };
     let storage = Storage::open(&storage_settings, &cache)?;
     let next_id = IdAllocator::stored_mark(data_dir)?;
-    let written = write_backup(&storage, next_id, out);
+    let written = write_backup(&storage, &ManagedFiles::at(data_dir), next_id, out);
     storage.close();
     written
 }
@@ -275,10 +287,103 @@ pub struct BackupSummary {
     pub next_id: u64,
     /// Every version the server had handed out is at most this.
     pub seq: u64,
+    /// Managed plugins in it.
+    pub plugins: usize,
 }
 
 /// Receives each record (key, version, value JSON) during a restore.
 type RecordSink<'a> = &'a mut dyn FnMut(&str, u64, &[u8]) -> Result<(), BackupError>;
+
+/// A managed-plugin line of a backup, checked.
+enum PluginPart<'a> {
+    /// A module or vectors file: its file name and content.
+    Blob(&'a str, &'a [u8]),
+    /// The registry naming them.
+    Registry(&'a Registry),
+}
+
+/// Receives the managed-plugin lines during a restore.
+type PluginSink<'a> = &'a mut dyn FnMut(PluginPart<'_>) -> Result<(), BackupError>;
+
+/// What a restore does with each line; `None`s only check.
+#[derive(Default)]
+struct Sinks<'a> {
+    records: Option<RecordSink<'a>>,
+    plugins: Option<PluginSink<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobLine {
+    plugin_blob: String,
+    base64: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryLine {
+    plugin_registry: Registry,
+}
+
+/// The plugin lines seen so far.
+#[derive(Default)]
+struct PluginLines {
+    blobs: HashSet<String>,
+    registry: Option<usize>,
+}
+
+impl PluginLines {
+    /// Checks one plugin line (a blob's hash, a registry naming only blobs
+    /// already seen) and hands it to `sink`. `Ok(false)`: not a plugin line.
+    fn take(&mut self, line: &[u8], sink: Option<&mut PluginSink<'_>>) -> Result<bool, String> {
+        use base64::Engine as _;
+        if line.starts_with(b"{\"plugin_blob\"") {
+            let blob: BlobLine =
+                serde_json::from_slice(line).map_err(|e| format!("bad plugin blob line: {e}"))?;
+            let name = blob.plugin_blob.as_str();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(blob.base64.as_bytes())
+                .map_err(|e| format!("plugin blob {name:?}: {e}"))?;
+            let stem = name.split('.').next().unwrap_or("");
+            if !managed_files::is_blob_name(name) || managed_files::sha256_hex(&bytes) != stem {
+                return Err(format!("plugin blob {name:?} does not match its sha256"));
+            }
+            if self.registry.is_some() || !self.blobs.insert(name.to_owned()) {
+                return Err(format!("plugin blob {name:?} is out of place or repeated"));
+            }
+            if let Some(sink) = sink {
+                sink(PluginPart::Blob(name, &bytes)).map_err(|e| e.to_string())?;
+            }
+            return Ok(true);
+        }
+        if line.starts_with(b"{\"plugin_registry\"") {
+            let RegistryLine { plugin_registry } =
+                serde_json::from_slice(line).map_err(|e| format!("bad plugin registry: {e}"))?;
+            plugin_registry.check()?;
+            if let Some(missing) = plugin_registry
+                .blobs()
+                .iter()
+                .find(|b| !self.blobs.contains(*b))
+            {
+                return Err(format!(
+                    "the plugin registry names {missing:?}, which the backup lacks"
+                ));
+            }
+            if self
+                .registry
+                .replace(plugin_registry.plugins.len())
+                .is_some()
+            {
+                return Err("a second plugin registry".into());
+            }
+            if let Some(sink) = sink {
+                sink(PluginPart::Registry(&plugin_registry)).map_err(|e| e.to_string())?;
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
 
 /// What every restored value must meet: I-JSON, as for any write, with the
 /// widest limits a server can be configured with.
@@ -307,19 +412,19 @@ fn next_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Op
     Ok(Some(()))
 }
 
-/// Reads a backup file line by line, checking everything; calls `each` for
-/// every record when given.
-fn scan(path: &Path, each: Option<RecordSink<'_>>) -> Result<BackupSummary, BackupError> {
+/// Reads a backup file line by line, checking everything; hands every
+/// line to `sinks` when given.
+fn scan(path: &Path, sinks: Sinks<'_>) -> Result<BackupSummary, BackupError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(io_error(&name))?;
-    scan_reader(&name, BufReader::new(file), each)
+    scan_reader(&name, BufReader::new(file), sinks)
 }
 
 /// [`scan`] over any reader; `name` names it in errors.
 fn scan_reader(
     name: &str,
     mut reader: impl BufRead,
-    mut each: Option<RecordSink<'_>>,
+    mut sinks: Sinks<'_>,
 ) -> Result<BackupSummary, BackupError> {
     let invalid = |line: usize, message: String| BackupError::Invalid {
         path: name.to_owned(),
@@ -343,6 +448,7 @@ fn scan_reader(
         ));
     }
     let mut keys = HashSet::new();
+    let mut plugins = PluginLines::default();
     let mut line_no = 1;
     loop {
         line_no += 1;
@@ -372,7 +478,15 @@ fn scan_reader(
                 records,
                 next_id: header.next_id,
                 seq: trailer.seq,
+                plugins: plugins.registry.unwrap_or(0),
             });
+        }
+        if keys.is_empty() {
+            match plugins.take(&line, sinks.plugins.as_mut()) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(message) => return Err(invalid(line_no, message)),
+            }
         }
         let record: Record = serde_json::from_slice(&line)
             .map_err(|e| invalid(line_no, format!("bad record: {e}")))?;
@@ -395,7 +509,7 @@ fn scan_reader(
         if !keys.insert(key.to_owned()) {
             return Err(invalid(line_no, format!("key {key:?} appears twice")));
         }
-        if let Some(each) = each.as_mut() {
+        if let Some(each) = sinks.records.as_mut() {
             each(key, record.version, json.as_bytes())?;
         }
     }
@@ -407,7 +521,7 @@ fn scan_reader(
 
 /// Checks a backup file completely without writing anything.
 pub fn validate(path: &Path) -> Result<BackupSummary, BackupError> {
-    scan(path, None)
+    scan(path, Sinks::default())
 }
 
 /// Restores `path` into `data_dir`, which must be missing or empty, with
@@ -435,7 +549,25 @@ pub fn restore(
         let mut add = |key: &str, version: u64, json: &[u8]| {
             loader.add(key, version, json).map_err(BackupError::from)
         };
-        let written = scan(path, Some(&mut add))?;
+        let files = ManagedFiles::at(&staging);
+        let mut add_plugin = |part: PluginPart<'_>| {
+            let done = match part {
+                PluginPart::Blob(name, bytes) => {
+                    let ext = name.rsplit('.').next().unwrap_or("wasm");
+                    files.put_blob(bytes, ext).map(drop)
+                }
+                PluginPart::Registry(registry) => files.save(registry),
+            };
+            done.map_err(|e| BackupError::Io {
+                path: target.clone(),
+                error: e.to_string(),
+            })
+        };
+        let sinks = Sinks {
+            records: Some(&mut add),
+            plugins: Some(&mut add_plugin),
+        };
+        let written = scan(path, sinks)?;
         loader.finish(written.next_id, written.seq)?;
         move_into_place(&staging, data_dir).map_err(io_error(&target))?;
         Ok::<_, BackupError>(written)
@@ -506,6 +638,54 @@ mod tests {
     /// Everything the server accepts comes back from a restore byte for
     /// byte, with its version, into any shard count; and the restored
     /// server hands out only versions never seen before.
+    /// A managed plugin with vectors, saved in `files`.
+    fn uploaded(files: &ManagedFiles) -> Registry {
+        let upload = crate::plugin::managed::NewVersion {
+            sha256: files.put_blob(b"(module)", "wasm").unwrap(),
+            size: 8,
+            vectors: Some((files.put_blob(b"[]", "json").unwrap(), 0)),
+            spec: crate::plugin::PluginSpec::new("p", "p.wasm".into()),
+            uploaded_by: "ops".into(),
+            uploaded_ms: 5,
+            placement: None,
+        };
+        let quota = crate::plugin::managed::Quota {
+            max_plugins: 1,
+            max_versions: 1,
+        };
+        let (registry, _) = Registry::default().with_upload("p", upload, quota).unwrap();
+        files.save(&registry).unwrap();
+        registry
+    }
+
+    #[test]
+    fn damaged_plugin_lines_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ManagedFiles::at(dir.path());
+        uploaded(&files);
+        let mut lines = Vec::new();
+        files.export(&mut lines).unwrap();
+        let lines = String::from_utf8(lines).unwrap();
+        let header =
+            r#"{"format":"exdaas-backup","version":3,"shards":1,"next_id":0,"created_ms":0}"#;
+        let trailer = r#"{"end":true,"records":0,"seq":0}"#;
+        let check = |body: &str| {
+            let text = format!("{header}\n{body}{trailer}\n");
+            scan_reader("b", text.as_bytes(), Sinks::default())
+        };
+        assert_eq!(check(&lines).unwrap().plugins, 1);
+        let mut parts: Vec<&str> = lines.lines().collect();
+        // The registry without the blobs it names.
+        let registry_only = format!("{}\n", parts.last().unwrap());
+        let err = check(&registry_only).unwrap_err().to_string();
+        assert!(err.contains("lacks"), "{err}");
+        // A blob whose content does not match its name.
+        let tampered = parts[0].replacen("\"base64\":\"", "\"base64\":\"AAAA", 1);
+        parts[0] = &tampered;
+        let err = check(&(parts.join("\n") + "\n")).unwrap_err().to_string();
+        assert!(err.contains("sha256") || err.contains("base64"), "{err}");
+    }
+
     fn round_trip(docs: &BTreeMap<String, Vec<u8>>, from: u32, to: u32) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -521,14 +701,18 @@ mod tests {
         rt.block_on(source.write("x!gone".into(), WriteOp::Delete, Expect::Any))
             .unwrap();
         let seq = source.last_seq().unwrap();
+        let plugins = ManagedFiles::at(&dir.path().join("a"));
+        let registry = uploaded(&plugins);
         let image = dir.path().join("backup.ndjson");
         let mut out = std::fs::File::create(&image).unwrap();
-        write_backup(&source, 7, &mut out).unwrap();
+        write_backup(&source, &plugins, 7, &mut out).unwrap();
         drop(out);
 
         let target = dir.path().join("b");
         let summary = restore(&image, &target, to, 1 << 20).unwrap();
         assert_eq!(summary.records, docs.len() as u64);
+        assert_eq!(summary.plugins, 1);
+        assert_eq!(ManagedFiles::at(&target).load().unwrap(), registry);
         assert!(summary.seq >= seq);
         let restored = open(&target, to);
         for (key, doc) in docs {
@@ -576,7 +760,7 @@ mod tests {
                 text.push_str(line);
                 text.push('\n');
             }
-            match scan_reader("t", text.as_bytes(), None) {
+            match scan_reader("t", text.as_bytes(), Sinks::default()) {
                 Ok(summary) => prop_assert_eq!(summary.records, 0),
                 Err(BackupError::Invalid { .. }) => {}
                 Err(other) => prop_assert!(false, "{other}"),

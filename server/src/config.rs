@@ -41,6 +41,34 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// WebAssembly validators and transforms, run in order on matching writes.
     pub plugins: Vec<PluginSpec>,
+    /// Plugins uploaded over the API (`PUT /v1/admin/plugins/{name}`).
+    pub plugin_uploads: PluginUploadSettings,
+}
+
+/// Limits on managed (uploaded) plugins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginUploadSettings {
+    /// Accept uploads, rollbacks and deletes over the API (admin token
+    /// required). Off: managed plugins already stored still run.
+    pub enabled: bool,
+    /// Largest module accepted, in bytes.
+    pub max_module_bytes: usize,
+    /// Most managed plugins.
+    pub max_plugins: usize,
+    /// Versions kept per plugin for rollback (the active one always is).
+    pub max_versions: usize,
+}
+
+impl Default for PluginUploadSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_module_bytes: 8 * 1024 * 1024,
+            max_plugins: 32,
+            max_versions: 5,
+        }
+    }
 }
 
 /// Access control settings.
@@ -477,7 +505,19 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 10] = [
+    let positive: [(u64, &str); 13] = [
+        (
+            s.plugin_uploads.max_module_bytes as u64,
+            "plugin_uploads.max_module_bytes",
+        ),
+        (
+            s.plugin_uploads.max_plugins as u64,
+            "plugin_uploads.max_plugins",
+        ),
+        (
+            s.plugin_uploads.max_versions as u64,
+            "plugin_uploads.max_versions",
+        ),
         (s.storage.shards.into(), "storage.shards"),
         (s.storage.max_batch as u64, "storage.max_batch"),
         (s.storage.queue_depth as u64, "storage.queue_depth"),
@@ -495,6 +535,11 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
     for (value, key) in positive {
         check(value > 0, key, "must be above 0")?;
     }
+    check(
+        s.plugin_uploads.max_module_bytes as u64 <= crate::plugin::MAX_UPLOAD_MODULE_BYTES,
+        "plugin_uploads.max_module_bytes",
+        &format!("must be at most {}", crate::plugin::MAX_UPLOAD_MODULE_BYTES),
+    )?;
     check(
         s.storage.shards <= 1024,
         "storage.shards",

@@ -12,6 +12,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::ijson::Violation;
+use crate::plugin::managed::ManagedError;
 use crate::plugin::FailureKind;
 use crate::storage::{StoreError, WriteOutcome};
 
@@ -92,6 +93,9 @@ pub enum ApiError {
     /// Storage failed or is unavailable.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A change to the managed plugins was refused or failed.
+    #[error(transparent)]
+    Managed(#[from] ManagedError),
 }
 
 impl From<Violation> for ApiError {
@@ -145,6 +149,18 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            Self::Managed(e) => match e {
+                ManagedError::Disabled => (StatusCode::FORBIDDEN, "uploads_disabled"),
+                ManagedError::InvalidName(_) => (StatusCode::BAD_REQUEST, "invalid_name"),
+                ManagedError::InvalidUpload(_) => (StatusCode::BAD_REQUEST, "invalid_upload"),
+                ManagedError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                ManagedError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "no_such_version"),
+                ManagedError::Configured(_) => (StatusCode::CONFLICT, "plugin_configured"),
+                ManagedError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "module_too_large"),
+                ManagedError::Limit(_) => (StatusCode::CONFLICT, "plugin_limit"),
+                ManagedError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "plugin_refused"),
+                ManagedError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            },
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),

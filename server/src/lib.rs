@@ -7,6 +7,7 @@
 //! - [`storage`]: key placement, one persy store + cache + writer thread per
 //!   shard, group commit, the id counter;
 //! - [`plugin`]: the plugin configuration and the wasm host;
+//! - [`plugin_host`]: the active chain and how it changes (reload, uploads);
 //! - [`app`]: state shared by handlers and the single write path;
 //! - [`auth`]: bearer tokens and roles;
 //! - [`metrics`]: request, storage and plugin metrics in Prometheus format;
@@ -33,6 +34,7 @@ pub mod logsafe;
 pub mod metrics;
 pub mod plugin;
 pub mod plugin_cli;
+pub mod plugin_host;
 pub mod server;
 pub mod storage;
 #[cfg(test)]

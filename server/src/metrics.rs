@@ -71,7 +71,14 @@ impl Route {
             Op::ApiRead | Op::ApiWrite => Route::Api,
             Op::ApiCmd => Route::ApiCmd,
             Op::PluginList | Op::PluginDryRun | Op::PluginShadow => Route::Plugins,
-            Op::PluginReload | Op::PluginPromote | Op::Backup | Op::BackupHead => Route::Admin,
+            Op::PluginReload
+            | Op::PluginPromote
+            | Op::PluginUpload
+            | Op::PluginDescribe
+            | Op::PluginDelete
+            | Op::PluginRollback
+            | Op::Backup
+            | Op::BackupHead => Route::Admin,
             Op::Health | Op::Ready => Route::Health,
             Op::Metrics => Route::Metrics,
             Op::OpenApi => Route::Other,

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::app::App;
 use crate::config::LoadedSettings;
-use crate::plugin::PluginChain;
+use crate::plugin_host::PluginHost;
 use crate::storage::Storage;
 
 /// Reloads the plugin chain on every SIGHUP; a failed reload keeps the old one.
@@ -43,24 +43,16 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || Storage::open(&storage_settings, &cache_settings))
             .await??;
     let storage = Arc::new(storage);
-    let specs = settings.plugins.clone();
-    let limits = settings.limits.value_limits();
-    let chain = tokio::task::spawn_blocking(move || PluginChain::load(&specs, limits)).await??;
-    for plugin in chain.plugins() {
-        tracing::info!(plugin = plugin.name(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
-    }
+    let (plugin_settings, config_file) = (settings.clone(), loaded.file.clone());
+    let plugins =
+        tokio::task::spawn_blocking(move || PluginHost::open(&plugin_settings, config_file))
+            .await??;
     let threads = match settings.server.plugin_threads {
         0 => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
     let workers = crate::plugin::WorkerPool::new(threads)?;
-    let app = App::new(
-        settings.clone(),
-        storage.clone(),
-        chain,
-        loaded.file.clone(),
-        workers,
-    );
+    let app = App::new(settings.clone(), storage.clone(), plugins, workers);
     let app = Arc::new(app);
     if app.tokens.enabled() {
         tracing::info!(

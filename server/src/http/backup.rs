@@ -61,6 +61,7 @@ pub fn head() -> Response<Body> {
 pub async fn stream(app: &App) -> Response<Body> {
     let (tx, body) = Channel::<Bytes, Infallible>::new(4);
     let storage = Arc::clone(&app.storage);
+    let plugins = app.plugins.files();
     let next_id = storage.id_high_water().await;
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -69,7 +70,7 @@ pub async fn stream(app: &App) -> Response<Body> {
             runtime,
             buf: Vec::with_capacity(CHUNK),
         };
-        match crate::backup::write_backup(&storage, next_id, &mut writer) {
+        match crate::backup::write_backup(&storage, &plugins, next_id, &mut writer) {
             Ok(records) => tracing::info!(records, "backup streamed"),
             // The trailer is missing, so restore will refuse the partial file.
             Err(e) => tracing::warn!(error = %e, "backup stream stopped"),

@@ -3,7 +3,8 @@
 //! - `request`: checked parsing of keys, bodies and queries;
 //! - `conditional`: If-Match / If-None-Match, as RFC 9110 orders them;
 //! - `kv`: the native `/v1/kv` API;
-//! - `plugins`: plugin listing, dry runs and reload;
+//! - `plugins`: plugin listing, dry runs, reload, shadow records, promotion;
+//! - `managed_plugins`: uploads, versions, rollback and removal of plugins;
 //! - `compat`: the ExDaas `/api` contract;
 //! - `nested_params`: Plug-style nested parameters for `compat`;
 //! - `routes`: the route table the router dispatches through;
@@ -15,6 +16,7 @@ mod backup;
 mod compat;
 mod conditional;
 mod kv;
+mod managed_plugins;
 mod nested_params;
 mod openapi;
 mod plugins;
@@ -68,7 +70,12 @@ async fn dispatch(
         Op::KvGet | Op::KvPut | Op::KvDelete | Op::PluginDryRun => {
             request::parse_key(raw, app.settings.limits.max_key_bytes)?
         }
-        Op::PluginShadow | Op::PluginPromote => raw.to_owned(),
+        Op::PluginShadow
+        | Op::PluginPromote
+        | Op::PluginUpload
+        | Op::PluginDescribe
+        | Op::PluginDelete
+        | Op::PluginRollback => request::parse_name(raw)?,
         _ => String::new(),
     };
     let response = match op {
@@ -86,7 +93,11 @@ async fn dispatch(
         Op::PluginDryRun => plugins::dry_run(app, req, param).await?,
         Op::PluginReload => plugins::reload(app).await?,
         Op::PluginShadow => plugins::shadow(app, &param)?,
-        Op::PluginPromote => plugins::promote(app, &param)?,
+        Op::PluginPromote => plugins::promote(app, &param).await?,
+        Op::PluginUpload => managed_plugins::upload(app, req, &param).await?,
+        Op::PluginDescribe => managed_plugins::describe(app, &param).await?,
+        Op::PluginDelete => managed_plugins::delete(app, &param).await?,
+        Op::PluginRollback => managed_plugins::rollback(app, req, &param).await?,
         Op::Health => health(app),
         Op::Ready => ready(app),
         Op::Metrics => metrics(app),

@@ -1,5 +1,6 @@
 //! Plugin introspection and administration: `GET /v1/plugins`,
-//! `POST /v1/plugins/dry-run/{key}`, `POST /v1/admin/plugins/reload`.
+//! `POST /v1/plugins/dry-run/{key}`, `POST /v1/admin/plugins/reload`,
+//! shadow records and promotion.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,26 +20,26 @@ pub fn list(app: &App) -> HttpResponse {
     json_response(StatusCode::OK, &app.chain().describe())
 }
 
-/// The running plugin a path's `{name}` names, percent-decoded.
+/// The 404 for a name no running plugin has.
+fn not_loaded(name: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no plugin named {:?} is loaded",
+        crate::ijson::quote(name)
+    ))
+}
+
+/// The running plugin called `name`.
 fn named<'c>(
     chain: &'c crate::plugin::PluginChain,
-    raw: &str,
+    name: &str,
 ) -> Result<&'c crate::plugin::LoadedPlugin, ApiError> {
-    let name = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid_name", "plugin name is not UTF-8"))?;
-    chain.plugin(&name).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no plugin named {:?} is loaded",
-            crate::ijson::quote(&name)
-        ))
-    })
+    chain.plugin(name).ok_or_else(|| not_loaded(name))
 }
 
 /// `GET /v1/plugins/{name}/shadow`: what a shadow plugin would have done.
-pub fn shadow(app: &App, raw_name: &str) -> Result<HttpResponse, ApiError> {
+pub fn shadow(app: &App, name: &str) -> Result<HttpResponse, ApiError> {
     let chain = app.chain();
-    let plugin = named(&chain, raw_name)?;
+    let plugin = named(&chain, name)?;
     let stats = plugin.stats.to_json();
     Ok(json_response(
         StatusCode::OK,
@@ -57,27 +58,31 @@ pub fn shadow(app: &App, raw_name: &str) -> Result<HttpResponse, ApiError> {
 }
 
 /// `POST /v1/admin/plugins/{name}/promote`: a shadow plugin starts to
-/// enforce, between writes. A reload reapplies the configured mode.
-pub fn promote(app: &App, raw_name: &str) -> Result<HttpResponse, ApiError> {
-    let chain = app.chain();
-    let plugin = named(&chain, raw_name)?;
-    let changed = plugin.promote();
+/// enforce, between writes. For a managed plugin the change is recorded;
+/// for a configured one a reload reapplies the configured mode.
+pub async fn promote(app: &App, name: &str) -> Result<HttpResponse, ApiError> {
+    let Some((changed, lasting)) = app.plugins.promote(name).await? else {
+        return Err(not_loaded(name));
+    };
     if changed {
         tracing::info!(
-            plugin = plugin.name(),
+            plugin = name,
+            lasting,
             "plugin promoted from shadow to enforce"
         );
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "plugin": plugin.name(),
-            "mode": "enforce",
-            "changed": changed,
-            "until_reload": true,
-            "note": "set mode = \"enforce\" in the plugin's table to keep it across reloads and restarts",
-        }),
-    ))
+    let mut answer = json!({
+        "plugin": name,
+        "mode": "enforce",
+        "changed": changed,
+        "until_reload": !lasting,
+    });
+    if !lasting {
+        answer["note"] = Value::from(
+            "set mode = \"enforce\" in the plugin's table to keep it across reloads and restarts",
+        );
+    }
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `POST /v1/admin/plugins/reload`.

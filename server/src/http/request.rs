@@ -56,19 +56,11 @@ pub fn check_key(key: &str, max_bytes: usize) -> Result<(), ApiError> {
 
 /// Requires a JSON content type (`application/json`, or any `+json` type).
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(value) = headers.get(CONTENT_TYPE) else {
+    let Some(media) = media_type(headers) else {
         return Err(ApiError::UnsupportedMediaType(
             "missing Content-Type; send application/json".into(),
         ));
     };
-    let media = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     if media == "application/json" || media.ends_with("+json") {
         Ok(())
     } else {
@@ -76,6 +68,21 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
             "Content-Type {media:?} is not supported; send application/json"
         )))
     }
+}
+
+/// A path's `{name}` segment, percent-decoded.
+pub fn parse_name(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|name| name.into_owned())
+        .map_err(|_| ApiError::bad_request("invalid_name", "plugin name is not UTF-8"))
+}
+
+/// The request's media type (lower case, parameters dropped), if it has one.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(CONTENT_TYPE)?;
+    let media = value.to_str().unwrap_or("").split(';').next().unwrap_or("");
+    Some(media.trim().to_ascii_lowercase())
 }
 
 /// Reads the whole body, refusing (413) anything over `server.max_body_bytes`
@@ -88,10 +95,34 @@ pub async fn read_body(
     body: Incoming,
     server: &ServerSettings,
 ) -> Result<Bytes, ApiError> {
-    let limit = server.max_body_bytes;
+    let limit = BodyLimit {
+        bytes: server.max_body_bytes,
+        setting: "server.max_body_bytes",
+    };
+    read_body_within(headers, body, limit, server.body_read_timeout_ms).await
+}
+
+/// The most a body may hold, and the setting that says so (for the 413).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    /// Bytes.
+    pub bytes: usize,
+    /// The setting behind it.
+    pub setting: &'static str,
+}
+
+/// [`read_body`] under a limit of the caller's choosing (plugin uploads
+/// have their own).
+pub async fn read_body_within(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: BodyLimit,
+    timeout_ms: u64,
+) -> Result<Bytes, ApiError> {
+    let (limit, setting) = (limit.bytes, limit.setting);
     let too_large = || ApiError::TooLarge {
         code: "body_too_large",
-        message: format!("request body exceeds {limit} bytes (server.max_body_bytes)"),
+        message: format!("request body exceeds {limit} bytes ({setting})"),
     };
     if let Some(length) = headers.get(CONTENT_LENGTH) {
         let length: u64 = length
@@ -105,12 +136,11 @@ pub async fn read_body(
             return Err(too_large());
         }
     }
-    let timeout = Duration::from_millis(server.body_read_timeout_ms);
+    let timeout = Duration::from_millis(timeout_ms);
     let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await
     else {
         return Err(ApiError::RequestTimeout(format!(
-            "the request body did not arrive within {} ms (server.body_read_timeout_ms)",
-            server.body_read_timeout_ms
+            "the request body did not arrive within {timeout_ms} ms (server.body_read_timeout_ms)"
         )));
     };
     match collected {

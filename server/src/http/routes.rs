@@ -37,6 +37,14 @@ pub enum Op {
     PluginShadow,
     /// `POST /v1/admin/plugins/{name}/promote`: shadow to enforce.
     PluginPromote,
+    /// `PUT /v1/admin/plugins/{name}`: upload a managed plugin version.
+    PluginUpload,
+    /// `GET /v1/admin/plugins/{name}`: a plugin's versions and stats.
+    PluginDescribe,
+    /// `DELETE /v1/admin/plugins/{name}`: remove a managed plugin.
+    PluginDelete,
+    /// `POST /v1/admin/plugins/{name}/rollback`: an earlier version again.
+    PluginRollback,
     /// `GET /v1/admin/backup`: the streamed backup.
     Backup,
     /// `HEAD /v1/admin/backup`: its headers without taking one.
@@ -122,6 +130,19 @@ pub static ROUTES: &[Route] = &[
     Route {
         template: "/v1/admin/plugins/{name}/promote",
         ops: &[(Method::POST, Op::PluginPromote)],
+    },
+    Route {
+        template: "/v1/admin/plugins/{name}",
+        ops: &[
+            (Method::GET, Op::PluginDescribe),
+            (Method::HEAD, Op::PluginDescribe),
+            (Method::PUT, Op::PluginUpload),
+            (Method::DELETE, Op::PluginDelete),
+        ],
+    },
+    Route {
+        template: "/v1/admin/plugins/{name}/rollback",
+        ops: &[(Method::POST, Op::PluginRollback)],
     },
     Route {
         template: "/v1/admin/backup",
@@ -252,6 +273,22 @@ mod tests {
         assert_eq!(
             op(&Method::POST, "/v1/admin/plugins/reload"),
             Some((Op::PluginReload, ""))
+        );
+        assert!(matches!(
+            resolve(&Method::PUT, "/v1/admin/plugins/reload"),
+            Resolved::MethodNotAllowed(_)
+        ));
+        assert_eq!(
+            op(&Method::PUT, "/v1/admin/plugins/enum-field"),
+            Some((Op::PluginUpload, "enum-field"))
+        );
+        assert_eq!(
+            op(&Method::POST, "/v1/admin/plugins/enum-field/rollback"),
+            Some((Op::PluginRollback, "enum-field"))
+        );
+        assert_eq!(
+            resolve(&Method::PUT, "/v1/admin/plugins/a/b"),
+            Resolved::NotFound
         );
     }
 

@@ -14,7 +14,7 @@ use crate::ijson::ValueLimits;
 
 use super::failure::{FailureKind, PluginFailure, PluginLoadError};
 use super::instance::{timed, CallInput, CallVerdict, LoadedPlugin};
-use super::spec::{OnFailure, PluginSpec};
+use super::spec::{OnFailure, PluginSource, PluginSpec};
 use super::vectors;
 use super::EPOCH_TICK;
 
@@ -162,7 +162,19 @@ impl PluginChain {
     /// Loads every plugin of `specs`; fails on the first that cannot load
     /// or whose test vectors fail.
     pub fn load(specs: &[PluginSpec], limits: ValueLimits) -> Result<Self, PluginLoadError> {
-        Self::load_checked(specs, limits, true)
+        Self::load_checked(specs, limits, true, None)
+    }
+
+    /// Loads like [`PluginChain::load`] to replace `previous`: a plugin
+    /// that is the same module with the same settings (its mode aside)
+    /// keeps its counters and shadow record, so changing one plugin does
+    /// not wipe the others' history.
+    pub fn load_after(
+        specs: &[PluginSpec],
+        limits: ValueLimits,
+        previous: &PluginChain,
+    ) -> Result<Self, PluginLoadError> {
+        Self::load_checked(specs, limits, true, Some(previous))
     }
 
     /// Loads like [`PluginChain::load`] without running test vectors, for
@@ -171,13 +183,14 @@ impl PluginChain {
         specs: &[PluginSpec],
         limits: ValueLimits,
     ) -> Result<Self, PluginLoadError> {
-        Self::load_checked(specs, limits, false)
+        Self::load_checked(specs, limits, false, None)
     }
 
     fn load_checked(
         specs: &[PluginSpec],
         limits: ValueLimits,
         with_vectors: bool,
+        previous: Option<&PluginChain>,
     ) -> Result<Self, PluginLoadError> {
         if specs.is_empty() {
             return Ok(Self::empty());
@@ -207,6 +220,9 @@ impl PluginChain {
                 let mut plugin = LoadedPlugin::load(spec, &engine, metered, limits)?;
                 if with_vectors {
                     plugin.vectors_passed = check_vectors(&plugin, limits)?;
+                }
+                if let Some(before) = previous.and_then(|p| p.plugin(&spec.name)) {
+                    plugin.continue_history(before);
                 }
                 Ok(plugin)
             })
@@ -371,6 +387,11 @@ impl PluginChain {
             .map(|p| {
                 json!({
                     "name": p.name(),
+                    "source": p.spec.source.as_str(),
+                    "version": match p.spec.source {
+                        PluginSource::Managed { version } => Some(version),
+                        PluginSource::Config => None,
+                    },
                     "path": p.spec.path.display().to_string(),
                     "prefixes": p.spec.prefixes,
                     "sha256": p.sha256,

@@ -149,14 +149,15 @@ pub struct LoadedPlugin {
     fuel: Option<u64>,
     /// What a replacement value must meet, like any client value.
     value_limits: ValueLimits,
-    /// Counters for `GET /v1/plugins`.
-    pub stats: PluginStats,
+    /// Counters for `GET /v1/plugins`; shared with the same plugin in the
+    /// next chain when a reload or upload leaves it unchanged.
+    pub stats: Arc<PluginStats>,
     /// How many test vectors the plugin passed when it was loaded.
     pub vectors_passed: usize,
     /// In shadow mode now (starts as configured; promotion clears it).
     shadow: AtomicBool,
-    /// Would-be verdicts while in shadow mode.
-    pub shadow_log: ShadowLog,
+    /// Would-be verdicts while in shadow mode (shared like `stats`).
+    pub shadow_log: Arc<ShadowLog>,
 }
 
 fn load_err(spec: &PluginSpec, problem: impl Into<String>) -> PluginLoadError {
@@ -276,10 +277,10 @@ impl LoadedPlugin {
             fuel: spec.fuel.or(metered.then_some(u64::MAX)),
             max_output: limits.max_bytes + 64 * 1024,
             value_limits: limits,
-            stats: PluginStats::default(),
+            stats: Arc::default(),
             vectors_passed: 0,
             shadow: AtomicBool::new(spec.mode == PluginMode::Shadow),
-            shadow_log: ShadowLog::default(),
+            shadow_log: Arc::default(),
         };
         let mut ready = plugin
             .instantiate()
@@ -371,6 +372,20 @@ impl LoadedPlugin {
     /// until the chain is reloaded from the configuration.
     pub fn promote(&self) -> bool {
         self.shadow.swap(false, Ordering::AcqRel)
+    }
+
+    /// Takes over `before`'s counters and shadow record when `before` ran
+    /// the same module with the same settings (the mode aside: promotion
+    /// does not restart the record).
+    pub fn continue_history(&mut self, before: &LoadedPlugin) {
+        let settings = |spec: &PluginSpec| PluginSpec {
+            mode: PluginMode::Enforce,
+            ..spec.clone()
+        };
+        if self.sha256 == before.sha256 && settings(&self.spec) == settings(&before.spec) {
+            self.stats = Arc::clone(&before.stats);
+            self.shadow_log = Arc::clone(&before.shadow_log);
+        }
     }
 
     /// The plugin's name.

@@ -9,12 +9,16 @@
 //! - `stats`: per-plugin counters and call-time histogram;
 //! - `pool`: the threads the write pipeline runs plugins on;
 //! - `vectors`: test vectors a plugin must pass before it is loaded;
-//! - `shadow`: the record of a shadow-mode plugin's would-be verdicts.
+//! - `shadow`: the record of a shadow-mode plugin's would-be verdicts;
+//! - `managed`: plugins uploaded over the API, their versions and placement;
+//! - `managed_files`: the durable files behind them in the data directory.
 
 mod abi;
 mod chain;
 mod failure;
 mod instance;
+pub mod managed;
+pub mod managed_files;
 mod pool;
 mod shadow;
 mod spec;
@@ -27,7 +31,11 @@ pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
 pub use failure::{FailureKind, PluginFailure, PluginLoadError};
 pub use instance::{CallInput, CallVerdict, LoadedPlugin};
 pub use pool::WorkerPool;
-pub use spec::{OnFailure, PluginMode, PluginSpec};
+pub use spec::{OnFailure, PluginMode, PluginSource, PluginSpec};
 
 /// Granularity of plugin timeouts: the epoch ticker's period.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Ceiling of `plugin_uploads.max_module_bytes`: far above any validator
+/// or transform, low enough that an upload's body is safe to hold in memory.
+pub const MAX_UPLOAD_MODULE_BYTES: u64 = 64 * 1024 * 1024;

@@ -72,6 +72,32 @@ pub struct PluginSpec {
     /// `enforce` (default) or `shadow`.
     #[serde(default)]
     pub mode: PluginMode,
+    /// Where the plugin came from: the configuration, or an upload.
+    #[serde(skip)]
+    pub source: PluginSource,
+}
+
+/// Where a plugin of the chain came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A `[[plugins]]` table of the configuration.
+    #[default]
+    Config,
+    /// Uploaded over the API (`plugin::managed`); this version of it.
+    Managed {
+        /// The upload's version number.
+        version: u64,
+    },
+}
+
+impl PluginSource {
+    /// `config` or `managed`, as `GET /v1/plugins` reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginSource::Config => "config",
+            PluginSource::Managed { .. } => "managed",
+        }
+    }
 }
 
 fn empty_object() -> serde_json::Value {
@@ -87,6 +113,24 @@ fn default_max_memory_bytes() -> u64 {
 }
 
 impl PluginSpec {
+    /// A plugin with every setting at its default.
+    pub fn new(name: &str, path: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            path,
+            prefixes: Vec::new(),
+            config: empty_object(),
+            timeout_ms: default_timeout_ms(),
+            max_memory_bytes: default_max_memory_bytes(),
+            fuel: None,
+            on_failure: OnFailure::default(),
+            run_on_delete: false,
+            vectors: None,
+            mode: PluginMode::default(),
+            source: PluginSource::default(),
+        }
+    }
+
     /// Range checks; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
@@ -111,5 +155,18 @@ impl PluginSpec {
     /// Whether the plugin runs for writes to `key`.
     pub fn applies_to(&self, key: &str) -> bool {
         self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn new_has_the_same_defaults_as_a_table() {
+        let table: PluginSpec = toml::from_str("name = \"p\"\npath = \"p.wasm\"").unwrap();
+        assert_eq!(PluginSpec::new("p", "p.wasm".into()), table);
     }
 }

@@ -424,6 +424,21 @@ pub fn backup_from_server(
     )
 }
 
+/// `exdaas restore --in FILE --data-dir DIR`.
+pub fn restore(dir: &Path, image: &Path, data: &Path) -> (i32, String, String) {
+    run_cli(
+        dir,
+        &[
+            "restore",
+            "--in",
+            image.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
 /// `exdaas reshard --shards N --data-dir DIR`.
 pub fn reshard(dir: &Path, data: &Path, shards: &str) -> (i32, String, String) {
     run_cli(

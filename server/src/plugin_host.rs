@@ -1,0 +1,410 @@
+//! The active plugin chain and every way it changes: a reload of the
+//! configuration, and uploads, rollbacks, deletes and promotions of managed
+//! plugins. One chain is built from both sources (`managed::chain_specs`);
+//! each change builds a whole new chain beside the running one and swaps it
+//! in between writes only when it loaded, so a refused change leaves
+//! everything as it was. Changes are serialised by one async mutex, which
+//! also guards the managed-plugin registry they edit.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::config::{PluginUploadSettings, Settings};
+use crate::ijson::ValueLimits;
+use crate::plugin::managed::{
+    self, check_name, ManagedError, NewVersion, Placement, Quota, Registry,
+};
+use crate::plugin::managed_files::ManagedFiles;
+use crate::plugin::{vectors, PluginChain, PluginLoadError, PluginSource, PluginSpec, SharedChain};
+
+/// An upload, as the HTTP layer parsed it.
+#[derive(Debug)]
+pub struct Upload {
+    /// The module (binary or text WebAssembly).
+    pub module: Bytes,
+    /// Settings for the new version; `None` (a bare module) keeps the
+    /// active version's settings, vectors and placement, or the defaults
+    /// for a new plugin.
+    pub form: Option<UploadForm>,
+    /// Name of the uploading token.
+    pub uploaded_by: String,
+}
+
+/// The settings part of an upload.
+#[derive(Debug)]
+pub struct UploadForm {
+    /// The plugin's settings (a `[[plugins]]` table; name and path are
+    /// filled in).
+    pub spec: PluginSpec,
+    /// Test vectors as JSON text, if any.
+    pub vectors: Option<Vec<u8>>,
+    /// Where it goes in the chain; `None` keeps the current placement.
+    pub placement: Option<Placement>,
+}
+
+/// What a successful change did.
+#[derive(Debug)]
+pub struct Installed {
+    /// The version now active.
+    pub version: u64,
+    /// Its position in the chain (0: first).
+    pub position: Option<usize>,
+    /// Vectors it passed.
+    pub vectors_passed: usize,
+    /// Hex sha256 of its module.
+    pub sha256: String,
+}
+
+/// What the serialised changes edit.
+struct State {
+    registry: Registry,
+    /// The configured plugins of the running chain (file and environment).
+    configured: Vec<PluginSpec>,
+}
+
+/// The running chain and its managed plugins.
+pub struct PluginHost {
+    /// The chain writes use; swapped whole. A std lock: held only to clone
+    /// or replace the `Arc`, never across an await.
+    active: RwLock<SharedChain>,
+    state: tokio::sync::Mutex<State>,
+    files: Arc<ManagedFiles>,
+    uploads: PluginUploadSettings,
+    limits: ValueLimits,
+    /// The configuration file, re-read on reload.
+    config_file: Option<PathBuf>,
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> ManagedError {
+    ManagedError::Io(format!("plugin task failed: {e}"))
+}
+
+/// Builds the chain of `configured` plus `registry`, keeping the history
+/// of unchanged plugins of `previous`. Blocking: compiles modules.
+fn build_chain(
+    configured: &[PluginSpec],
+    registry: &Registry,
+    files: &ManagedFiles,
+    limits: ValueLimits,
+    previous: Option<&PluginChain>,
+) -> Result<PluginChain, PluginLoadError> {
+    let (specs, warnings) = managed::chain_specs(configured, registry, &files.blobs_dir());
+    for warning in warnings {
+        tracing::warn!(%warning, "plugin placement");
+    }
+    if let Some(spec) = specs.iter().find(|s| s.source == PluginSource::Config) {
+        if registry.plugin(&spec.name).is_some() {
+            return Err(PluginLoadError::DuplicateName(spec.name.clone()));
+        }
+    }
+    let chain = match previous {
+        Some(previous) => PluginChain::load_after(&specs, limits, previous)?,
+        None => PluginChain::load(&specs, limits)?,
+    };
+    // A module file whose content no longer matches its name was damaged
+    // on disk: refuse it rather than run something nobody uploaded.
+    for plugin in chain.plugins() {
+        let expected = plugin.spec.path.file_stem().and_then(|s| s.to_str());
+        let managed = matches!(plugin.spec.source, PluginSource::Managed { .. });
+        if managed && expected != Some(plugin.sha256.as_str()) {
+            return Err(PluginLoadError::Abi {
+                plugin: plugin.name().to_owned(),
+                path: plugin.spec.path.clone(),
+                problem: "the stored module does not match its recorded sha256".into(),
+            });
+        }
+    }
+    Ok(chain)
+}
+
+impl PluginHost {
+    /// Loads the configured and the stored managed plugins. Blocking.
+    pub fn open(settings: &Settings, config_file: Option<PathBuf>) -> anyhow::Result<Self> {
+        let files = ManagedFiles::at(&settings.storage.data_dir);
+        let registry = files.load()?;
+        let limits = settings.limits.value_limits();
+        let chain =
+            build_chain(&settings.plugins, &registry, &files, limits, None).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (managed plugins are recorded in {}/plugins/registry.json)",
+                    settings.storage.data_dir.display()
+                )
+            })?;
+        for plugin in chain.plugins() {
+            tracing::info!(plugin = plugin.name(), source = plugin.spec.source.as_str(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
+        }
+        Ok(Self {
+            active: RwLock::new(Arc::new(chain)),
+            state: tokio::sync::Mutex::new(State {
+                registry,
+                configured: settings.plugins.clone(),
+            }),
+            files: Arc::new(files),
+            uploads: settings.plugin_uploads.clone(),
+            limits,
+            config_file,
+        })
+    }
+
+    /// The chain writes use right now.
+    pub fn chain(&self) -> SharedChain {
+        match self.active.read() {
+            Ok(chain) => chain.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn swap(&self, chain: SharedChain) {
+        match self.active.write() {
+            Ok(mut active) => *active = chain,
+            Err(poisoned) => *poisoned.into_inner() = chain,
+        }
+    }
+
+    /// The managed-plugin files, for backups.
+    pub fn files(&self) -> Arc<ManagedFiles> {
+        Arc::clone(&self.files)
+    }
+
+    /// Re-reads the plugin tables of the configuration (file and
+    /// environment) and swaps in the new chain, managed plugins included.
+    /// On any error the running chain stays active.
+    pub async fn reload(&self) -> Result<usize, PluginLoadError> {
+        let mut state = self.state.lock().await;
+        let file = self.config_file.clone();
+        let (files, limits, registry) = (self.files(), self.limits, state.registry.clone());
+        let previous = self.chain();
+        let (chain, configured) = tokio::task::spawn_blocking(move || {
+            let loaded = crate::config::load(file.as_deref())
+                .map_err(|e| PluginLoadError::Config(e.to_string()))?;
+            let configured = loaded.settings.plugins;
+            let chain = build_chain(&configured, &registry, &files, limits, Some(&previous))?;
+            Ok::<_, PluginLoadError>((chain, configured))
+        })
+        .await
+        .map_err(|e| PluginLoadError::Engine(format!("reload task failed: {e}")))??;
+        let count = chain.plugins().len();
+        self.swap(Arc::new(chain));
+        state.configured = configured;
+        tracing::info!(plugins = count, "plugin chain reloaded");
+        Ok(count)
+    }
+
+    /// Builds the chain for `next`, saves `next` and swaps both in; on any
+    /// failure nothing changes and files written for `next` are removed.
+    async fn install(
+        &self,
+        state: &mut State,
+        next: Registry,
+    ) -> Result<SharedChain, ManagedError> {
+        let (files, limits, configured) = (self.files(), self.limits, state.configured.clone());
+        let previous = self.chain();
+        let current = state.registry.clone();
+        let saved = next.clone();
+        let chain = tokio::task::spawn_blocking(move || {
+            let built = build_chain(&configured, &saved, &files, limits, Some(&previous))
+                .map_err(|e| ManagedError::Refused(e.to_string()))
+                .and_then(|chain| files.save(&saved).map(|()| chain));
+            if built.is_err() {
+                files.discard_unreferenced(&current);
+            }
+            built
+        })
+        .await
+        .map_err(blocking_failed)??;
+        let chain = Arc::new(chain);
+        self.swap(Arc::clone(&chain));
+        state.registry = next;
+        Ok(chain)
+    }
+
+    /// Whether `name` may be changed over the API. Names that could never
+    /// be uploaded are simply not found (by the registry) for the other
+    /// changes; the upload checks them itself.
+    fn check_writable(&self, state: &State, name: &str) -> Result<(), ManagedError> {
+        if !self.uploads.enabled {
+            return Err(ManagedError::Disabled);
+        }
+        if state.configured.iter().any(|s| s.name == name) {
+            return Err(ManagedError::Configured(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Stores and activates a new version of `name`.
+    pub async fn upload(&self, name: &str, upload: Upload) -> Result<Installed, ManagedError> {
+        let mut state = self.state.lock().await;
+        self.check_writable(&state, name)?;
+        check_name(name)?;
+        if upload.module.len() > self.uploads.max_module_bytes {
+            return Err(ManagedError::TooLarge(format!(
+                "module of {} bytes; plugin_uploads.max_module_bytes is {}",
+                upload.module.len(),
+                self.uploads.max_module_bytes
+            )));
+        }
+        let active = state.registry.plugin(name).and_then(|p| p.active_version());
+        let (mut spec, vectors, placement) = match upload.form {
+            Some(form) => (form.spec, form.vectors.map(Vectors::Given), form.placement),
+            None => match active {
+                Some(record) => (
+                    record.spec.clone(),
+                    record
+                        .vectors_sha256
+                        .clone()
+                        .map(|sha| Vectors::Kept(sha, record.vectors)),
+                    None,
+                ),
+                None => (PluginSpec::new(name, PathBuf::new()), None, None),
+            },
+        };
+        spec.name = name.to_owned();
+        spec.validate().map_err(ManagedError::InvalidUpload)?;
+        let count = match &vectors {
+            Some(Vectors::Given(text)) => Some(
+                vectors::parse(text, self.limits)
+                    .map_err(|e| ManagedError::InvalidUpload(format!("vectors: {e}")))?
+                    .len(),
+            ),
+            _ => None,
+        };
+        let files = self.files();
+        let module = upload.module.clone();
+        let vectors = tokio::task::spawn_blocking(move || {
+            let sha = files.put_blob(&module, "wasm")?;
+            let vectors = match vectors {
+                Some(Vectors::Given(text)) => {
+                    Some((files.put_blob(&text, "json")?, count.unwrap_or(0)))
+                }
+                Some(Vectors::Kept(sha, n)) => Some((sha, n)),
+                None => None,
+            };
+            Ok::<_, ManagedError>((sha, vectors))
+        })
+        .await
+        .map_err(blocking_failed)?;
+        let (sha256, vectors) = match vectors {
+            Ok(done) => done,
+            Err(e) => {
+                self.files.discard_unreferenced(&state.registry);
+                return Err(e);
+            }
+        };
+        let quota = Quota {
+            max_plugins: self.uploads.max_plugins,
+            max_versions: self.uploads.max_versions,
+        };
+        let new = NewVersion {
+            sha256: sha256.clone(),
+            size: upload.module.len() as u64,
+            vectors,
+            spec,
+            uploaded_by: upload.uploaded_by,
+            uploaded_ms: crate::app::now_ms(),
+            placement,
+        };
+        let (next, version) = match state.registry.with_upload(name, new, quota) {
+            Ok(next) => next,
+            Err(e) => {
+                self.files.discard_unreferenced(&state.registry);
+                return Err(e);
+            }
+        };
+        let chain = self.install(&mut state, next).await?;
+        tracing::info!(plugin = name, version, %sha256, "managed plugin uploaded and active");
+        Ok(installed(&chain, name, version, sha256))
+    }
+
+    /// Makes `version` of `name` (default: the one before the active one)
+    /// active again.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Installed, ManagedError> {
+        let mut state = self.state.lock().await;
+        self.check_writable(&state, name)?;
+        let (next, version) = state.registry.with_rollback(name, version)?;
+        let sha256 = next
+            .plugin(name)
+            .and_then(|p| p.active_version())
+            .map(|v| v.sha256.clone())
+            .unwrap_or_default();
+        let chain = self.install(&mut state, next).await?;
+        tracing::info!(plugin = name, version, "managed plugin rolled back");
+        Ok(installed(&chain, name, version, sha256))
+    }
+
+    /// Removes `name` and all its versions.
+    pub async fn delete(&self, name: &str) -> Result<(), ManagedError> {
+        let mut state = self.state.lock().await;
+        self.check_writable(&state, name)?;
+        let next = state.registry.without(name)?;
+        self.install(&mut state, next).await?;
+        tracing::info!(plugin = name, "managed plugin deleted");
+        Ok(())
+    }
+
+    /// Makes the shadow plugin `name` enforce. For a managed plugin this is
+    /// recorded (it lasts); for a configured one it lasts until the next
+    /// reload. Returns (changed, lasting), or `None` when no plugin of the
+    /// chain has this name.
+    pub async fn promote(&self, name: &str) -> Result<Option<(bool, bool)>, ManagedError> {
+        let mut state = self.state.lock().await;
+        if state.registry.plugin(name).is_some() {
+            return match state.registry.with_promotion(name)? {
+                Some(next) => {
+                    self.install(&mut state, next).await?;
+                    Ok(Some((true, true)))
+                }
+                None => Ok(Some((false, true))),
+            };
+        }
+        Ok(self.chain().plugin(name).map(|p| (p.promote(), false)))
+    }
+
+    /// `GET /v1/admin/plugins/{name}`: a managed plugin's versions, or a
+    /// configured plugin's description.
+    pub async fn describe(&self, name: &str) -> Result<Value, ManagedError> {
+        let state = self.state.lock().await;
+        let chain = self.chain();
+        let position = chain.plugins().iter().position(|p| p.name() == name);
+        let running = position.and_then(|i| chain.plugins().get(i));
+        if let Some(plugin) = state.registry.plugin(name) {
+            let stats = running.map_or(Value::Null, |p| p.stats.to_json());
+            return Ok(managed::describe(plugin, position, stats));
+        }
+        match running {
+            Some(p) => Ok(json!({
+                "name": p.name(),
+                "source": "config",
+                "path": p.spec.path.display().to_string(),
+                "sha256": p.sha256,
+                "position": position,
+                "stats": p.stats.to_json(),
+            })),
+            None => Err(ManagedError::NotFound(name.to_owned())),
+        }
+    }
+}
+
+/// Vectors of a new version: given with the upload, or kept from the
+/// active version.
+enum Vectors {
+    Given(Vec<u8>),
+    Kept(String, usize),
+}
+
+fn installed(chain: &PluginChain, name: &str, version: u64, sha256: String) -> Installed {
+    let position = chain.plugins().iter().position(|p| p.name() == name);
+    let vectors_passed = chain.plugin(name).map_or(0, |p| p.vectors_passed);
+    Installed {
+        version,
+        position,
+        vectors_passed,
+        sha256,
+    }
+}

@@ -1,0 +1,489 @@
+//! Managed plugins: uploaded over the API, versioned, rolled back,
+//! deleted; refused uploads change nothing; they survive restarts and go
+//! through backup and restore; one chain with the configured plugins.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    backup_from_server, example_plugin, plugin_toml, restore, temp_data_dir, test_plugin, Client,
+    Options, Resp, Server,
+};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-0123456789";
+const WRITER: &str = "write-token-0123456789";
+
+fn tokens() -> String {
+    format!(
+        "[auth]\ntokens = [\n  {{ name = \"ops\", token = \"{ADMIN}\", role = \"admin\" }},\n  {{ name = \"app\", token = \"{WRITER}\", role = \"write\" }},\n]\n"
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn send(c: &Client, method: &str, path: &str, token: &str, ctype: &str, body: &[u8]) -> Resp {
+    let auth = bearer(token);
+    let mut headers = vec![("authorization", auth.as_str())];
+    if !ctype.is_empty() {
+        headers.push(("content-type", ctype));
+    }
+    c.send(method, path, &headers, body).await.unwrap()
+}
+
+async fn upload_wasm(c: &Client, name: &str, module: &Path) -> Resp {
+    let bytes = std::fs::read(module).unwrap();
+    let path = format!("/v1/admin/plugins/{name}");
+    send(c, "PUT", &path, ADMIN, "application/wasm", &bytes).await
+}
+
+async fn upload_form(c: &Client, name: &str, module: &Path, form: Value) -> Resp {
+    let mut form = form;
+    form["module_base64"] = Value::from(base64_encode(&std::fs::read(module).unwrap()));
+    let path = format!("/v1/admin/plugins/{name}");
+    let body = form.to_string();
+    send(c, "PUT", &path, ADMIN, "application/json", body.as_bytes()).await
+}
+
+async fn put(c: &Client, key: &str, value: &str) -> Resp {
+    let path = format!("/v1/kv/{key}");
+    send(
+        c,
+        "PUT",
+        &path,
+        WRITER,
+        "application/json",
+        value.as_bytes(),
+    )
+    .await
+}
+
+async fn admin_get(c: &Client, path: &str) -> Value {
+    let r = send(c, "GET", path, ADMIN, "", b"").await;
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()
+}
+
+/// Names of the running chain, in order, with their sources.
+async fn chain(c: &Client) -> Vec<(String, String)> {
+    let listed = admin_get(c, "/v1/plugins").await;
+    listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Standard base64, so the test does not trust the server's decoder to
+/// check its own encoder.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+        out.push_str(&"=".repeat(3 - chunk.len()));
+    }
+    out
+}
+
+fn schema_config() -> Value {
+    json!({ "required": { "a": "number" } })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_version_rollback_delete_and_restart() {
+    let (root, data) = temp_data_dir();
+    let config =
+        tokens() + &plugin_toml("stamp", &example_plugin("revision"), "prefixes = [\"s/\"]");
+    let opts = Options::default().config(&config);
+    let server = Server::start_with(&data, opts.clone());
+    let c = server.client();
+
+    // Version 1: a bare module with default settings (every key, enforce).
+    let r = upload_wasm(&c, "gate", &test_plugin("accept.wat")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["version"], 1);
+    assert_eq!(r.json()["position"], 1);
+    assert_eq!(put(&c, "x/1", r#"{"b":1}"#).await.status, 201);
+
+    // Version 2: the schema validator, placed before the configured plugin,
+    // with vectors.
+    let vectors = json!([
+        {"key": "x", "value": {"a": 1}, "expect": {"action": "accept"}},
+        {"key": "x", "value": {"b": 1}, "expect": {"action": "reject", "code": "missing_field"}},
+    ]);
+    let form = json!({ "prefixes": ["x/"], "config": schema_config(), "vectors": vectors, "before": "stamp" });
+    let r = upload_form(&c, "gate", &example_plugin("require_fields"), form).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["version"], 2);
+    assert_eq!(r.json()["vectors_passed"], 2);
+    assert_eq!(
+        chain(&c).await,
+        [
+            ("gate".into(), "managed".into()),
+            ("stamp".into(), "config".into())
+        ]
+    );
+    let refused = put(&c, "x/2", r#"{"b":2}"#).await;
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.json()["error"]["plugin"], "gate");
+    assert_eq!(
+        put(&c, "y/1", r#"{"b":1}"#).await.status,
+        201,
+        "prefix is x/ only"
+    );
+
+    // The record: both versions, who uploaded them, the active one.
+    let record = admin_get(&c, "/v1/admin/plugins/gate").await;
+    assert_eq!(record["source"], "managed");
+    assert_eq!(record["active_version"], 2);
+    assert_eq!(record["position"], 0);
+    assert_eq!(record["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(record["versions"][0]["uploaded_by"], "ops");
+    assert_eq!(record["versions"][1]["vectors"], 2);
+    assert_eq!(record["stats"]["rejected"], 1);
+    let config_record = admin_get(&c, "/v1/admin/plugins/stamp").await;
+    assert_eq!(config_record["source"], "config");
+
+    // A bare module keeps the settings and vectors: this one fails them.
+    let r = upload_wasm(&c, "gate", &test_plugin("accept.wat")).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.error_code(), "plugin_refused");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("#2") && message.contains("got accept"),
+        "{message}"
+    );
+    assert_eq!(
+        admin_get(&c, "/v1/admin/plugins/gate").await["active_version"],
+        2
+    );
+
+    // Rollback to the version before, then forward by number.
+    let auth_post = |path: &'static str, body: &'static str| {
+        let c = c.clone();
+        async move {
+            let ctype = if body.is_empty() {
+                ""
+            } else {
+                "application/json"
+            };
+            send(&c, "POST", path, ADMIN, ctype, body.as_bytes()).await
+        }
+    };
+    let r = auth_post("/v1/admin/plugins/gate/rollback", "").await;
+    assert_eq!((r.status, r.json()["version"].clone()), (200, json!(1)));
+    assert_eq!(put(&c, "x/3", r#"{"b":3}"#).await.status, 201);
+    let r = auth_post("/v1/admin/plugins/gate/rollback", r#"{"version": 9}"#).await;
+    assert_eq!((r.status, r.error_code()), (404, "no_such_version".into()));
+    let r = auth_post("/v1/admin/plugins/gate/rollback", r#"{"version": 2}"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(put(&c, "x/4", r#"{"b":4}"#).await.status, 422);
+
+    // A restart brings back the same chain, version and settings.
+    assert!(server.stop().success());
+    let server = Server::start_with(&data, opts.clone());
+    let c = server.client();
+    assert_eq!(
+        chain(&c).await,
+        [
+            ("gate".into(), "managed".into()),
+            ("stamp".into(), "config".into())
+        ]
+    );
+    assert_eq!(put(&c, "x/5", r#"{"b":5}"#).await.status, 422);
+    assert_eq!(
+        admin_get(&c, "/v1/admin/plugins/gate").await["active_version"],
+        2
+    );
+
+    // Delete: gone from the chain, its files gone from the data directory.
+    let r = send(&c, "DELETE", "/v1/admin/plugins/gate", ADMIN, "", b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(chain(&c).await, [("stamp".into(), "config".into())]);
+    assert_eq!(put(&c, "x/6", r#"{"b":6}"#).await.status, 201);
+    let r = send(&c, "GET", "/v1/admin/plugins/gate", ADMIN, "", b"").await;
+    assert_eq!(r.status, 404);
+    let left = std::fs::read_dir(data.join("plugins/blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "blobs of a deleted plugin are removed");
+    drop(root);
+}
+
+/// Name, content type, body, expected status, error code, message part.
+type BadUpload = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    u16,
+    &'static str,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_uploads_are_refused_with_the_cause_and_change_nothing() {
+    let (_root, data) = temp_data_dir();
+    let config = tokens() + &plugin_toml("stamp", &example_plugin("revision"), "");
+    // A module limit above the example modules, small enough that an
+    // oversized body fits the socket buffers.
+    let opts = Options::default()
+        .config(&config)
+        .env("EXDAAS_PLUGIN_UPLOADS__MAX_MODULE_BYTES", "200000");
+    let server = Server::start_with(&data, opts);
+    let c = server.client();
+    assert_eq!(
+        upload_wasm(&c, "good", &test_plugin("accept.wat"))
+            .await
+            .status,
+        201
+    );
+
+    let cases: Vec<BadUpload> = vec![
+        (
+            "junk",
+            "application/wasm",
+            b"not wasm at all".to_vec(),
+            422,
+            "plugin_refused",
+            "not a valid WebAssembly module",
+        ),
+        (
+            "wasi",
+            "application/wasm",
+            std::fs::read(test_plugin("wasi_import.wat")).unwrap(),
+            422,
+            "plugin_refused",
+            "wasi_snapshot_preview1",
+        ),
+        (
+            "abi",
+            "application/wasm",
+            std::fs::read(test_plugin("wrong_abi.wat")).unwrap(),
+            422,
+            "plugin_refused",
+            "ABI version",
+        ),
+        (
+            "hang",
+            "application/wasm",
+            std::fs::read(test_plugin("abi_version_hangs.wat")).unwrap(),
+            422,
+            "plugin_refused",
+            "exdaas_abi_version",
+        ),
+        (
+            "reload",
+            "application/wasm",
+            b"x".to_vec(),
+            405,
+            "method_not_allowed",
+            "",
+        ),
+        (
+            "bad%20name",
+            "application/wasm",
+            b"x".to_vec(),
+            400,
+            "invalid_name",
+            "invalid plugin name",
+        ),
+        (
+            "stamp",
+            "application/wasm",
+            b"x".to_vec(),
+            409,
+            "plugin_configured",
+            "configuration file",
+        ),
+        (
+            "t",
+            "text/plain",
+            b"x".to_vec(),
+            415,
+            "unsupported_media_type",
+            "application/wasm",
+        ),
+        (
+            "f",
+            "application/json",
+            br#"{"module_base64":"AA==","timeout":5}"#.to_vec(),
+            400,
+            "invalid_upload",
+            "unknown field `timeout`",
+        ),
+        (
+            "f",
+            "application/json",
+            br#"{"module_base64":"AA==","vectors":[{"key":1}]}"#.to_vec(),
+            400,
+            "invalid_upload",
+            "vectors",
+        ),
+    ];
+    for (name, ctype, body, status, code, needle) in cases {
+        let path = format!("/v1/admin/plugins/{name}");
+        let r = send(&c, "PUT", &path, ADMIN, ctype, &body).await;
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.to_owned()),
+            "{name}: {text}"
+        );
+        assert!(text.contains(needle), "{name}: {text} lacks {needle}");
+    }
+    // Over the module limit: 413.
+    let big = vec![0u8; 200_001];
+    let r = send(
+        &c,
+        "PUT",
+        "/v1/admin/plugins/big",
+        ADMIN,
+        "application/wasm",
+        &big,
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    // Only admins upload; the record says who did.
+    let r = send(
+        &c,
+        "PUT",
+        "/v1/admin/plugins/x",
+        WRITER,
+        "application/wasm",
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = c
+        .send("PUT", "/v1/admin/plugins/x", &[], b"x")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+
+    // Nothing changed: the chain, and no stray files.
+    assert_eq!(
+        chain(&c).await,
+        [
+            ("stamp".into(), "config".into()),
+            ("good".into(), "managed".into())
+        ]
+    );
+    let blobs = std::fs::read_dir(data.join("plugins/blobs"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 1, "refused uploads leave no files");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shadow_uploads_count_and_promotion_lasts() {
+    let (_root, data) = temp_data_dir();
+    let opts = Options::default().config(&tokens());
+    let server = Server::start_with(&data, opts.clone());
+    let c = server.client();
+    let form = json!({ "config": schema_config(), "mode": "shadow" });
+    let r = upload_form(&c, "schema", &example_plugin("require_fields"), form).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(put(&c, "k/1", r#"{"b":1}"#).await.status, 201);
+    assert_eq!(put(&c, "k/2", r#"{"a":1}"#).await.status, 201);
+    let record = admin_get(&c, "/v1/plugins/schema/shadow").await;
+    assert_eq!(
+        (
+            record["would_reject"].clone(),
+            record["would_accept"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+    assert_eq!(record["samples"][0]["key"], "k/1");
+
+    let r = send(
+        &c,
+        "POST",
+        "/v1/admin/plugins/schema/promote",
+        ADMIN,
+        "",
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (
+            r.json()["changed"].clone(),
+            r.json()["until_reload"].clone()
+        ),
+        (json!(true), json!(false))
+    );
+    // Promotion keeps the shadow record (same module, same settings).
+    assert_eq!(admin_get(&c, "/v1/plugins/schema/shadow").await["calls"], 2);
+    assert_eq!(put(&c, "k/3", r#"{"b":1}"#).await.status, 422);
+
+    // Recorded: a reload and a restart keep it enforcing.
+    let r = send(&c, "POST", "/v1/admin/plugins/reload", ADMIN, "", b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(put(&c, "k/4", r#"{"b":1}"#).await.status, 422);
+    assert!(server.stop().success());
+    let server = Server::start_with(&data, opts);
+    let c = server.client();
+    assert_eq!(put(&c, "k/5", r#"{"b":1}"#).await.status, 422);
+    let record = admin_get(&c, "/v1/admin/plugins/schema").await;
+    assert_eq!(record["versions"][0]["mode"], "enforce");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploaded_plugins_go_through_backup_and_restore() {
+    let (root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default());
+    let c = server.client();
+    let form = json!({ "config": schema_config(), "prefixes": ["k/"] });
+    let path = "/v1/admin/plugins/schema";
+    let module = std::fs::read(example_plugin("require_fields")).unwrap();
+    let mut body = form.clone();
+    body["module_base64"] = Value::from(base64_encode(&module));
+    let r = c
+        .send(
+            "PUT",
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(c.put_json("/v1/kv/k/1", r#"{"a":1}"#).await.status, 201);
+
+    let image = root.path().join("backup.ndjson");
+    let (code, _, err) = backup_from_server(root.path(), &image, &server.addr, &[]);
+    assert_eq!(code, 0, "{err}");
+    let restored = root.path().join("restored");
+    let (code, _, err) = restore(root.path(), &image, &restored);
+    assert_eq!(code, 0, "{err}");
+    let again = Server::start_with(&restored, Options::default());
+    let rc = again.client();
+    assert_eq!(rc.put_json("/v1/kv/k/2", r#"{"b":1}"#).await.status, 422);
+    assert_eq!(rc.get("/v1/kv/k/1").await.body.as_ref(), br#"{"a":1}"#);
+    let record = rc.get(path).await.json();
+    assert_eq!(record["versions"][0]["uploaded_by"], "open");
+    assert_eq!(record["versions"][0]["sha256"], admin_sha(&c, path).await);
+}
+
+async fn admin_sha(c: &Client, path: &str) -> Value {
+    c.get(path).await.json()["versions"][0]["sha256"].clone()
+}
