@@ -234,7 +234,8 @@ fn kv_cmd(
 
 /// `exdaas plugin ...`: prints the report; the exit code says how it went.
 fn plugin_cmd(loaded: &LoadedSettings, command: plugin_cli::PluginCommand) -> ExitCode {
-    match plugin_cli::run(command, loaded.settings.limits.value_limits()) {
+    let limits = loaded.settings.limits.value_limits();
+    match plugin_cli::run(command, limits, &loaded.settings.storage.data_dir) {
         Ok(outcome) => {
             println!("{}", outcome.stdout);
             ExitCode::from(outcome.code)

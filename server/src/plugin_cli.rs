@@ -2,7 +2,12 @@
 //! data directory. The module is loaded by the server's own loader (same
 //! ABI checks, limits and host functions) and called the way the write
 //! path calls it, so a plugin that passes here behaves the same in the
-//! server. Plugin management over the API joins here when it lands.
+//! server.
+//!
+//! `exdaas plugin remove NAME`: the operator's way out when an uploaded
+//! plugin keeps a stopped server from starting (a server upgrade that
+//! changed the ABI, say): it removes the plugin from the data directory's
+//! registry, as `DELETE /v1/admin/plugins/{name}` would.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +15,8 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::ijson::ValueLimits;
+use crate::plugin::managed::ManagedError;
+use crate::plugin::managed_files::ManagedFiles;
 use crate::plugin::vectors::{self, VectorOp};
 use crate::plugin::{CallInput, CallVerdict, PluginChain, PluginLoadError, PluginSpec};
 
@@ -58,6 +65,15 @@ pub enum PluginCommand {
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Remove an uploaded plugin (all its versions) from a stopped
+    /// server's data directory.
+    Remove {
+        /// The plugin's name.
+        name: String,
+        /// The data directory (default: storage.data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// Why a command could not run (exit 2): bad arguments or a module or
@@ -73,6 +89,9 @@ pub enum PluginCliError {
     /// The vectors file cannot be used.
     #[error(transparent)]
     Vectors(#[from] vectors::VectorsError),
+    /// The data directory's managed plugins cannot be changed.
+    #[error(transparent)]
+    Managed(#[from] ManagedError),
 }
 
 /// What a command printed and how it ends.
@@ -115,9 +134,17 @@ fn load(
     Ok(PluginChain::load_without_vectors(&[spec], limits)?)
 }
 
-/// Runs one `exdaas plugin` command.
-pub fn run(command: PluginCommand, limits: ValueLimits) -> Result<Outcome, PluginCliError> {
+/// Runs one `exdaas plugin` command; `data_dir` is the configured one.
+pub fn run(
+    command: PluginCommand,
+    limits: ValueLimits,
+    data_dir: &Path,
+) -> Result<Outcome, PluginCliError> {
     match command {
+        PluginCommand::Remove {
+            name,
+            data_dir: dir,
+        } => remove(&name, dir.as_deref().unwrap_or(data_dir)),
         PluginCommand::Test {
             module,
             vectors: file,
@@ -155,6 +182,20 @@ pub fn run(command: PluginCommand, limits: ValueLimits) -> Result<Outcome, Plugi
             Ok(call_once(&chain, &input))
         }
     }
+}
+
+/// Removes `name` from the registry under `data_dir`.
+fn remove(name: &str, data_dir: &Path) -> Result<Outcome, PluginCliError> {
+    let files = ManagedFiles::at(data_dir);
+    let next = files.load()?.without(name)?;
+    files.save(&next)?;
+    Ok(Outcome {
+        stdout: format!(
+            "removed uploaded plugin {name:?} from {}",
+            data_dir.display()
+        ),
+        code: 0,
+    })
 }
 
 fn test(

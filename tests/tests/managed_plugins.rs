@@ -198,8 +198,9 @@ async fn upload_version_rollback_delete_and_restart() {
     assert_eq!(r.status, 200);
     assert_eq!(put(&c, "x/4", r#"{"b":4}"#).await.status, 422);
 
-    // A restart brings back the same chain, version and settings.
-    assert!(server.stop().success());
+    // A crash and restart bring back the same chain, version and settings:
+    // an acknowledged upload is on disk.
+    server.kill9();
     let server = Server::start_with(&data, opts.clone());
     let c = server.client();
     assert_eq!(
@@ -486,4 +487,53 @@ async fn uploaded_plugins_go_through_backup_and_restore() {
 
 async fn admin_sha(c: &Client, path: &str) -> Value {
     c.get(path).await.json()["versions"][0]["sha256"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_no_longer_loads_stops_the_start_until_removed() {
+    let (root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    let module = std::fs::read(test_plugin("accept.wat")).unwrap();
+    let headers = [("content-type", "application/wasm")];
+    let r = c
+        .send("PUT", "/v1/admin/plugins/gate", &headers, &module)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    let sha = r.json()["sha256"].as_str().unwrap().to_owned();
+    assert!(server.stop().success());
+
+    // The stored module is damaged: the server refuses to run without it,
+    // naming the plugin and where it is recorded.
+    let blob = data.join(format!("plugins/blobs/{sha}.wasm"));
+    std::fs::write(&blob, b"(module)").unwrap();
+    let data_dir = data.to_str().unwrap();
+    let env = [
+        ("EXDAAS_STORAGE__DATA_DIR", data_dir),
+        ("EXDAAS_SERVER__LISTEN", "127.0.0.1:0"),
+    ];
+    let (code, _, err) = common::run_cli(root.path(), &["serve"], &env);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("gate") && err.contains("registry.json"),
+        "{err}"
+    );
+
+    let (code, out, err) = common::run_cli(
+        root.path(),
+        &["plugin", "remove", "gate", "--data-dir", data_dir],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed"), "{out}");
+    let (code, _, err) = common::run_cli(
+        root.path(),
+        &["plugin", "remove", "gate", "--data-dir", data_dir],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("no managed plugin named"), "{err}");
+    let server = Server::start(&data);
+    assert_eq!(chain(&server.client()).await.len(), 0);
 }
