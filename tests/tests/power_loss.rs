@@ -265,3 +265,39 @@ async fn a_failing_disk_poisons_the_shard_and_ready_says_so() {
     assert_eq!(c.get("/ready").await.status, 200);
     assert_eq!(c.put_json("/v1/kv/after", "3").await.status, 201);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledged_plugin_upload_survives_power_loss() {
+    let (_root, fs, mnt) = mount();
+    let data = mnt.join("data");
+    let server = Server::start(&data);
+    let c = server.client();
+    let module = std::fs::read(common::test_plugin("accept.wat")).unwrap();
+    let wasm = [("content-type", "application/wasm")];
+    for expected in [201, 200] {
+        let r = c
+            .send("PUT", "/v1/admin/plugins/gate", &wasm, &module)
+            .await
+            .unwrap();
+        assert_eq!(r.status, expected, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = c
+        .send("POST", "/v1/admin/plugins/gate/rollback", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    server.kill9();
+    fs.power_loss();
+
+    let server = Server::start(&data);
+    let record = server.client().get("/v1/admin/plugins/gate").await;
+    assert_eq!(
+        record.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&record.body)
+    );
+    let record = record.json();
+    assert_eq!(record["active_version"], 1);
+    assert_eq!(record["versions"].as_array().unwrap().len(), 2);
+}
