@@ -17,8 +17,11 @@ use super::memtable::{ApplyBatch, Memtable};
 use super::store::ShardStore;
 use super::StoreError;
 
-/// Entries that start an apply at once.
-const APPLY_AT: usize = 16_384;
+/// Entries that start an apply at once, and the most one apply takes (the
+/// oldest): writers held back by a full memtable wait for a whole
+/// transaction, so bounded ones free room in steady steps, and persy's
+/// cost per write has flattened out well below this size.
+const APPLY_MAX: usize = 1_024;
 /// Longest an entry waits before it is applied: long enough for batches of
 /// hundreds under load, where persy's cost per write is lowest.
 const APPLY_WAIT: Duration = Duration::from_millis(200);
@@ -50,7 +53,7 @@ pub fn run(
     progress: Arc<Progress>,
     poisoned: Arc<AtomicBool>,
 ) {
-    while let Some(batch) = memtable.next_batch(APPLY_AT, APPLY_WAIT) {
+    while let Some(batch) = memtable.next_batch(APPLY_MAX, APPLY_MAX, APPLY_WAIT) {
         match super::writer::guarded(|| apply(&store, &batch)) {
             Ok(()) => {
                 progress.applied.fetch_max(batch.upto, Ordering::AcqRel);

@@ -34,6 +34,9 @@ pub struct Pending {
 #[derive(Default)]
 struct State {
     entries: BTreeMap<String, Pending>,
+    /// The same entries by revision, oldest first: the applier takes the
+    /// oldest when it cannot take everything.
+    by_revision: BTreeMap<u64, String>,
     /// Key and value bytes of `entries`.
     bytes: usize,
     /// Highest revision inserted so far.
@@ -119,8 +122,10 @@ impl Memtable {
         for (key, pending) in committed {
             state.newest = state.newest.max(pending.revision);
             state.bytes += weight(&key, &pending);
+            state.by_revision.insert(pending.revision, key.clone());
             if let Some(old) = state.entries.insert(key.clone(), pending) {
                 state.bytes -= weight(&key, &old);
+                state.by_revision.remove(&old.revision);
             }
         }
         drop(state);
@@ -128,9 +133,9 @@ impl Memtable {
     }
 
     /// For the applier: waits until there are `min` entries or `max_wait`
-    /// has passed with at least one, then returns all of them. `None` once
-    /// the table is stopping and empty.
-    pub fn next_batch(&self, min: usize, max_wait: Duration) -> Option<ApplyBatch> {
+    /// has passed with at least one, then returns at most `max` of them,
+    /// the oldest. `None` once the table is stopping and empty.
+    pub fn next_batch(&self, min: usize, max: usize, max_wait: Duration) -> Option<ApplyBatch> {
         let mut state = self.lock();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -159,14 +164,26 @@ impl Memtable {
                 .map(|(s, _)| s)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
-        Some(ApplyBatch {
-            entries: state
-                .entries
-                .iter()
-                .map(|(k, p)| (k.clone(), p.clone()))
-                .collect(),
-            upto: state.newest,
-        })
+        Some(Self::oldest(&state, max.max(1)))
+    }
+
+    /// The `max` entries of the oldest revisions. Every revision below the
+    /// oldest one left out is covered: by these entries, or by a newer
+    /// state of its key that is still pending (and will be applied later).
+    fn oldest(state: &State, max: usize) -> ApplyBatch {
+        let mut taken = state.by_revision.iter();
+        let mut entries: Vec<(String, Pending)> = taken
+            .by_ref()
+            .take(max)
+            .filter_map(|(_, key)| state.entries.get(key).map(|p| (key.clone(), p.clone())))
+            .collect();
+        let upto = match taken.next() {
+            Some((&next, _)) => next - 1,
+            None => state.newest,
+        };
+        // Key order: persy's B-tree does less work on sorted inserts.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ApplyBatch { entries, upto }
     }
 
     /// Drops the entries of `batch` that no newer write has replaced: the
@@ -177,6 +194,7 @@ impl Memtable {
             if state.entries.get(key).map(|p| p.revision) == Some(applied.revision) {
                 if let Some(gone) = state.entries.remove(key) {
                     state.bytes -= weight(key, &gone);
+                    state.by_revision.remove(&gone.revision);
                 }
             }
         }
@@ -224,7 +242,7 @@ mod tests {
         assert!(table.get("a").unwrap().is_some());
         assert!(table.get("b").unwrap().is_none());
         assert!(table.get("c").is_none());
-        let batch = table.next_batch(1, Duration::ZERO).unwrap();
+        let batch = table.next_batch(1, 100, Duration::ZERO).unwrap();
         assert_eq!((batch.entries.len(), batch.upto), (2, 2));
         // A newer write to "a" arrives while the batch is applied.
         table.insert([("a".to_owned(), pending(3, false))]);
@@ -233,11 +251,14 @@ mod tests {
         assert_eq!(table.get("a").unwrap().unwrap().version, 3);
         table.stop();
         assert_eq!(
-            table.next_batch(100, Duration::from_secs(60)).unwrap().upto,
+            table
+                .next_batch(100, 100, Duration::from_secs(60))
+                .unwrap()
+                .upto,
             3
         );
-        table.remove_applied(&table.next_batch(1, Duration::ZERO).unwrap());
-        assert!(table.next_batch(1, Duration::ZERO).is_none());
+        table.remove_applied(&table.next_batch(1, 100, Duration::ZERO).unwrap());
+        assert!(table.next_batch(1, 100, Duration::ZERO).is_none());
     }
 
     #[test]
@@ -254,7 +275,9 @@ mod tests {
         table.insert([("a".to_owned(), big(1))]);
         // Past half the bytes: the applier does not wait for more.
         let started = Instant::now();
-        let batch = table.next_batch(1000, Duration::from_secs(60)).unwrap();
+        let batch = table
+            .next_batch(1000, 1000, Duration::from_secs(60))
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(30));
         // A writer with 60 more bytes waits until the applier is done.
         let table = Arc::new(table);
@@ -268,6 +291,30 @@ mod tests {
         table.remove_applied(&batch);
         writer.join().unwrap();
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_capped_batch_takes_the_oldest_and_covers_what_it_must() {
+        let table = Memtable::new(100, 1 << 20);
+        // "a" was written at 1 and again at 5: its pending state is 5.
+        table.insert([("a".to_owned(), pending(1, false))]);
+        table.insert([
+            ("c".to_owned(), pending(2, false)),
+            ("b".to_owned(), pending(3, false)),
+            ("a".to_owned(), pending(5, false)),
+            ("d".to_owned(), pending(7, true)),
+        ]);
+        let batch = table.next_batch(1, 2, Duration::ZERO).unwrap();
+        let keys: Vec<&str> = batch.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "c"], "the two oldest, in key order");
+        // Revision 1 is covered by a's pending state 5, which is left out:
+        // the store may claim everything below 5, not more.
+        assert_eq!(batch.upto, 4);
+        table.remove_applied(&batch);
+        let rest = table.next_batch(1, 2, Duration::ZERO).unwrap();
+        assert_eq!((rest.entries.len(), rest.upto), (2, 7));
+        table.remove_applied(&rest);
+        assert_eq!(table.len(), 0);
     }
 
     #[test]
