@@ -95,11 +95,8 @@ fn build_chain(
     for warning in warnings {
         tracing::warn!(%warning, "plugin placement");
     }
-    if let Some(spec) = specs.iter().find(|s| s.source == PluginSource::Config) {
-        if registry.plugin(&spec.name).is_some() {
-            return Err(PluginLoadError::DuplicateName(spec.name.clone()));
-        }
-    }
+    // A configured plugin that took an uploaded one's name is refused by
+    // the chain's own check for names used twice.
     let chain = match previous {
         Some(previous) => PluginChain::load_after(&specs, limits, previous)?,
         None => PluginChain::load(&specs, limits)?,

@@ -380,6 +380,19 @@ async fn bad_uploads_are_refused_with_the_cause_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status, 401);
 
+    // A configured plugin may not take an uploaded one's name either: the
+    // reload is refused and the running chain stays.
+    let config_file = data.with_extension("toml");
+    let with_clash = config.clone() + &plugin_toml("good", &test_plugin("accept.wat"), "");
+    std::fs::write(&config_file, with_clash).unwrap();
+    let r = send(&c, "POST", "/v1/admin/plugins/reload", ADMIN, "", b"").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (422, "reload_failed".to_owned())
+    );
+    assert!(String::from_utf8_lossy(&r.body).contains("good"));
+    std::fs::write(&config_file, &config).unwrap();
+
     // Nothing changed: the chain, and no stray files.
     assert_eq!(
         chain(&c).await,
