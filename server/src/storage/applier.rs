@@ -43,6 +43,27 @@ pub fn apply(store: &ShardStore, batch: &ApplyBatch) -> Result<(), StoreError> {
     tx.commit()
 }
 
+/// How much lower than the request path the appliers run (a nice value).
+/// Their work can wait: the memtable absorbs what they have not applied
+/// yet, up to its bound, while a request waiting for a core waits in
+/// front of a client. Measured: 3-4% more durable PUTs and 15% off their
+/// p99 (docs/design/write-path.md).
+const APPLIER_NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority, where the platform
+/// allows it per thread; a failure costs only the gain.
+fn yield_to_requests(shard: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), APPLIER_NICENESS) {
+            tracing::debug!(shard, error = %e, "applier keeps the default priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (shard, APPLIER_NICENESS);
+}
+
 /// The applier thread's body: runs until the memtable stops and is drained.
 /// A failed apply poisons the shard (its writes stop; reads go on from the
 /// memtable and the store) and ends the thread.
@@ -53,6 +74,7 @@ pub fn run(
     progress: Arc<Progress>,
     poisoned: Arc<AtomicBool>,
 ) {
+    yield_to_requests(shard);
     while let Some(batch) = memtable.next_batch(APPLY_MAX, APPLY_MAX, APPLY_WAIT) {
         match super::writer::guarded(|| apply(&store, &batch)) {
             Ok(()) => {
@@ -68,4 +90,28 @@ pub fn run(
         }
     }
     tracing::debug!(shard, "shard applier stopped");
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn appliers_run_below_the_request_path() {
+        let (before, after) = std::thread::spawn(|| {
+            let tid = Some(rustix::thread::gettid());
+            let before = rustix::process::getpriority_process(tid).unwrap();
+            yield_to_requests(0);
+            (before, rustix::process::getpriority_process(tid).unwrap())
+        })
+        .join()
+        .unwrap();
+        // Only the applier's own thread changed, to the niceness asked for
+        // (or stayed where it was if it already ran lower).
+        assert_eq!(after, APPLIER_NICENESS.max(before));
+        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        assert_eq!(here, before);
+    }
 }
