@@ -376,6 +376,9 @@ impl Registry {
                         p.name, v.version
                     ));
                 }
+                v.spec
+                    .validate()
+                    .map_err(|e| format!("plugin {:?} version {}: {e}", p.name, v.version))?;
             }
         }
         Ok(())
@@ -612,8 +615,13 @@ mod tests {
         let mut bad = r.clone();
         bad.plugins[0].versions[0].sha256 = "../../etc/passwd".into();
         assert!(bad.check().is_err());
-        let mut bad = r;
+        let mut bad = r.clone();
         bad.plugins[0].name = "../x".into();
         assert!(bad.check().is_err());
+        // Settings no server would load (from a hand-edited backup, say).
+        let mut bad = r;
+        bad.plugins[0].versions[0].spec.timeout_ms = 0;
+        let err = bad.check().unwrap_err();
+        assert!(err.contains("timeout_ms"), "{err}");
     }
 }
