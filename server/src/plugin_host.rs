@@ -4,7 +4,10 @@
 //! each change builds a whole new chain beside the running one and swaps it
 //! in between writes only when it loaded, so a refused change leaves
 //! everything as it was. Changes are serialised by one async mutex, which
-//! also guards the managed-plugin registry they edit.
+//! also guards the managed-plugin registry they edit. The last step of a
+//! change (build, save, swap) runs on a blocking thread that owns the
+//! lock, so a client that hangs up mid-change cannot leave the registry on
+//! disk and the one in memory apart.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -69,8 +72,8 @@ struct State {
 pub struct PluginHost {
     /// The chain writes use; swapped whole. A std lock: held only to clone
     /// or replace the `Arc`, never across an await.
-    active: RwLock<SharedChain>,
-    state: tokio::sync::Mutex<State>,
+    active: Arc<RwLock<SharedChain>>,
+    state: Arc<tokio::sync::Mutex<State>>,
     files: Arc<ManagedFiles>,
     uploads: PluginUploadSettings,
     limits: ValueLimits,
@@ -134,11 +137,11 @@ impl PluginHost {
             tracing::info!(plugin = plugin.name(), source = plugin.spec.source.as_str(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
         }
         Ok(Self {
-            active: RwLock::new(Arc::new(chain)),
-            state: tokio::sync::Mutex::new(State {
+            active: Arc::new(RwLock::new(Arc::new(chain))),
+            state: Arc::new(tokio::sync::Mutex::new(State {
                 registry,
                 configured: settings.plugins.clone(),
-            }),
+            })),
             files: Arc::new(files),
             uploads: settings.plugin_uploads.clone(),
             limits,
@@ -154,11 +157,10 @@ impl PluginHost {
         }
     }
 
-    fn swap(&self, chain: SharedChain) {
-        match self.active.write() {
-            Ok(mut active) => *active = chain,
-            Err(poisoned) => *poisoned.into_inner() = chain,
-        }
+    /// The change lock, owned, so the last step of a change can take it
+    /// to a blocking thread.
+    async fn lock(&self) -> StateGuard {
+        Arc::clone(&self.state).lock_owned().await
     }
 
     /// The managed-plugin files, for backups.
@@ -170,7 +172,7 @@ impl PluginHost {
     /// environment) and swaps in the new chain, managed plugins included.
     /// On any error the running chain stays active.
     pub async fn reload(&self) -> Result<usize, PluginLoadError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock().await;
         let file = self.config_file.clone();
         let (files, limits, registry) = (self.files(), self.limits, state.registry.clone());
         let previous = self.chain();
@@ -184,7 +186,7 @@ impl PluginHost {
         .await
         .map_err(|e| PluginLoadError::Engine(format!("reload task failed: {e}")))??;
         let count = chain.plugins().len();
-        self.swap(Arc::new(chain));
+        swap(&self.active, Arc::new(chain));
         state.configured = configured;
         tracing::info!(plugins = count, "plugin chain reloaded");
         Ok(count)
@@ -192,30 +194,34 @@ impl PluginHost {
 
     /// Builds the chain for `next`, saves `next` and swaps both in; on any
     /// failure nothing changes and files written for `next` are removed.
+    /// Runs to the end even if the caller is dropped (see the module doc).
     async fn install(
         &self,
-        state: &mut State,
+        state: StateGuard,
         next: Registry,
     ) -> Result<SharedChain, ManagedError> {
-        let (files, limits, configured) = (self.files(), self.limits, state.configured.clone());
+        let (files, limits, active) = (self.files(), self.limits, Arc::clone(&self.active));
         let previous = self.chain();
-        let current = state.registry.clone();
-        let saved = next.clone();
-        let chain = tokio::task::spawn_blocking(move || {
-            let built = build_chain(&configured, &saved, &files, limits, Some(&previous))
+        tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let built = build_chain(&state.configured, &next, &files, limits, Some(&previous))
                 .map_err(|e| ManagedError::Refused(e.to_string()))
-                .and_then(|chain| files.save(&saved).map(|()| chain));
-            if built.is_err() {
-                files.discard_unreferenced(&current);
+                .and_then(|chain| files.save(&next).map(|()| chain));
+            match built {
+                Ok(chain) => {
+                    let chain = Arc::new(chain);
+                    swap(&active, Arc::clone(&chain));
+                    state.registry = next;
+                    Ok(chain)
+                }
+                Err(e) => {
+                    files.discard_unreferenced(&state.registry);
+                    Err(e)
+                }
             }
-            built
         })
         .await
-        .map_err(blocking_failed)??;
-        let chain = Arc::new(chain);
-        self.swap(Arc::clone(&chain));
-        state.registry = next;
-        Ok(chain)
+        .map_err(blocking_failed)?
     }
 
     /// Whether `name` may be changed over the API. Names that could never
@@ -233,7 +239,7 @@ impl PluginHost {
 
     /// Stores and activates a new version of `name`.
     pub async fn upload(&self, name: &str, upload: Upload) -> Result<Installed, ManagedError> {
-        let mut state = self.state.lock().await;
+        let state = self.lock().await;
         self.check_writable(&state, name)?;
         check_name(name)?;
         if upload.module.len() > self.uploads.max_module_bytes {
@@ -310,7 +316,7 @@ impl PluginHost {
                 return Err(e);
             }
         };
-        let chain = self.install(&mut state, next).await?;
+        let chain = self.install(state, next).await?;
         tracing::info!(plugin = name, version, %sha256, "managed plugin uploaded and active");
         Ok(installed(&chain, name, version, sha256))
     }
@@ -322,7 +328,7 @@ impl PluginHost {
         name: &str,
         version: Option<u64>,
     ) -> Result<Installed, ManagedError> {
-        let mut state = self.state.lock().await;
+        let state = self.lock().await;
         self.check_writable(&state, name)?;
         let (next, version) = state.registry.with_rollback(name, version)?;
         let sha256 = next
@@ -330,17 +336,17 @@ impl PluginHost {
             .and_then(|p| p.active_version())
             .map(|v| v.sha256.clone())
             .unwrap_or_default();
-        let chain = self.install(&mut state, next).await?;
+        let chain = self.install(state, next).await?;
         tracing::info!(plugin = name, version, "managed plugin rolled back");
         Ok(installed(&chain, name, version, sha256))
     }
 
     /// Removes `name` and all its versions.
     pub async fn delete(&self, name: &str) -> Result<(), ManagedError> {
-        let mut state = self.state.lock().await;
+        let state = self.lock().await;
         self.check_writable(&state, name)?;
         let next = state.registry.without(name)?;
-        self.install(&mut state, next).await?;
+        self.install(state, next).await?;
         tracing::info!(plugin = name, "managed plugin deleted");
         Ok(())
     }
@@ -350,11 +356,11 @@ impl PluginHost {
     /// reload. Returns (changed, lasting), or `None` when no plugin of the
     /// chain has this name.
     pub async fn promote(&self, name: &str) -> Result<Option<(bool, bool)>, ManagedError> {
-        let mut state = self.state.lock().await;
+        let state = self.lock().await;
         if state.registry.plugin(name).is_some() {
             return match state.registry.with_promotion(name)? {
                 Some(next) => {
-                    self.install(&mut state, next).await?;
+                    self.install(state, next).await?;
                     Ok(Some((true, true)))
                 }
                 None => Ok(Some((false, true))),
@@ -385,6 +391,17 @@ impl PluginHost {
             })),
             None => Err(ManagedError::NotFound(name.to_owned())),
         }
+    }
+}
+
+/// The change lock's guard.
+type StateGuard = tokio::sync::OwnedMutexGuard<State>;
+
+/// Replaces the running chain, between writes.
+fn swap(active: &RwLock<SharedChain>, chain: SharedChain) {
+    match active.write() {
+        Ok(mut slot) => *slot = chain,
+        Err(poisoned) => *poisoned.into_inner() = chain,
     }
 }
 
