@@ -9,8 +9,9 @@
 //! lock, so a client that hangs up mid-change cannot leave the registry on
 //! disk and the one in memory apart.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -21,7 +22,9 @@ use crate::plugin::managed::{
     self, check_name, ManagedError, NewVersion, Placement, Quota, Registry,
 };
 use crate::plugin::managed_files::ManagedFiles;
-use crate::plugin::{vectors, PluginChain, PluginLoadError, PluginSource, PluginSpec, SharedChain};
+use crate::plugin::{
+    vectors, History, PluginChain, PluginLoadError, PluginSource, PluginSpec, SharedChain,
+};
 
 /// An upload, as the HTTP layer parsed it.
 #[derive(Debug)]
@@ -79,6 +82,33 @@ pub struct PluginHost {
     limits: ValueLimits,
     /// The configuration file, re-read on reload.
     config_file: Option<PathBuf>,
+    /// Counters of every kept version of each managed plugin, so a
+    /// rollback goes on counting where that version stopped and
+    /// `GET /v1/admin/plugins/{name}` shows each version's own.
+    versions: Arc<VersionHistories>,
+}
+
+/// Histories by managed plugin name and version.
+type VersionHistories = Mutex<HashMap<(String, u64), History>>;
+
+/// Gives each managed plugin of `chain` the history of its version (new
+/// ones start one), and forgets versions `registry` no longer keeps.
+fn link_versions(chain: &mut PluginChain, registry: &Registry, versions: &VersionHistories) {
+    let mut kept = versions.lock().unwrap_or_else(|p| p.into_inner());
+    kept.retain(|(name, version), _| {
+        registry
+            .plugin(name)
+            .is_some_and(|p| p.versions.iter().any(|v| v.version == *version))
+    });
+    for plugin in chain.plugins_mut() {
+        if let PluginSource::Managed { version } = plugin.spec.source {
+            let key = (plugin.name().to_owned(), version);
+            match kept.get(&key) {
+                Some(history) => plugin.adopt_history(history),
+                None => drop(kept.insert(key, plugin.history())),
+            }
+        }
+    }
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> ManagedError {
@@ -126,13 +156,15 @@ impl PluginHost {
         let files = ManagedFiles::at(&settings.storage.data_dir);
         let registry = files.load()?;
         let limits = settings.limits.value_limits();
-        let chain =
+        let mut chain =
             build_chain(&settings.plugins, &registry, &files, limits, None).map_err(|e| {
                 anyhow::anyhow!(
                     "{e} (managed plugins are recorded in {}/plugins/registry.json)",
                     settings.storage.data_dir.display()
                 )
             })?;
+        let versions = Arc::new(VersionHistories::default());
+        link_versions(&mut chain, &registry, &versions);
         for plugin in chain.plugins() {
             tracing::info!(plugin = plugin.name(), source = plugin.spec.source.as_str(), sha256 = %plugin.sha256, path = %plugin.spec.path.display(), "plugin loaded");
         }
@@ -146,6 +178,7 @@ impl PluginHost {
             uploads: settings.plugin_uploads.clone(),
             limits,
             config_file,
+            versions,
         })
     }
 
@@ -175,12 +208,13 @@ impl PluginHost {
         let mut state = self.lock().await;
         let file = self.config_file.clone();
         let (files, limits, registry) = (self.files(), self.limits, state.registry.clone());
-        let previous = self.chain();
+        let (previous, versions) = (self.chain(), Arc::clone(&self.versions));
         let (chain, configured) = tokio::task::spawn_blocking(move || {
             let loaded = crate::config::load(file.as_deref())
                 .map_err(|e| PluginLoadError::Config(e.to_string()))?;
             let configured = loaded.settings.plugins;
-            let chain = build_chain(&configured, &registry, &files, limits, Some(&previous))?;
+            let mut chain = build_chain(&configured, &registry, &files, limits, Some(&previous))?;
+            link_versions(&mut chain, &registry, &versions);
             Ok::<_, PluginLoadError>((chain, configured))
         })
         .await
@@ -201,14 +235,15 @@ impl PluginHost {
         next: Registry,
     ) -> Result<SharedChain, ManagedError> {
         let (files, limits, active) = (self.files(), self.limits, Arc::clone(&self.active));
-        let previous = self.chain();
+        let (previous, versions) = (self.chain(), Arc::clone(&self.versions));
         tokio::task::spawn_blocking(move || {
             let mut state = state;
             let built = build_chain(&state.configured, &next, &files, limits, Some(&previous))
                 .map_err(|e| ManagedError::Refused(e.to_string()))
                 .and_then(|chain| files.save(&next).map(|()| chain));
             match built {
-                Ok(chain) => {
+                Ok(mut chain) => {
+                    link_versions(&mut chain, &next, &versions);
                     let chain = Arc::new(chain);
                     swap(&active, Arc::clone(&chain));
                     state.registry = next;
@@ -378,7 +413,15 @@ impl PluginHost {
         let running = position.and_then(|i| chain.plugins().get(i));
         if let Some(plugin) = state.registry.plugin(name) {
             let stats = running.map_or(Value::Null, |p| p.stats.to_json());
-            return Ok(managed::describe(plugin, position, stats));
+            let mut described = managed::describe(plugin, position, stats);
+            let kept = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(versions) = described["versions"].as_array_mut() {
+                for v in versions {
+                    let key = (name.to_owned(), v["version"].as_u64().unwrap_or(0));
+                    v["stats"] = kept.get(&key).map_or(Value::Null, |h| h.stats.to_json());
+                }
+            }
+            return Ok(described);
         }
         match running {
             Some(p) => Ok(json!({

@@ -194,9 +194,17 @@ async fn upload_version_rollback_delete_and_restart() {
     assert_eq!(put(&c, "x/3", r#"{"b":3}"#).await.status, 201);
     let r = auth_post("/v1/admin/plugins/gate/rollback", r#"{"version": 9}"#).await;
     assert_eq!((r.status, r.error_code()), (404, "no_such_version".into()));
+    // Each version keeps its own counters: version 1 went on where it
+    // stopped (x/1, then x/3), version 2's refusal is still on record.
+    let record = admin_get(&c, "/v1/admin/plugins/gate").await;
+    assert_eq!(record["versions"][0]["stats"]["calls"], 2);
+    assert_eq!(record["versions"][1]["stats"]["rejected"], 1);
     let r = auth_post("/v1/admin/plugins/gate/rollback", r#"{"version": 2}"#).await;
     assert_eq!(r.status, 200);
     assert_eq!(put(&c, "x/4", r#"{"b":4}"#).await.status, 422);
+    let record = admin_get(&c, "/v1/admin/plugins/gate").await;
+    assert_eq!(record["versions"][1]["stats"]["rejected"], 2);
+    assert_eq!(record["stats"]["rejected"], 2);
 
     // A crash and restart bring back the same chain, version and settings:
     // an acknowledged upload is on disk.

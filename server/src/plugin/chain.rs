@@ -240,6 +240,11 @@ impl PluginChain {
         &self.plugins
     }
 
+    /// The loaded plugins, to adopt histories before the chain runs.
+    pub fn plugins_mut(&mut self) -> &mut [LoadedPlugin] {
+        &mut self.plugins
+    }
+
     /// Whether any plugin runs for this write; when none does, the write
     /// path skips the chain (and its read of the old value) entirely.
     pub fn applies(&self, key: &str, delete: bool) -> bool {

@@ -125,6 +125,16 @@ pub enum CallVerdict {
     Replace(Bytes),
 }
 
+/// What a plugin has counted and sampled, kept apart from the plugin so
+/// a later chain running the same plugin can go on with it.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// Counters and call times.
+    pub stats: Arc<PluginStats>,
+    /// Would-be verdicts in shadow mode.
+    pub shadow_log: Arc<ShadowLog>,
+}
+
 /// A loaded plugin.
 pub struct LoadedPlugin {
     /// Its configuration.
@@ -372,6 +382,20 @@ impl LoadedPlugin {
     /// until the chain is reloaded from the configuration.
     pub fn promote(&self) -> bool {
         self.shadow.swap(false, Ordering::AcqRel)
+    }
+
+    /// The plugin's counters and shadow record, shared.
+    pub fn history(&self) -> History {
+        History {
+            stats: Arc::clone(&self.stats),
+            shadow_log: Arc::clone(&self.shadow_log),
+        }
+    }
+
+    /// Continues counting into `history` (a version that ran before).
+    pub fn adopt_history(&mut self, history: &History) {
+        self.stats = Arc::clone(&history.stats);
+        self.shadow_log = Arc::clone(&history.shadow_log);
     }
 
     /// Takes over `before`'s counters and shadow record when `before` ran

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use chain::{ChainRun, ChainStop, PluginChain, Record, SharedChain, Step};
 pub use failure::{FailureKind, PluginFailure, PluginLoadError};
-pub use instance::{CallInput, CallVerdict, LoadedPlugin};
+pub use instance::{CallInput, CallVerdict, History, LoadedPlugin};
 pub use pool::WorkerPool;
 pub use spec::{OnFailure, PluginMode, PluginSource, PluginSpec};
 
