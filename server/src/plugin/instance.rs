@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use wasmtime::{
     Caller, Engine, Extern, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter,
     Store, Trap, TypedFunc, ValType,
@@ -229,10 +228,9 @@ impl LoadedPlugin {
             path: spec.path.clone(),
             error: e.to_string(),
         })?;
-        let sha256 = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        // The same hex digest names an uploaded module's file, which is how
+        // a damaged stored module is told apart from the one uploaded.
+        let sha256 = super::managed_files::sha256_hex(&bytes);
         let module = Module::new(engine, &bytes).map_err(|e| PluginLoadError::Compile {
             plugin: spec.name.clone(),
             path: spec.path.clone(),
