@@ -9,7 +9,9 @@
 //!   then the same without the lookup (what a log applier does), and with
 //!   the value inside the index entry (one B-tree operation per write);
 //! - `log`: the commit log of the write-path design: per batch one append
-//!   of encoded records to a file and one fdatasync, one thread;
+//!   of encoded records to a file and one fdatasync, one thread; once into
+//!   a plain file that grows with each append, once through exdaas's own
+//!   `CommitLog`, whose segments are zero-filled before use;
 //! - `storage`: exdaas's own storage layer (writer threads, group commit,
 //!   cache) driven by many concurrent tasks, no HTTP.
 //!
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use exdaas_server::config::{CacheSettings, StorageSettings};
+use exdaas_server::storage::log::{CommitLog, LogRecord};
 use exdaas_server::storage::{Expect, Storage, WriteOp};
 use persy::{ByteVec, Config, Persy, PersyId, ValueMode};
 
@@ -58,7 +61,21 @@ fn main() -> Result<(), BoxError> {
     }
     for batch in [1, 8, 64, 512] {
         let (writes, syncs) = log_ceiling(&work.join(format!("log-{batch}")), batch, run)?;
-        row("log append + fdatasync", batch, writes, syncs, run);
+        row(
+            "log append + fdatasync, file grows",
+            batch,
+            writes,
+            syncs,
+            run,
+        );
+        let (writes, syncs) = commit_log(&work.join(format!("wal-{batch}")), batch, run)?;
+        row(
+            "exdaas commit log (zero-filled segments)",
+            batch,
+            writes,
+            syncs,
+            run,
+        );
     }
     for tasks in [64, 256] {
         let writes = storage_ceiling(&work.join(format!("storage-{tasks}")), tasks, run)?;
@@ -195,6 +212,27 @@ fn log_ceiling(dir: &Path, batch: usize, run: Duration) -> std::io::Result<(u64,
         }
         file.write_all(&frame)?;
         file.sync_data()?;
+        writes += batch as u64;
+        syncs += 1;
+    }
+    Ok((writes, syncs))
+}
+
+/// exdaas's own commit log: the same batches as `log_ceiling`, appended as
+/// frames into segments filled with zeros beforehand, so a sync writes
+/// data and no file size.
+fn commit_log(dir: &Path, batch: usize, run: Duration) -> Result<(u64, u64), BoxError> {
+    let mut log = CommitLog::open(dir, 1)?.log;
+    let (mut writes, mut syncs) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < run {
+        let records: Vec<LogRecord> = (0..batch as u64)
+            .map(|i| LogRecord {
+                key: format!("k{}", writes + i),
+                value: Some(bytes::Bytes::from_static(VALUE)),
+            })
+            .collect();
+        log.append(&[(0, &records)])?;
         writes += batch as u64;
         syncs += 1;
     }

@@ -11,23 +11,32 @@
 //!
 //! Frames are appended by one thread (`LogWriter`), which writes every
 //! frame queued since its last sync with one `write` and one `fdatasync`:
-//! the commit point for all of them. On open, the segments are read back;
-//! the first frame that is short or fails its checksum is the torn tail of a
-//! batch that was never acknowledged, and the segment is cut there.
+//! the commit point for all of them. Segments are filled with zeros before
+//! use (`segment`), so a sync flushes data only. On open, the segments are
+//! read back; the first frame that is short or fails its checksum is the
+//! torn tail of a batch that was never acknowledged, and everything from
+//! there to the end of the segment is zeroed again.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 
 use super::manifest;
+use super::segment::{self, Spare, SPARE_NAME};
 use super::StoreError;
 
 /// Directory of the log inside the data directory.
 pub const LOG_DIR: &str = "log";
-/// A new segment is started once the current one is this large.
+/// The largest segment: a new one is started when the next batch would
+/// not fit in the current one's zero-filled space (see `segment`).
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The first segment after a start, made while the start waits: small,
+/// since most logs are short-lived between restarts. Each later segment is
+/// four times the size of the one before, up to `SEGMENT_BYTES`.
+const FIRST_SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Frame header: payload length and checksum.
 const FRAME_HEADER: usize = 8;
 /// Payload header: first revision, shard, record count.
@@ -157,10 +166,14 @@ pub struct CommitLog {
     dir: PathBuf,
     /// Segments, oldest first: (first revision, path).
     segments: Vec<(u64, PathBuf)>,
-    /// The newest segment, open for appending.
+    /// The newest segment, positioned where the next frame goes.
     file: File,
-    /// Bytes in the newest segment.
+    /// Bytes of frames in the newest segment.
     file_bytes: u64,
+    /// Bytes the newest segment was filled to (with zeros) before use.
+    capacity: u64,
+    /// The next segment, being prepared once the newest is half full.
+    spare: Option<Spare>,
     /// The revision the next record gets.
     next_revision: u64,
 }
@@ -177,9 +190,81 @@ fn segment_name(first_revision: u64) -> String {
     format!("{first_revision:020}.wal")
 }
 
+/// One segment as read back: its frames, where they end, and where what
+/// follows them stops being zeros (see `segment::dirty_end`).
+struct ReadSegment {
+    frames: Vec<Frame>,
+    end: u64,
+    len: u64,
+    dirty_end: Option<u64>,
+}
+
+fn read_segment(path: &Path) -> Result<ReadSegment, StoreError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((frame, len)) = decode_frame(&bytes[at..]) {
+        frames.push(frame);
+        at += len;
+    }
+    Ok(ReadSegment {
+        frames,
+        end: at as u64,
+        len: bytes.len() as u64,
+        dirty_end: segment::dirty_end(&bytes[at..]).map(|d| (at + d) as u64),
+    })
+}
+
+/// The segment files in `dir`, oldest first; deletes a spare segment that
+/// a crash left half prepared.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path.file_name().and_then(|n| n.to_str());
+        if name == Some(SPARE_NAME) {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            continue;
+        }
+        match name
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(first) => segments.push((first, path)),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: not a log segment",
+                    path.display()
+                )))
+            }
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Opens the newest segment to write after its last frame, clearing the
+/// remains of a torn write first.
+fn reopen_last(path: &Path, read: &ReadSegment) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    if let Some(dirty) = read.dirty_end {
+        // The torn tail of a batch that was never acknowledged.
+        segment::zero_range(&mut file, read.end, dirty - read.end).map_err(io(path))?;
+    }
+    file.seek(SeekFrom::Start(read.end)).map_err(io(path))?;
+    Ok(file)
+}
+
 impl CommitLog {
     /// Opens (creating if new) the log in `data_dir`, reads back every
-    /// intact frame and cuts a torn tail. `min_next_revision` is the floor
+    /// intact frame and clears a torn tail. `min_next_revision` is the floor
     /// for the next revision (the stores' applied revisions + 1), for a
     /// log whose segments were all trimmed.
     pub fn open(data_dir: &Path, min_next_revision: u64) -> Result<Recovered, StoreError> {
@@ -187,73 +272,35 @@ impl CommitLog {
         if !dir.exists() {
             manifest::create_dir_durably(&dir)?;
         }
-        let mut segments: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let path = entry.map_err(io(&dir))?.path();
-            let first = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".wal"))
-                .and_then(|n| n.parse::<u64>().ok());
-            match first {
-                Some(first) => segments.push((first, path)),
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{}: not a log segment",
-                        path.display()
-                    )))
-                }
-            }
-        }
-        segments.sort();
+        let mut segments = list_segments(&dir)?;
         let mut frames = Vec::new();
         // A segment is named by the first revision it holds (or will hold).
         let named = segments.last().map_or(0, |s| s.0);
         let mut next_revision = min_next_revision.max(named).max(1);
-        let mut last_len = 0u64;
+        let mut last = None;
         for (i, (_, path)) in segments.iter().enumerate() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(io(path))?;
-            let mut at = 0;
-            while let Some((frame, len)) = decode_frame(&bytes[at..]) {
-                let count = frame.records.len() as u64;
-                next_revision = next_revision.max(frame.first_revision + count);
-                frames.push(frame);
-                at += len;
+            let mut read = read_segment(path)?;
+            if read.dirty_end.is_some() && i + 1 != segments.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{}: damaged at byte {}, and later segments follow",
+                    path.display(),
+                    read.end
+                )));
             }
-            if at < bytes.len() {
-                if i + 1 != segments.len() {
-                    return Err(StoreError::Corrupt(format!(
-                        "{}: damaged at byte {at}, and later segments follow",
-                        path.display()
-                    )));
-                }
-                // The torn tail of a batch that was never acknowledged.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io(path))?;
-                file.set_len(at as u64).map_err(io(path))?;
-                file.sync_all().map_err(io(path))?;
+            for frame in &read.frames {
+                next_revision =
+                    next_revision.max(frame.first_revision + frame.records.len() as u64);
             }
-            last_len = at as u64;
+            frames.append(&mut read.frames);
+            last = Some(read);
         }
-        let (file, file_bytes) = match segments.last() {
-            Some((_, path)) => (
-                OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .map_err(io(path))?,
-                last_len,
-            ),
-            None => {
+        let (file, file_bytes, capacity) = match (segments.last(), last) {
+            (Some((_, path)), Some(read)) => (reopen_last(path, &read)?, read.end, read.len),
+            _ => {
                 let path = dir.join(segment_name(next_revision));
-                let file = File::create(&path).map_err(io(&path))?;
-                manifest::sync_dir(&dir)?;
+                let file = new_segment(&dir, &path)?;
                 segments.push((next_revision, path));
-                (file, 0)
+                (file, 0, FIRST_SEGMENT_BYTES)
             }
         };
         let log = CommitLog {
@@ -261,6 +308,8 @@ impl CommitLog {
             segments,
             file,
             file_bytes,
+            capacity,
+            spare: None,
             next_revision,
         };
         Ok(Recovered { log, frames })
@@ -275,9 +324,6 @@ impl CommitLog {
     /// write and one fdatasync; returns each batch's first revision. When
     /// this returns Ok, every record is durable.
     pub fn append(&mut self, batches: &[(u16, &[LogRecord])]) -> Result<Vec<u64>, StoreError> {
-        if self.file_bytes >= SEGMENT_BYTES {
-            self.roll()?;
-        }
         let mut buf = Vec::new();
         let mut firsts = Vec::with_capacity(batches.len());
         let mut revision = self.next_revision;
@@ -285,6 +331,9 @@ impl CommitLog {
             encode_frame(&mut buf, revision, *shard, records);
             firsts.push(revision);
             revision += records.len() as u64;
+        }
+        if self.file_bytes > 0 && self.file_bytes + buf.len() as u64 > self.capacity {
+            self.roll()?;
         }
         let path = self
             .segments
@@ -295,7 +344,24 @@ impl CommitLog {
         self.file.sync_data().map_err(io(&path))?;
         self.file_bytes += buf.len() as u64;
         self.next_revision = revision;
+        if self.spare.is_none() && self.file_bytes * 2 > self.capacity {
+            self.prepare_next();
+        }
         Ok(firsts)
+    }
+
+    /// Starts filling the next segment: four times the size of this one,
+    /// up to `SEGMENT_BYTES`, so the fill takes a fraction of the time the
+    /// rest of this one lasts. Without it, `roll` makes a small one itself.
+    fn prepare_next(&mut self) {
+        let bytes = self
+            .capacity
+            .saturating_mul(4)
+            .clamp(FIRST_SEGMENT_BYTES, SEGMENT_BYTES);
+        match Spare::start(&self.dir, bytes) {
+            Ok(spare) => self.spare = Some(spare),
+            Err(e) => tracing::warn!(error = %e, "cannot prepare the next log segment"),
+        }
     }
 
     /// Starts a new segment for the records to come (unless the current
@@ -305,10 +371,24 @@ impl CommitLog {
             return Ok(());
         }
         let path = self.dir.join(segment_name(self.next_revision));
-        let file = File::create(&path).map_err(io(&path))?;
-        manifest::sync_dir(&self.dir)?;
+        let prepared = self.spare.take().map(|spare| {
+            let bytes = spare.bytes;
+            spare.finish(&path).map(|file| (file, bytes))
+        });
+        let (file, capacity) = match prepared {
+            Some(Ok(ready)) => {
+                manifest::sync_dir(&self.dir)?;
+                ready
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the prepared log segment is not usable; making a small one");
+                (new_segment(&self.dir, &path)?, FIRST_SEGMENT_BYTES)
+            }
+            None => (new_segment(&self.dir, &path)?, FIRST_SEGMENT_BYTES),
+        };
         self.file = file;
         self.file_bytes = 0;
+        self.capacity = capacity;
         self.segments.push((self.next_revision, path));
         Ok(())
     }
@@ -330,6 +410,15 @@ impl CommitLog {
         let applied = self.next_revision.saturating_sub(1);
         self.trim(applied)
     }
+}
+
+/// A small segment made now, on the writer's own thread, with its name
+/// made durable: for a new log, and when no prepared one is ready.
+fn new_segment(dir: &Path, path: &Path) -> Result<File, StoreError> {
+    let file = segment::create_zeroed(path, FIRST_SEGMENT_BYTES, &AtomicBool::new(false))
+        .map_err(io(path))?;
+    manifest::sync_dir(dir)?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -373,6 +462,20 @@ mod tests {
         }
     }
 
+    /// Writes `bytes` where the next frame of `log`'s newest segment goes,
+    /// as a write that the crash cut short would have left them.
+    fn leave_behind(log: &CommitLog, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let path = &log.segments.last().unwrap().1;
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, log.file_bytes).unwrap();
+    }
+
+    fn revisions(dir: &Path) -> Vec<u64> {
+        let recovered = CommitLog::open(dir, 1).unwrap();
+        recovered.frames.iter().map(|f| f.first_revision).collect()
+    }
+
     #[test]
     fn appends_survive_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
@@ -381,14 +484,11 @@ mod tests {
         let b = [put("c", "3")];
         assert_eq!(log.append(&[(0, &a), (1, &b)]).unwrap(), [1, 3]);
         assert_eq!(log.append(&[(2, &b)]).unwrap(), [4]);
-        drop(log);
         // A crash in the middle of the next append.
-        let segment = dir.path().join(LOG_DIR).join(segment_name(1));
         let mut torn = Vec::new();
         encode_frame(&mut torn, 5, 0, &[put("d", "4")]);
-        let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
-        f.write_all(&torn[..torn.len() - 3]).unwrap();
-        drop(f);
+        leave_behind(&log, &torn[..torn.len() - 3]);
+        drop(log);
         let recovered = CommitLog::open(dir.path(), 1).unwrap();
         let revisions: Vec<u64> = recovered.frames.iter().map(|f| f.first_revision).collect();
         assert_eq!(revisions, [1, 3, 4]);
@@ -397,6 +497,60 @@ mod tests {
         assert_eq!(log.append(&[(0, &b)]).unwrap(), [5]);
         drop(log);
         assert_eq!(CommitLog::open(dir.path(), 1).unwrap().frames.len(), 4);
+    }
+
+    #[test]
+    fn an_unacknowledged_frame_cannot_come_back_after_the_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+        log.append(&[(0, &[put("a", "1")])]).unwrap();
+        // A two-frame batch of which only the second reached the disk
+        // whole: the first is damaged, the second intact.
+        let mut lost = Vec::new();
+        encode_frame(&mut lost, 2, 0, &[put("b", "2")]);
+        let damaged = lost.len();
+        lost[damaged - 1] ^= 1;
+        encode_frame(&mut lost, 3, 1, &[put("c", "3")]);
+        leave_behind(&log, &lost);
+        drop(log);
+        let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+        assert_eq!(log.next_revision(), 2);
+        // The next frame has the damaged one's length, so the intact one
+        // would line up behind it unless recovery cleared it.
+        assert_eq!(log.append(&[(0, &[put("x", "9")])]).unwrap(), [2]);
+        drop(log);
+        assert_eq!(revisions(dir.path()), [1, 2]);
+    }
+
+    #[test]
+    fn segments_are_filled_before_use_and_grow_until_the_largest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+        let big = put("k", &"v".repeat(60_000));
+        let mut appended = 0;
+        while log.segments.len() < 3 {
+            log.append(&[(0, std::slice::from_ref(&big))]).unwrap();
+            appended += 1;
+        }
+        let sizes: Vec<u64> = log
+            .segments
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .collect();
+        // Frames go into zeros written beforehand: no append grows a file.
+        assert_eq!(
+            sizes,
+            [
+                FIRST_SEGMENT_BYTES,
+                4 * FIRST_SEGMENT_BYTES,
+                16 * FIRST_SEGMENT_BYTES
+            ]
+        );
+        drop(log);
+        // A spare still being prepared at the crash is thrown away.
+        std::fs::write(dir.path().join(LOG_DIR).join(SPARE_NAME), b"half").unwrap();
+        assert_eq!(revisions(dir.path()), (1..=appended).collect::<Vec<u64>>());
+        assert!(!dir.path().join(LOG_DIR).join(SPARE_NAME).exists());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod manifest;
 mod memtable;
 pub mod metrics;
 mod recovery;
+mod segment;
 pub mod store;
 pub mod writer;
 
