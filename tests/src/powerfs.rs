@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -524,6 +524,22 @@ impl PowerFs {
             state,
             session: Some(session),
         })
+    }
+
+    /// Mounts one at `mnt` inside a new temporary directory. Bind the three
+    /// in this order: the mount then goes before the directory does.
+    pub fn mount_temp() -> io::Result<(tempfile::TempDir, PowerFs, PathBuf)> {
+        if !Path::new("/dev/fuse").exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "/dev/fuse is missing: the power-loss tests need FUSE",
+            ));
+        }
+        let root = tempfile::tempdir()?;
+        let mnt = root.path().join("mnt");
+        std::fs::create_dir(&mnt)?;
+        let fs = PowerFs::mount(&mnt)?;
+        Ok((root, fs, mnt))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,16 +18,8 @@ use exdaas_tests::powerfs::PowerFs;
 
 /// Mounts a fresh power-loss filesystem under a temporary directory.
 fn mount() -> (tempfile::TempDir, PowerFs, PathBuf) {
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "/dev/fuse is missing: the power-loss tests need FUSE"
-    );
-    let root = tempfile::tempdir().unwrap();
-    let mnt = root.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let fs = PowerFs::mount(&mnt)
-        .unwrap_or_else(|e| panic!("cannot mount the test filesystem (is fuse3 installed?): {e}"));
-    (root, fs, mnt)
+    PowerFs::mount_temp()
+        .unwrap_or_else(|e| panic!("cannot mount the test filesystem (is fuse3 installed?): {e}"))
 }
 
 #[test]

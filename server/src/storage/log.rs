@@ -558,15 +558,7 @@ mod tests {
     /// and drops the half-prepared spare.
     #[test]
     fn frames_in_rolled_segments_survive_power_loss() {
-        use exdaas_tests::powerfs::PowerFs;
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "/dev/fuse is missing: this test needs FUSE"
-        );
-        let root = tempfile::tempdir().unwrap();
-        let mnt = root.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let fs = PowerFs::mount(&mnt).unwrap();
+        let (_root, fs, mnt) = exdaas_tests::powerfs::PowerFs::mount_temp().unwrap();
         // The log makes the directories it creates durable itself.
         let dir = mnt.join("data");
         let mut log = CommitLog::open(&dir, 1).unwrap().log;
