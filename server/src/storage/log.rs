@@ -335,13 +335,18 @@ impl CommitLog {
         if self.file_bytes > 0 && self.file_bytes + buf.len() as u64 > self.capacity {
             self.roll()?;
         }
-        let path = self
-            .segments
-            .last()
-            .map(|s| s.1.clone())
-            .unwrap_or_default();
-        self.file.write_all(&buf).map_err(io(&path))?;
-        self.file.sync_data().map_err(io(&path))?;
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
+            let path = self
+                .segments
+                .last()
+                .map(|s| s.1.as_path())
+                .unwrap_or(&self.dir);
+            return Err(io(path)(e));
+        }
         self.file_bytes += buf.len() as u64;
         self.next_revision = revision;
         if self.spare.is_none() && self.file_bytes * 2 > self.capacity {

@@ -34,19 +34,26 @@ pub fn create_zeroed(path: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<F
         .create(true)
         .truncate(true)
         .open(path)?;
-    let chunk = vec![0u8; FILL_CHUNK];
-    let mut left = bytes;
+    write_zeros(&mut file, bytes, stop)?;
+    file.sync_all()?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(file)
+}
+
+/// Writes `len` zeros at the file's position, a chunk at a time, until
+/// done or `stop` is set.
+fn write_zeros(file: &mut File, len: u64, stop: &AtomicBool) -> io::Result<()> {
+    let chunk = vec![0u8; FILL_CHUNK.min(len as usize)];
+    let mut left = len;
     while left > 0 {
         if stop.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
         }
-        let n = left.min(FILL_CHUNK as u64) as usize;
+        let n = left.min(chunk.len() as u64) as usize;
         file.write_all(&chunk[..n])?;
         left -= n as u64;
     }
-    file.sync_all()?;
-    file.seek(SeekFrom::Start(0))?;
-    Ok(file)
+    Ok(())
 }
 
 /// Overwrites `len` bytes at `at` with zeros and syncs: removes what an
@@ -54,13 +61,7 @@ pub fn create_zeroed(path: &Path, bytes: u64, stop: &AtomicBool) -> io::Result<F
 /// with its remains.
 pub fn zero_range(file: &mut File, at: u64, len: u64) -> io::Result<()> {
     file.seek(SeekFrom::Start(at))?;
-    let chunk = vec![0u8; FILL_CHUNK.min(len as usize)];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        file.write_all(&chunk[..n])?;
-        left -= n as u64;
-    }
+    write_zeros(file, len, &AtomicBool::new(false))?;
     file.sync_data()
 }
 
