@@ -10,16 +10,18 @@
 //!    or `{"key":"k","version":V,"text":"<the stored JSON as a string>"}`
 //!    for a value that a line cannot carry byte for byte (one with a line
 //!    break, or leading or trailing white space);
-//! 4. trailer `{"end":true,"records":R,"seq":S}`, where S is at least every
-//!    version the server had handed out when the backup ended, so a
-//!    restored server never hands out a version again (not even to a key
-//!    deleted before the backup).
+//! 4. trailer `{"end":true,"records":R,"seq":S}`, where S is the revision
+//!    of the cut the backup was read from (`storage::Snapshot`): every
+//!    write with a revision up to S is in the records and none after, so a
+//!    restored server never hands out a version up to S again (not even to
+//!    a key deleted before the backup); restore bumps its counter further,
+//!    past writes the source acknowledged after the cut.
 //!
 //! Version 1 files (no `text` records, no `seq`) and version 2 files (no
 //! plugin lines) are still read.
 //!
-//! Each shard is read from one snapshot, so every shard in a backup taken
-//! under load is a state between two committed batches. The trailer makes
+//! Every shard is read from one cut at one revision, so a backup taken
+//! under load is the whole data set as it stood at that revision. The trailer makes
 //! truncation detectable; restore checks the whole file before it writes
 //! anything and builds the new directory beside the target, renaming it into
 //! place only when complete, so nothing is ever half-restored.
@@ -157,6 +159,8 @@ pub fn write_backup(
         path: "backup stream".into(),
         error: e.to_string(),
     };
+    // The cut comes first: the backup is the data as of the call.
+    let snapshot = storage.snapshot()?;
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -175,7 +179,7 @@ pub fn write_backup(
     })?;
     let mut records = 0u64;
     let mut failed: Option<std::io::Error> = None;
-    storage.for_each(|key, value| match write_record(out, key, value) {
+    snapshot.for_each(|key, value| match write_record(out, key, value) {
         Ok(()) => {
             records += 1;
             Ok(true)
@@ -188,8 +192,9 @@ pub fn write_backup(
     if let Some(e) = failed {
         return Err(io(e));
     }
-    // Read after the walk: at least every version in the records.
-    let seq = storage.last_seq()?;
+    // The cut's revision: every version in the records is at most this,
+    // and every write up to it is in them.
+    let seq = snapshot.revision();
     serde_json::to_writer(
         &mut *out,
         &Trailer {
@@ -240,7 +245,7 @@ pub fn reshard(
     store_cache_bytes: u64,
 ) -> Result<(BackupSummary, PathBuf), BackupError> {
     let name = data_dir.display().to_string();
-    let image = sibling(data_dir, "reshard.ndjson");
+    let image = manifest::sibling(data_dir, "reshard.ndjson");
     let imaged = (|| {
         let file = std::fs::File::create(&image).map_err(io_error(&name))?;
         let mut out = std::io::BufWriter::new(file);
@@ -251,29 +256,19 @@ pub fn reshard(
         let _ = std::fs::remove_file(&image);
         return Err(e);
     }
-    let fresh = sibling(data_dir, "resharded");
+    let fresh = manifest::swap_incoming(data_dir);
     if fresh.exists() {
         std::fs::remove_dir_all(&fresh).map_err(io_error(&name))?;
     }
-    let summary = restore(&image, &fresh, shards, store_cache_bytes)?;
-    let previous = sibling(data_dir, "before-reshard");
+    // The same data, of a stopped server: nothing was written after the cut.
+    let summary = restore(&image, &fresh, shards, store_cache_bytes, 0)?;
+    let previous = manifest::swap_previous(data_dir);
     if previous.exists() {
         return Err(BackupError::TargetNotEmpty(previous.display().to_string()));
     }
-    std::fs::rename(data_dir, &previous).map_err(io_error(&name))?;
-    std::fs::rename(&fresh, data_dir).map_err(io_error(&name))?;
+    manifest::swap_in(data_dir)?;
     let _ = std::fs::remove_file(&image);
     Ok((summary, previous))
-}
-
-/// `<parent>/.<name>.<suffix>`: working files kept next to the data directory
-/// so renames stay on one filesystem.
-fn sibling(data_dir: &Path, suffix: &str) -> PathBuf {
-    let name = data_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    data_dir.with_file_name(format!(".{name}.{suffix}"))
 }
 
 /// What a valid backup holds.
@@ -524,8 +519,18 @@ pub fn validate(path: &Path) -> Result<BackupSummary, BackupError> {
     scan(path, Sinks::default())
 }
 
+/// How far past a backup's cut a restored server starts numbering, by
+/// default: the source may have acknowledged writes after the cut, and a
+/// restored server must never hand out a version one of those got (a
+/// client's ETag could then match another value), as etcd's snapshot
+/// restore bumps its revision. A billion leaves room for that many writes
+/// between a backup and its restore, and millions of restores below 2^53,
+/// where JSON readers keep integers exact.
+pub const DEFAULT_RESTORE_BUMP: u64 = 1_000_000_000;
+
 /// Restores `path` into `data_dir`, which must be missing or empty, with
-/// `shards` shards (which may differ from the backup's).
+/// `shards` shards (which may differ from the backup's). The restored
+/// server's first version is above the backup's revision plus `bump`.
 ///
 /// The store is built in a staging directory inside `data_dir` and moved up
 /// entry by entry, the manifest last: a server refuses a directory without a
@@ -536,8 +541,19 @@ pub fn restore(
     data_dir: &Path,
     shards: u32,
     store_cache_bytes: u64,
+    bump: u64,
 ) -> Result<BackupSummary, BackupError> {
     let summary = validate(path)?;
+    let Some(floor) = summary.seq.checked_add(bump) else {
+        return Err(BackupError::Invalid {
+            path: path.display().to_string(),
+            line: 0,
+            message: format!(
+                "the backup's revision {} plus the bump {bump} does not fit 64 bits",
+                summary.seq
+            ),
+        });
+    };
     let target = data_dir.display().to_string();
     manifest::create_dir_durably(data_dir)?;
     if !is_empty_dir(data_dir).map_err(io_error(&target))? {
@@ -568,7 +584,7 @@ pub fn restore(
             plugins: Some(&mut add_plugin),
         };
         let written = scan(path, sinks)?;
-        loader.finish(written.next_id, written.seq)?;
+        loader.finish(written.next_id, floor)?;
         move_into_place(&staging, data_dir).map_err(io_error(&target))?;
         Ok::<_, BackupError>(written)
     })();
@@ -609,17 +625,22 @@ fn move_into_place(staging: &Path, dir: &Path) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::storage::{Expect, WriteOp};
+    use crate::storage::{Expect, WriteOp, WriteOutcome};
     use crate::testgen;
     use bytes::Bytes;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn open(dir: &Path, shards: u32) -> Storage {
+        open_with(dir, shards, 1024)
+    }
+
+    fn open_with(dir: &Path, shards: u32, apply_batch: usize) -> Storage {
         let settings = StorageSettings {
             data_dir: dir.to_owned(),
             shards,
             store_cache_bytes: 1 << 20,
+            apply_batch,
             ..StorageSettings::default()
         };
         let cache = CacheSettings {
@@ -629,10 +650,126 @@ mod tests {
         Storage::open(&settings, &cache).unwrap()
     }
 
-    fn put(rt: &tokio::runtime::Runtime, storage: &Storage, key: &str, json: &[u8]) {
+    fn put(rt: &tokio::runtime::Runtime, storage: &Storage, key: &str, json: &[u8]) -> u64 {
         let op = WriteOp::Put(Bytes::copy_from_slice(json));
-        rt.block_on(storage.write(key.to_owned(), op, Expect::Any))
+        match rt.block_on(storage.write(key.to_owned(), op, Expect::Any)) {
+            Ok(
+                WriteOutcome::Created { version }
+                | WriteOutcome::Replaced { version }
+                | WriteOutcome::Unchanged { version },
+            ) => version,
+            other => panic!("put {key}: {other:?}"),
+        }
+    }
+
+    /// Signals once the first byte of a backup is written: the backup has
+    /// taken its cut by then.
+    struct Signalling {
+        out: Vec<u8>,
+        started: Option<std::sync::mpsc::Sender<()>>,
+    }
+
+    impl Write for Signalling {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if let Some(started) = self.started.take() {
+                let _ = started.send(());
+            }
+            self.out.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A backup under load is a cut at one revision R: every write
+    /// acknowledged before it began is in it (at that version or a later
+    /// one up to R), and nothing after R. The appliers are held while the
+    /// overwrites come in, then let go in batches of two: the oldest
+    /// pending states are the newest writes' (every older one replaced),
+    /// so a store that has "applied everything up to the target" can still
+    /// hold the states before the target.
+    #[test]
+    fn a_backup_under_load_is_a_cut_at_one_revision() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
             .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = std::sync::Arc::new(open_with(dir.path(), 2, 2));
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i:02}")).collect();
+        for key in &keys {
+            put(&rt, &storage, key, b"\"a\"");
+        }
+        let gone = put(&rt, &storage, "gone", b"1");
+        // Everything so far reaches the stores.
+        while storage.unapplied().iter().sum::<usize>() > 0 {
+            std::thread::yield_now();
+        }
+        storage.hold_appliers(true);
+        let acknowledged: BTreeMap<String, u64> = keys
+            .iter()
+            .map(|k| (k.clone(), put(&rt, &storage, k, b"\"b\"")))
+            .collect();
+        let op = WriteOp::Delete;
+        rt.block_on(storage.write("gone".into(), op, Expect::Any))
+            .unwrap();
+        let (started, cut) = std::sync::mpsc::channel();
+        let backup = {
+            let storage = storage.clone();
+            std::thread::spawn(move || {
+                let mut out = Signalling {
+                    out: Vec::new(),
+                    started: Some(started),
+                };
+                write_backup(
+                    &storage,
+                    &ManagedFiles::at(Path::new("/nonexistent")),
+                    1,
+                    &mut out,
+                )
+                .unwrap();
+                out.out
+            })
+        };
+        cut.recv().unwrap();
+        // After the cut: overwrite every key again, and bring back "gone".
+        let after: Vec<u64> = keys
+            .iter()
+            .map(|k| put(&rt, &storage, k, b"\"c\""))
+            .collect();
+        put(&rt, &storage, "gone", b"2");
+        storage.hold_appliers(false);
+        let image = backup.join().unwrap();
+
+        let file = dir.path().join("backup.ndjson");
+        std::fs::write(&file, &image).unwrap();
+        let summary = validate(&file).unwrap();
+        let first_after = after.iter().copied().min().unwrap();
+        assert!(
+            summary.seq < first_after,
+            "R {} must be before every later write",
+            summary.seq
+        );
+        let mut found = BTreeMap::new();
+        for line in std::str::from_utf8(&image).unwrap().lines().skip(1) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(key) = v["key"].as_str() {
+                found.insert(
+                    key.to_owned(),
+                    (v["version"].as_u64().unwrap(), v["value"].clone()),
+                );
+            }
+        }
+        assert!(
+            !found.contains_key("gone"),
+            "deleted before the cut (was {gone})"
+        );
+        for (key, version) in &acknowledged {
+            let (got, value) = &found[key];
+            assert_eq!(value, "b", "{key}");
+            assert!(*got >= *version && *got <= summary.seq, "{key}: {got}");
+        }
+        storage.close();
     }
 
     /// Everything the server accepts comes back from a restore byte for
@@ -707,9 +844,12 @@ mod tests {
         let mut out = std::fs::File::create(&image).unwrap();
         write_backup(&source, &plugins, 7, &mut out).unwrap();
         drop(out);
+        // Acknowledged by the source after its backup: a restored server
+        // must not give this version to anything else.
+        let later = put(&rt, &source, "x!later", b"3");
 
         let target = dir.path().join("b");
-        let summary = restore(&image, &target, to, 1 << 20).unwrap();
+        let summary = restore(&image, &target, to, 1 << 20, 1000).unwrap();
         assert_eq!(summary.records, docs.len() as u64);
         assert_eq!(summary.plugins, 1);
         assert_eq!(ManagedFiles::at(&target).load().unwrap(), registry);
@@ -725,6 +865,12 @@ mod tests {
         put(&rt, &restored, "x!gone", b"2");
         let again = rt.block_on(restored.get("x!gone")).unwrap().unwrap();
         assert!(again.version > seq, "version {} reused", again.version);
+        assert!(
+            again.version > later,
+            "version {} may be the source's",
+            again.version
+        );
+        assert!(again.version > summary.seq + 1000);
         source.close();
         restored.close();
     }
@@ -849,6 +995,40 @@ mod tests {
         round_trip(&docs, 4, 2);
     }
 
+    /// A reshard's directory swap survives a power cut: after it the data
+    /// directory is the resharded one, complete; and a swap cut short
+    /// between its two renames is finished by the next open rather than
+    /// replaced by an empty directory.
+    #[test]
+    fn a_reshard_swap_survives_power_loss_and_interruption() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (_root, fs, mnt) = exdaas_tests::powerfs::PowerFs::mount_temp().unwrap();
+        let data = mnt.join("data");
+        let storage = open(&data, 2);
+        let version = put(&rt, &storage, "k", b"1");
+        storage.close();
+        drop(storage);
+        reshard(&data, 3, 1 << 20).unwrap();
+        fs.power_loss();
+        let storage = open(&data, 3);
+        let got = rt.block_on(storage.get("k")).unwrap().unwrap();
+        assert_eq!((&got.json[..], got.version), (&b"1"[..], version));
+        storage.close();
+        drop(storage);
+
+        // Cut short between the renames: the old directory moved aside,
+        // the new one not yet in place.
+        std::fs::remove_dir_all(manifest::swap_previous(&data)).unwrap();
+        reshard(&data, 2, 1 << 20).unwrap();
+        std::fs::rename(&data, manifest::swap_incoming(&data)).unwrap();
+        let storage = open(&data, 2);
+        let got = rt.block_on(storage.get("k")).unwrap().unwrap();
+        assert_eq!((&got.json[..], got.version), (&b"1"[..], version));
+        storage.close();
+    }
+
     #[test]
     fn restore_into_an_existing_empty_directory_stages_inside_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -861,7 +1041,7 @@ mod tests {
         .unwrap();
         let mount = dir.path().join("volume");
         std::fs::create_dir_all(mount.join("lost+found")).unwrap();
-        let summary = restore(&image, &mount, 2, 1 << 20).unwrap();
+        let summary = restore(&image, &mount, 2, 1 << 20, DEFAULT_RESTORE_BUMP).unwrap();
         assert_eq!((summary.records, summary.seq), (1, 0));
         assert!(mount.join(manifest::MANIFEST_FILE).exists());
         assert!(!mount.join(manifest::RESTORE_STAGING_DIR).exists());

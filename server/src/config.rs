@@ -168,6 +168,9 @@ pub struct StorageSettings {
     pub queue_depth: usize,
     /// Page cache of each store file, in bytes (persy's own cache).
     pub store_cache_bytes: u64,
+    /// Most keys one applier transaction moves from a shard's memtable to
+    /// its store (the oldest first).
+    pub apply_batch: usize,
 }
 
 impl Default for StorageSettings {
@@ -178,6 +181,7 @@ impl Default for StorageSettings {
             max_batch: 256,
             queue_depth: 4096,
             store_cache_bytes: 4 * 1024 * 1024,
+            apply_batch: 1024,
         }
     }
 }
@@ -505,7 +509,7 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 13] = [
+    let positive: [(u64, &str); 14] = [
         (
             s.plugin_uploads.max_module_bytes as u64,
             "plugin_uploads.max_module_bytes",
@@ -521,6 +525,7 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         (s.storage.shards.into(), "storage.shards"),
         (s.storage.max_batch as u64, "storage.max_batch"),
         (s.storage.queue_depth as u64, "storage.queue_depth"),
+        (s.storage.apply_batch as u64, "storage.apply_batch"),
         (s.limits.max_key_bytes as u64, "limits.max_key_bytes"),
         (s.limits.max_value_bytes as u64, "limits.max_value_bytes"),
         (s.server.max_body_bytes as u64, "server.max_body_bytes"),
@@ -539,6 +544,14 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         s.plugin_uploads.max_module_bytes as u64 <= crate::plugin::MAX_UPLOAD_MODULE_BYTES,
         "plugin_uploads.max_module_bytes",
         &format!("must be at most {}", crate::plugin::MAX_UPLOAD_MODULE_BYTES),
+    )?;
+    check(
+        s.limits.max_key_bytes <= crate::storage::log::MAX_KEY_BYTES,
+        "limits.max_key_bytes",
+        &format!(
+            "must be at most {} (the commit log's key length field)",
+            crate::storage::log::MAX_KEY_BYTES
+        ),
     )?;
     check(
         s.storage.shards <= 1024,
@@ -681,6 +694,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PORT"), "{err}");
+        // A key longer than a log record can carry could never be logged.
+        let f = file("[limits]\nmax_key_bytes = 65536\n");
+        let err = load_from(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.max_key_bytes") && err.contains("65535"),
+            "{err}"
+        );
         let f = file("[server]\nlisten = \"nowhere\"\n");
         let err = load_from(Some(f.path()), &env(&[]))
             .unwrap_err()

@@ -164,6 +164,14 @@ impl ApiError {
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
+                StoreError::LogFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_failed"),
+                StoreError::Unavailable(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+                }
+                StoreError::NoSpace(_) => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+                }
+                StoreError::KeyTooLong(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
             },
         }
@@ -218,7 +226,7 @@ impl ApiError {
 const MAX_ERROR_TEXT: usize = 1024;
 
 /// Error text that may quote a client or a plugin, escaped and cut short.
-fn capped(text: &str) -> String {
+pub fn capped(text: &str) -> String {
     crate::logsafe::escape(text, MAX_ERROR_TEXT)
 }
 

@@ -50,6 +50,10 @@ enum Command {
         /// Target directory (default: storage.data_dir).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Start numbering this far past the backup's revision, so that no
+        /// version the source handed out after the backup is handed out again.
+        #[arg(long, value_name = "N", default_value_t = backup::DEFAULT_RESTORE_BUMP)]
+        bump_revision: u64,
     },
     /// Rewrite a stopped server's data directory with another shard count
     /// (the previous directory is kept beside it until you remove it).
@@ -271,20 +275,32 @@ fn main() -> ExitCode {
             server,
             token,
         } => backup_cmd(&loaded, &out, data_dir, server, token),
-        Command::Restore { input, data_dir } => {
+        Command::Restore {
+            input,
+            data_dir,
+            bump_revision,
+        } => {
             let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());
             let storage = &loaded.settings.storage;
-            backup::restore(&input, &dir, storage.shards, storage.store_cache_bytes)
-                .map(|s| {
-                    println!(
-                        "restored {} records into {} ({} shards; the backup had {})",
-                        s.records,
-                        dir.display(),
-                        storage.shards,
-                        s.shards
-                    )
-                })
-                .map_err(anyhow::Error::from)
+            let shards = storage.shards;
+            backup::restore(
+                &input,
+                &dir,
+                shards,
+                storage.store_cache_bytes,
+                bump_revision,
+            )
+            .map(|s| {
+                println!(
+                    "restored {} records into {} ({shards} shards; the backup had {}); \
+                         versions continue above {}",
+                    s.records,
+                    dir.display(),
+                    s.shards,
+                    s.seq.saturating_add(bump_revision)
+                )
+            })
+            .map_err(anyhow::Error::from)
         }
         Command::Health { server } => health(&loaded, server),
         Command::Reshard { shards, data_dir } => {

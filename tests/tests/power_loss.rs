@@ -219,11 +219,13 @@ async fn acknowledged_writes_survive_power_loss() {
     assert!(file_syncs > 0 && dir_syncs > 0);
 }
 
+/// A failed log write stops writes on every shard, and `/ready` says so
+/// at once for all of them (not only for the shard that tried to write).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_disk_poisons_the_shard_and_ready_says_so() {
+async fn a_failing_disk_stops_the_log_and_ready_says_so() {
     let (_root, fs, mnt) = mount();
     let data = mnt.join("data");
-    let server = Server::start_with(&data, Options::default().env("EXDAAS_STORAGE__SHARDS", "1"));
+    let server = Server::start_with(&data, Options::default().env("EXDAAS_STORAGE__SHARDS", "2"));
     let c = server.client();
     assert_eq!(c.put_json("/v1/kv/before", "1").await.status, 201);
     assert_eq!(c.get("/ready").await.status, 200);
@@ -239,19 +241,27 @@ async fn a_failing_disk_poisons_the_shard_and_ready_says_so() {
     );
     assert_eq!(
         r.error_code(),
-        "shard_unavailable",
+        "log_failed",
         "{}",
         server.log.lock().unwrap()
     );
     let ready = c.get("/ready").await;
     assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["unavailable_shards"][0]["shard"], 0);
+    let ready = ready.json();
+    assert_eq!(ready["log"]["ok"], false, "{ready}");
+    let shards: Vec<_> = ready["unavailable_shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shards, [0, 1], "{ready}");
     // Reads go on.
     assert_eq!(c.get("/v1/kv/before").await.body, "1");
 
     fs.fail_writes(false);
     server.kill9();
-    let server = Server::start_with(&data, Options::default().env("EXDAAS_STORAGE__SHARDS", "1"));
+    let server = Server::start_with(&data, Options::default().env("EXDAAS_STORAGE__SHARDS", "2"));
     let c = server.client();
     assert_eq!(c.get("/v1/kv/before").await.body, "1");
     assert_eq!(c.get("/ready").await.status, 200);

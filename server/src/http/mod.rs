@@ -117,14 +117,19 @@ fn health(app: &App) -> HttpResponse {
 
 /// Ready for traffic once the stores are open, which is before the
 /// listener exists, and while every shard takes writes; warming is
-/// reported but does not block traffic.
+/// reported but does not block traffic. A failed commit log is named at
+/// once, with every shard, since none takes writes after it.
 fn ready(app: &App) -> HttpResponse {
     let warming = app.storage.is_warming();
+    let log = match app.storage.log_failure() {
+        None => json!({ "ok": true }),
+        Some(why) => json!({ "ok": false, "error": crate::error::capped(why) }),
+    };
     let unavailable: Vec<_> = app
         .storage
         .unavailable_shards()
         .into_iter()
-        .map(|(shard, reason)| json!({ "shard": shard, "reason": reason }))
+        .map(|(shard, reason)| json!({ "shard": shard, "reason": crate::error::capped(&reason) }))
         .collect();
     let status = if unavailable.is_empty() {
         StatusCode::OK
@@ -133,7 +138,12 @@ fn ready(app: &App) -> HttpResponse {
     };
     json_response(
         status,
-        &json!({ "ready": unavailable.is_empty(), "warming": warming, "unavailable_shards": unavailable }),
+        &json!({
+            "ready": unavailable.is_empty(),
+            "warming": warming,
+            "log": log,
+            "unavailable_shards": unavailable,
+        }),
     )
 }
 

@@ -9,7 +9,7 @@
 //! lets recovery replay the log over a store that already has part of it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::committer::Progress;
@@ -17,11 +17,6 @@ use super::memtable::{ApplyBatch, Memtable};
 use super::store::ShardStore;
 use super::StoreError;
 
-/// Entries that start an apply at once, and the most one apply takes (the
-/// oldest): writers held back by a full memtable wait for a whole
-/// transaction, so bounded ones free room in steady steps, and persy's
-/// cost per write has flattened out well below this size.
-const APPLY_MAX: usize = 1_024;
 /// Longest an entry waits before it is applied: long enough for batches of
 /// hundreds under load, where persy's cost per write is lowest.
 const APPLY_WAIT: Duration = Duration::from_millis(200);
@@ -64,32 +59,119 @@ fn yield_to_requests(shard: usize) {
     let _ = (shard, APPLIER_NICENESS);
 }
 
+/// First wait before an apply that failed is tried again; it doubles up
+/// to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Why the shard's store does not take its committed writes right now,
+/// while the applier keeps trying: the shard refuses new writes meanwhile
+/// (its memtable would only fill), and takes them again by itself once an
+/// apply succeeds (a full disk freed, for one).
+#[derive(Default)]
+pub struct ApplyHealth {
+    failing: AtomicBool,
+    error: Mutex<Option<StoreError>>,
+}
+
+impl ApplyHealth {
+    /// The error writes to the shard get while applies fail.
+    pub fn failure(&self) -> Option<StoreError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    fn set(&self, error: Option<StoreError>) {
+        if let Ok(mut slot) = self.error.lock() {
+            self.failing.store(error.is_some(), Ordering::Release);
+            *slot = error;
+        }
+    }
+}
+
+/// What writes are told while applying fails with `e`: a full disk is the
+/// client's 507; anything else is a temporary 503. Either way nothing new
+/// was written.
+fn refusal(e: &StoreError) -> StoreError {
+    let text = e.to_string();
+    if ["(os error 28)", "(os error 122)"]
+        .iter()
+        .any(|m| text.contains(m))
+    {
+        StoreError::NoSpace(format!("applying to the store: {text}"))
+    } else {
+        StoreError::Unavailable(format!("applying to the store: {text}"))
+    }
+}
+
 /// The applier thread's body: runs until the memtable stops and is drained.
-/// A failed apply poisons the shard (its writes stop; reads go on from the
-/// memtable and the store) and ends the thread.
-pub fn run(
-    shard: usize,
-    store: ShardStore,
-    memtable: Arc<Memtable>,
-    progress: Arc<Progress>,
-    poisoned: Arc<AtomicBool>,
-) {
-    yield_to_requests(shard);
-    while let Some(batch) = memtable.next_batch(APPLY_MAX, APPLY_MAX, APPLY_WAIT) {
-        match super::writer::guarded(|| apply(&store, &batch)) {
+/// A failed apply leaves its entries in the memtable (reads go on from it
+/// and the store) and is tried again after a growing pause, while the shard
+/// refuses new writes; once one succeeds the shard takes writes again. A
+/// panic inside the engine is different: the engine's state is unknown, so
+/// it poisons the shard until restart and ends the thread.
+///
+/// `max_batch` (`storage.apply_batch`) entries start an apply at once, and
+/// it is the most one apply takes (the oldest): writers held back by a
+/// full memtable wait for a whole transaction, so bounded ones free room
+/// in steady steps, and persy's cost per write has flattened out well
+/// below the default of 1,024.
+pub struct Applier {
+    /// The shard's index, for logs.
+    pub shard: usize,
+    pub store: ShardStore,
+    pub memtable: Arc<Memtable>,
+    pub progress: Arc<Progress>,
+    pub poisoned: Arc<AtomicBool>,
+    pub health: Arc<ApplyHealth>,
+    /// `storage.apply_batch`.
+    pub max_batch: usize,
+}
+
+impl Applier {
+    /// The thread body; see [`run`].
+    pub fn run(self) {
+        run(self)
+    }
+}
+
+fn run(a: Applier) {
+    yield_to_requests(a.shard);
+    let mut retry = RETRY_FIRST;
+    while let Some(batch) = a.memtable.next_batch(a.max_batch, a.max_batch, APPLY_WAIT) {
+        match super::writer::guarded(|| apply(&a.store, &batch)) {
             Ok(()) => {
-                progress.applied.fetch_max(batch.upto, Ordering::AcqRel);
-                memtable.remove_applied(&batch);
+                a.progress.applied.fetch_max(batch.upto, Ordering::AcqRel);
+                a.memtable.remove_applied(&batch);
+                if retry != RETRY_FIRST {
+                    tracing::info!(
+                        shard = a.shard,
+                        "applying committed writes works again; the shard takes writes"
+                    );
+                    a.health.set(None);
+                    retry = RETRY_FIRST;
+                }
+            }
+            Err(e @ StoreError::Engine(_)) => {
+                tracing::error!(shard = a.shard, error = %e, "the storage engine failed; shard refuses writes until restart");
+                a.poisoned.store(true, Ordering::Release);
+                a.memtable.stop();
+                return;
             }
             Err(e) => {
-                tracing::error!(shard, error = %e, "applying committed writes failed; shard refuses writes until restart");
-                poisoned.store(true, Ordering::Release);
-                memtable.stop();
-                return;
+                tracing::warn!(shard = a.shard, error = %e, retry_ms = retry.as_millis() as u64, "applying committed writes failed; the shard refuses writes until it works again");
+                a.health.set(Some(refusal(&e)));
+                if a.memtable.stopping_within(retry) {
+                    // The log holds every entry left: the next start replays it.
+                    break;
+                }
+                retry = (retry * 2).min(RETRY_MAX);
             }
         }
     }
-    tracing::debug!(shard, "shard applier stopped");
+    tracing::debug!(shard = a.shard, "shard applier stopped");
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use super::log::{CommitLog, LogRecord};
@@ -22,6 +22,10 @@ use super::StoreError;
 
 /// Appends between two attempts to delete applied segments.
 const TRIM_EVERY: u64 = 256;
+/// Most key and value bytes one append takes from the queue (one write,
+/// one sync): it bounds the append's buffer, and so the torn tail a crash
+/// can leave. A single batch larger than this still goes, alone.
+const APPEND_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a shard writer gets back: its batch's first revision and its
 /// records, handed back so it can publish them without copying them first.
@@ -31,6 +35,8 @@ type Appended = Result<(u64, Vec<LogRecord>), StoreError>;
 struct Request {
     shard: u16,
     records: Vec<LogRecord>,
+    /// Key and value bytes of `records`.
+    bytes: usize,
     reply: SyncSender<Appended>,
 }
 
@@ -57,6 +63,10 @@ impl Progress {
     }
 }
 
+/// Why the log stopped taking appends, once it has: set once, by the log
+/// writer, read by every write and by `/ready`.
+pub type LogFailure = Arc<OnceLock<String>>;
+
 /// A shard writer's way to the log.
 #[derive(Clone)]
 pub struct LogHandle {
@@ -68,9 +78,11 @@ impl LogHandle {
     /// follow in order) and the records. Blocks until the log is synced.
     pub fn append(&self, shard: usize, records: Vec<LogRecord>) -> Appended {
         let (reply, answer) = sync_channel(1);
+        let bytes = super::log::payload_bytes(&records);
         let request = Request {
             shard: shard as u16,
             records,
+            bytes,
             reply,
         };
         self.queue
@@ -81,28 +93,44 @@ impl LogHandle {
 }
 
 /// Starts the log writer over `log`; it stops once every handle is gone.
+/// `failure` is set if an append fails.
 pub fn start(
     log: CommitLog,
     progress: Vec<Arc<Progress>>,
     queue_depth: usize,
+    failure: LogFailure,
 ) -> Result<(LogHandle, JoinHandle<()>), StoreError> {
     let (queue, requests) = sync_channel(queue_depth.max(1));
     let handle = std::thread::Builder::new()
         .name("commit-log".into())
-        .spawn(move || run(log, requests, progress))
+        .spawn(move || run(log, requests, progress, failure))
         .map_err(|e| StoreError::Io(format!("cannot start the log writer: {e}")))?;
     Ok((LogHandle { queue }, handle))
 }
 
-fn run(mut log: CommitLog, requests: Receiver<Request>, progress: Vec<Arc<Progress>>) {
-    let mut failed: Option<StoreError> = None;
+fn run(
+    mut log: CommitLog,
+    requests: Receiver<Request>,
+    progress: Vec<Arc<Progress>>,
+    failure: LogFailure,
+) {
     let mut appends = 0u64;
-    while let Ok(first) = requests.recv() {
+    let mut carried: Option<Request> = None;
+    while let Some(first) = carried.take().or_else(|| requests.recv().ok()) {
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
-        batch.extend(requests.try_iter());
-        if let Some(e) = &failed {
+        while bytes < APPEND_MAX_BYTES {
+            let Ok(next) = requests.try_recv() else { break };
+            if bytes + next.bytes > APPEND_MAX_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.bytes;
+            batch.push(next);
+        }
+        if let Some(why) = failure.get() {
             for request in batch {
-                let _ = request.reply.send(Err(e.clone()));
+                let _ = request.reply.send(Err(StoreError::LogFailed(why.clone())));
             }
             continue;
         }
@@ -120,12 +148,20 @@ fn run(mut log: CommitLog, requests: Receiver<Request>, progress: Vec<Arc<Progre
                     let _ = request.reply.send(Ok((first, request.records)));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "commit log append failed; no more writes until restart");
+            Err(e) if e.wrote_nothing() => {
+                // Nothing reached the log: refuse this batch, take the next.
+                tracing::warn!(error = %e, "commit log append refused; nothing was written");
                 for request in &batch {
                     let _ = request.reply.send(Err(e.clone()));
                 }
-                failed = Some(e);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit log append failed; no more writes until restart");
+                let why = failure.get_or_init(|| e.to_string());
+                for request in &batch {
+                    let _ = request.reply.send(Err(StoreError::LogFailed(why.clone())));
+                }
                 continue;
             }
         }

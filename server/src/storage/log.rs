@@ -4,7 +4,8 @@
 //! One append-only log for all shards, in segment files named by the first
 //! revision they hold. Each shard writer's batch is one **frame**:
 //! `[u32 payload length][u32 crc32 of payload][payload]`, payload
-//! `[u64 first revision][u16 shard][u32 record count][records]`, a record
+//! `[u64 first revision][u16 shard | append-start bit][u32 record count]
+//! [records]`, a record
 //! `[u8 op][u16 key length][key][u32 value length][value]` (`op` 0 put,
 //! 1 delete without a value). A record's revision is its frame's first
 //! revision plus its index, so the log order is the global order of writes.
@@ -15,7 +16,11 @@
 //! use (`segment`), so a sync flushes data only. On open, the segments are
 //! read back; the first frame that is short or fails its checksum is the
 //! torn tail of a batch that was never acknowledged, and everything from
-//! there to the end of the segment is zeroed again.
+//! there to the end of the segment is zeroed again: unless an intact frame
+//! that starts a later append follows it. Appends are sequential (the next
+//! starts only after the previous one's sync returned), so such a frame
+//! proves the damaged one was acknowledged, and the log refuses to open
+//! rather than drop acknowledged writes (see `check_tail`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -42,6 +47,18 @@ const FRAME_HEADER: usize = 8;
 /// Payload header: first revision, shard, record count.
 const PAYLOAD_HEADER: usize = 8 + 2 + 4;
 
+/// Longest key a record can carry: its length is a `u16`. The server's
+/// `limits.max_key_bytes` may not exceed it, and the encoder refuses
+/// anything longer rather than frame a truncated length under a valid CRC
+/// (which recovery would take for a torn tail, dropping every later frame).
+pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
+/// Largest value a record can carry: its length is a `u32`.
+const MAX_VALUE_BYTES: usize = u32::MAX as usize;
+
+/// Set in a frame's shard field when the frame is the first of its append.
+/// Shard numbers stay far below it (`storage.shards` is at most 1024).
+const APPEND_START: u16 = 0x8000;
+
 const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
 
@@ -54,6 +71,15 @@ pub struct LogRecord {
     pub value: Option<Bytes>,
 }
 
+/// Key and value bytes of `records`: what the memtable's and an append's
+/// byte bounds count.
+pub fn payload_bytes(records: &[LogRecord]) -> usize {
+    records
+        .iter()
+        .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
+        .sum()
+}
+
 /// One shard's batch, as read back from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -61,16 +87,61 @@ pub struct Frame {
     pub first_revision: u64,
     /// The shard whose writer logged it.
     pub shard: u16,
+    /// Whether it is the first frame of its append (write and sync).
+    pub starts_append: bool,
     /// Its records, in order.
     pub records: Vec<LogRecord>,
 }
 
+/// An I/O error on `path`; a full disk is told apart, as the one failure
+/// that passes by itself once space is freed.
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |e| StoreError::Io(format!("{}: {e}", path.display()))
+    move |e| {
+        let message = format!("{}: {e}", path.display());
+        match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreError::NoSpace(message)
+            }
+            _ => StoreError::Io(message),
+        }
+    }
 }
 
 /// Appends the encoding of one frame to `out`.
-pub fn encode_frame(out: &mut Vec<u8>, first_revision: u64, shard: u16, records: &[LogRecord]) {
+///
+/// Refuses (writing nothing) a record whose key or value is longer than
+/// its length field can say.
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    first_revision: u64,
+    shard: u16,
+    starts_append: bool,
+    records: &[LogRecord],
+) -> Result<(), StoreError> {
+    if shard >= APPEND_START {
+        return Err(StoreError::Corrupt(format!(
+            "shard {shard} cannot be logged"
+        )));
+    }
+    let shard = if starts_append {
+        shard | APPEND_START
+    } else {
+        shard
+    };
+    for record in records {
+        if record.key.len() > MAX_KEY_BYTES {
+            return Err(StoreError::KeyTooLong(record.key.len()));
+        }
+        if record
+            .value
+            .as_ref()
+            .is_some_and(|v| v.len() > MAX_VALUE_BYTES)
+        {
+            return Err(StoreError::Unavailable(
+                "a value longer than a log record can carry".into(),
+            ));
+        }
+    }
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER]);
     out.extend_from_slice(&first_revision.to_le_bytes());
@@ -93,6 +164,7 @@ pub fn encode_frame(out: &mut Vec<u8>, first_revision: u64, shard: u16, records:
     let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
     out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// A cursor over bytes that refuses to read past the end.
@@ -133,7 +205,7 @@ pub fn decode_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
         at: 0,
     };
     let first_revision = p.u64()?;
-    let shard = p.u16()?;
+    let shard_field = p.u16()?;
     let count = p.u32()? as usize;
     let mut records = Vec::with_capacity(count.min(payload.len()));
     for _ in 0..count {
@@ -155,10 +227,19 @@ pub fn decode_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
     }
     let frame = Frame {
         first_revision,
-        shard,
+        shard: shard_field & !APPEND_START,
+        starts_append: shard_field & APPEND_START != 0,
         records,
     };
     Some((frame, FRAME_HEADER + len))
+}
+
+/// Deletes what a crash or a failed fill left in the log directory of
+/// `data_dir` that holds no frame. Runs before anything else opens, so
+/// such leftovers never keep a server on a full disk from starting.
+pub fn remove_leftovers(data_dir: &Path) -> Result<(), StoreError> {
+    let dir = data_dir.join(LOG_DIR);
+    segment::remove_leftover(&dir).map_err(io(&dir))
 }
 
 /// The log's files.
@@ -197,6 +278,8 @@ struct ReadSegment {
     end: u64,
     len: u64,
     dirty_end: Option<u64>,
+    /// The bytes from `end` to `dirty_end`, when they are not all zeros.
+    tail: Vec<u8>,
 }
 
 fn read_segment(path: &Path) -> Result<ReadSegment, StoreError> {
@@ -210,12 +293,67 @@ fn read_segment(path: &Path) -> Result<ReadSegment, StoreError> {
         frames.push(frame);
         at += len;
     }
+    let dirty_end = segment::dirty_end(&bytes[at..]).map(|d| at + d);
     Ok(ReadSegment {
         frames,
         end: at as u64,
         len: bytes.len() as u64,
-        dirty_end: segment::dirty_end(&bytes[at..]).map(|d| (at + d) as u64),
+        dirty_end: dirty_end.map(|d| d as u64),
+        tail: dirty_end.map_or_else(Vec::new, |d| bytes[at..d].to_vec()),
     })
+}
+
+/// Intact frames in `rest`, the bytes after a segment's first damaged or
+/// short frame, whose revisions follow `last` (the newest intact one
+/// before). Every offset is tried, since the damage may be in a length:
+/// a cheap look at the revision field first (each record takes at least
+/// 7 bytes, so no revision in `rest` exceeds `last + rest.len()`), then
+/// the checksum.
+fn intact_frames_in(rest: &[u8], last: u64) -> Vec<(usize, Frame)> {
+    let highest = last.saturating_add(rest.len() as u64);
+    let mut found = Vec::new();
+    let mut at = 1;
+    while at + FRAME_HEADER + PAYLOAD_HEADER <= rest.len() {
+        let head = &rest[at + FRAME_HEADER..at + FRAME_HEADER + 8];
+        let revision = u64::from_le_bytes(head.try_into().unwrap_or([0; 8]));
+        if revision > last && revision <= highest {
+            if let Some((frame, len)) = decode_frame(&rest[at..]) {
+                found.push((at, frame));
+                at += len;
+                continue;
+            }
+        }
+        at += 1;
+    }
+    found
+}
+
+/// Decides what the non-zero bytes after the newest segment's last intact
+/// frame are. An intact frame among them that starts an append proves the
+/// damaged frame before it was acknowledged: refuse to open. Otherwise they
+/// are the torn remains of the last append, never acknowledged: say so
+/// (they are cleared when the log reopens).
+fn check_tail(path: &Path, read: &ReadSegment, last: u64) -> Result<(), StoreError> {
+    let later = intact_frames_in(&read.tail, last);
+    if let Some((at, frame)) = later.iter().find(|(_, f)| f.starts_append) {
+        return Err(StoreError::Corrupt(format!(
+            "{}: the frame at byte {} is damaged, and a later append (revision {} at byte {}) \
+             follows it, so acknowledged writes are damaged; see the README's \"Data directory\" \
+             on how to start from what is intact",
+            path.display(),
+            read.end,
+            frame.first_revision,
+            read.end + *at as u64,
+        )));
+    }
+    tracing::warn!(
+        segment = %path.display(),
+        at = read.end,
+        bytes = read.tail.len(),
+        intact_frames = later.len(),
+        "clearing the torn tail of the last append, which was never acknowledged"
+    );
+    Ok(())
 }
 
 /// The segment files in `dir`, oldest first; deletes a spare segment that
@@ -291,6 +429,9 @@ impl CommitLog {
                 next_revision =
                     next_revision.max(frame.first_revision + frame.records.len() as u64);
             }
+            if read.dirty_end.is_some() {
+                check_tail(path, &read, next_revision - 1)?;
+            }
             frames.append(&mut read.frames);
             last = Some(read);
         }
@@ -323,17 +464,21 @@ impl CommitLog {
     /// Appends one frame per batch (`(shard, records)`), in order, with one
     /// write and one fdatasync; returns each batch's first revision. When
     /// this returns Ok, every record is durable.
+    ///
+    /// An error that [`StoreError::wrote_nothing`] left the log as it was
+    /// (a batch it cannot frame, a new segment it could not make): the log
+    /// takes appends again. Any other error is a failed write or sync.
     pub fn append(&mut self, batches: &[(u16, &[LogRecord])]) -> Result<Vec<u64>, StoreError> {
         let mut buf = Vec::new();
         let mut firsts = Vec::with_capacity(batches.len());
         let mut revision = self.next_revision;
-        for (shard, records) in batches {
-            encode_frame(&mut buf, revision, *shard, records);
+        for (i, (shard, records)) in batches.iter().enumerate() {
+            encode_frame(&mut buf, revision, *shard, i == 0, records)?;
             firsts.push(revision);
             revision += records.len() as u64;
         }
         if self.file_bytes > 0 && self.file_bytes + buf.len() as u64 > self.capacity {
-            self.roll()?;
+            self.roll().map_err(not_written)?;
         }
         if let Err(e) = self
             .file
@@ -345,7 +490,8 @@ impl CommitLog {
                 .last()
                 .map(|s| s.1.as_path())
                 .unwrap_or(&self.dir);
-            return Err(io(path)(e));
+            // Whatever the cause, part of the batch may be on disk.
+            return Err(StoreError::Io(format!("{}: {e}", path.display())));
         }
         self.file_bytes += buf.len() as u64;
         self.next_revision = revision;
@@ -386,6 +532,7 @@ impl CommitLog {
                 ready
             }
             Some(Err(e)) => {
+                // Its fill failed (often a full disk): the small one may fit.
                 tracing::warn!(error = %e, "the prepared log segment is not usable; making a small one");
                 (new_segment(&self.dir, &path)?, FIRST_SEGMENT_BYTES)
             }
@@ -417,11 +564,25 @@ impl CommitLog {
     }
 }
 
+/// A failure to make a new segment: nothing was written, so the log stays
+/// usable and the next append tries again.
+fn not_written(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Io(message) | StoreError::Corrupt(message) => StoreError::Unavailable(message),
+        other => other,
+    }
+}
+
 /// A small segment made now, on the writer's own thread, with its name
 /// made durable: for a new log, and when no prepared one is ready.
 fn new_segment(dir: &Path, path: &Path) -> Result<File, StoreError> {
-    let file = segment::create_zeroed(path, FIRST_SEGMENT_BYTES, &AtomicBool::new(false))
-        .map_err(io(path))?;
+    let file = segment::create_zeroed(path, FIRST_SEGMENT_BYTES, &AtomicBool::new(false)).map_err(
+        |e| {
+            // A part-filled file holds no frame; it only takes space.
+            let _ = std::fs::remove_file(path);
+            io(path)(e)
+        },
+    )?;
     manifest::sync_dir(dir)?;
     Ok(file)
 }
@@ -438,6 +599,26 @@ mod tests {
         }
     }
 
+    /// A key whose length a record's u16 cannot say is refused before
+    /// anything is written, not framed with a truncated length under a
+    /// valid checksum (which recovery would take for a torn tail).
+    #[test]
+    fn keys_longer_than_a_record_carries_are_refused_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+        let long = put(&"k".repeat(MAX_KEY_BYTES + 1), "1");
+        let err = log.append(&[(0, &[long][..])]).unwrap_err();
+        assert!(matches!(err, StoreError::KeyTooLong(65_536)), "{err}");
+        assert!(err.wrote_nothing());
+        // The log goes on, and what it holds reads back.
+        let longest = put(&"k".repeat(MAX_KEY_BYTES), "2");
+        assert_eq!(log.append(&[(0, &[longest.clone()][..])]).unwrap(), [1]);
+        drop(log);
+        let frames = CommitLog::open(dir.path(), 1).unwrap().frames;
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].records, [longest]);
+    }
+
     #[test]
     fn frames_round_trip_and_damage_is_detected() {
         let records = vec![
@@ -448,7 +629,7 @@ mod tests {
             },
         ];
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 7, 3, &records);
+        encode_frame(&mut buf, 7, 3, true, &records).unwrap();
         let (frame, len) = decode_frame(&buf).unwrap();
         assert_eq!(len, buf.len());
         assert_eq!(
@@ -491,7 +672,7 @@ mod tests {
         assert_eq!(log.append(&[(2, &b)]).unwrap(), [4]);
         // A crash in the middle of the next append.
         let mut torn = Vec::new();
-        encode_frame(&mut torn, 5, 0, &[put("d", "4")]);
+        encode_frame(&mut torn, 5, 0, true, &[put("d", "4")]).unwrap();
         leave_behind(&log, &torn[..torn.len() - 3]);
         drop(log);
         let recovered = CommitLog::open(dir.path(), 1).unwrap();
@@ -504,6 +685,35 @@ mod tests {
         assert_eq!(CommitLog::open(dir.path(), 1).unwrap().frames.len(), 4);
     }
 
+    /// Damage inside an acknowledged frame is told apart from a torn
+    /// tail when a later append follows it: the log refuses to open
+    /// instead of dropping every acknowledged write after it, whether the
+    /// damage is in the payload or in the length itself.
+    #[test]
+    fn damage_before_a_later_append_refuses_to_open() {
+        for damage_at in [0usize, 20] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+            log.append(&[(0, &[put("a", "1")])]).unwrap();
+            let damaged_frame = log.file_bytes;
+            log.append(&[(0, &[put("b", "2")]), (1, &[put("c", "3")])])
+                .unwrap();
+            log.append(&[(1, &[put("d", "4")])]).unwrap();
+            let path = log.segments.last().unwrap().1.clone();
+            drop(log);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[damaged_frame as usize + damage_at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            let err = CommitLog::open(dir.path(), 1).err().unwrap().to_string();
+            assert!(
+                err.contains("acknowledged writes are damaged") && err.contains("revision 4"),
+                "{err}"
+            );
+            // Nothing was changed: the bytes are there for an operator.
+            assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        }
+    }
+
     #[test]
     fn an_unacknowledged_frame_cannot_come_back_after_the_torn_one() {
         let dir = tempfile::tempdir().unwrap();
@@ -512,10 +722,10 @@ mod tests {
         // A two-frame batch of which only the second reached the disk
         // whole: the first is damaged, the second intact.
         let mut lost = Vec::new();
-        encode_frame(&mut lost, 2, 0, &[put("b", "2")]);
+        encode_frame(&mut lost, 2, 0, true, &[put("b", "2")]).unwrap();
         let damaged = lost.len();
         lost[damaged - 1] ^= 1;
-        encode_frame(&mut lost, 3, 1, &[put("c", "3")]);
+        encode_frame(&mut lost, 3, 1, false, &[put("c", "3")]).unwrap();
         leave_behind(&log, &lost);
         drop(log);
         let mut log = CommitLog::open(dir.path(), 1).unwrap().log;

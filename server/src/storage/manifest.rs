@@ -49,6 +49,7 @@ pub fn shard_file(data_dir: &Path, index: usize) -> PathBuf {
 /// The manifest of an existing data directory, checked to be readable by
 /// this build (for tools that work on a stopped server's directory).
 pub fn read(data_dir: &Path) -> Result<Manifest, StoreError> {
+    finish_interrupted_swap(data_dir)?;
     if !data_dir.join(MANIFEST_FILE).exists() {
         return Err(StoreError::Manifest(format!(
             "{} is not an exdaas data directory (no {MANIFEST_FILE})",
@@ -68,6 +69,7 @@ pub fn read(data_dir: &Path) -> Result<Manifest, StoreError> {
 /// Opens or creates the manifest of `data_dir` for `shards` shards, refusing a
 /// directory that was written with a different layout.
 pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreError> {
+    finish_interrupted_swap(data_dir)?;
     let staging = data_dir.join(RESTORE_STAGING_DIR);
     if staging.exists() {
         return Err(StoreError::Manifest(format!(
@@ -162,6 +164,64 @@ pub fn upgrade(data_dir: &Path, found: &Manifest) -> Result<(), StoreError> {
         &data_dir.join(MANIFEST_FILE),
         &serde_json::to_vec_pretty(&upgraded).unwrap_or_default(),
     )
+}
+
+/// `<parent>/.<name>.<suffix>`: working files and directories kept next to
+/// the data directory, so renames stay on one filesystem.
+pub fn sibling(data_dir: &Path, suffix: &str) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    data_dir.with_file_name(format!(".{name}.{suffix}"))
+}
+
+/// Where a rebuilt data directory waits to be swapped in.
+pub fn swap_incoming(data_dir: &Path) -> PathBuf {
+    sibling(data_dir, "resharded")
+}
+
+/// Where the data directory it replaced is kept.
+pub fn swap_previous(data_dir: &Path) -> PathBuf {
+    sibling(data_dir, "before-reshard")
+}
+
+/// The parent of `path` as a directory to sync.
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Replaces `data_dir` with the complete directory at `swap_incoming`,
+/// keeping the old one at `swap_previous`. Each rename is made durable
+/// before the next: a power cut between them leaves the old directory
+/// moved aside and the new one complete beside it, which the next start
+/// finishes (`finish_interrupted_swap`), never no data directory at all.
+pub fn swap_in(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let (incoming, previous) = (swap_incoming(data_dir), swap_previous(data_dir));
+    let parent = parent_of(data_dir);
+    sync_dir(&incoming)?;
+    sync_dir(parent)?;
+    std::fs::rename(data_dir, &previous).map_err(|e| io_err(data_dir, e))?;
+    sync_dir(parent)?;
+    std::fs::rename(&incoming, data_dir).map_err(|e| io_err(&incoming, e))?;
+    sync_dir(parent)?;
+    Ok(previous)
+}
+
+/// Finishes a swap that a crash cut short between its two renames: the
+/// data directory is missing, the one it was being replaced with is there
+/// complete (it has its manifest), and the old one is kept aside.
+fn finish_interrupted_swap(data_dir: &Path) -> Result<(), StoreError> {
+    let (incoming, previous) = (swap_incoming(data_dir), swap_previous(data_dir));
+    if data_dir.exists() || !previous.exists() || !incoming.join(MANIFEST_FILE).exists() {
+        return Ok(());
+    }
+    tracing::warn!(
+        data_dir = %data_dir.display(),
+        "a reshard was interrupted after the old data directory was moved aside; finishing it"
+    );
+    std::fs::rename(&incoming, data_dir).map_err(|e| io_err(&incoming, e))?;
+    sync_dir(parent_of(data_dir))
 }
 
 /// Creates `dir` and any missing parents, and makes each new name durable

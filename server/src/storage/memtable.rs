@@ -42,6 +42,9 @@ struct State {
     /// Highest revision inserted so far.
     newest: u64,
     stopping: bool,
+    /// Tests hold the applier with this, to keep entries pending.
+    #[cfg(test)]
+    held: bool,
 }
 
 /// What an entry costs against the byte bound.
@@ -93,6 +96,11 @@ impl Memtable {
         self.lock().entries.get(key).map(|p| p.value.clone())
     }
 
+    /// Every key's committed, not yet applied, state: a copy, for a cut.
+    pub fn pending(&self) -> BTreeMap<String, Pending> {
+        self.lock().entries.clone()
+    }
+
     /// Keys from `start` on that begin with `prefix`, with their states.
     pub fn range(&self, prefix: &str, start: Bound<String>) -> Vec<(String, Pending)> {
         let state = self.lock();
@@ -139,6 +147,11 @@ impl Memtable {
         let mut state = self.lock();
         let mut deadline: Option<Instant> = None;
         loop {
+            #[cfg(test)]
+            if state.held && !state.stopping {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             if state.entries.len() >= min
                 || (!state.entries.is_empty() && (state.stopping || self.pressing(&state)))
             {
@@ -200,6 +213,23 @@ impl Memtable {
         }
         drop(state);
         self.changed.notify_all();
+    }
+
+    /// Holds the applier before its next batch, or lets it go on.
+    #[cfg(test)]
+    pub fn hold(&self, held: bool) {
+        self.lock().held = held;
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `pause` for the table to stop; whether it has.
+    pub fn stopping_within(&self, pause: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, pause, |s| !s.stopping)
+            .unwrap_or_else(|p| p.into_inner());
+        state.stopping
     }
 
     /// Lets the applier drain what is left and stop, and writers stop waiting.

@@ -13,6 +13,7 @@
 //! - `store`: one shard's persy file;
 //! - `cache`: one shard's byte-weighted read cache;
 //! - `keyfilter`: one shard's Bloom filter of the keys its store may hold;
+//! - `snapshot`: a consistent cut of every shard at one revision;
 //! - `ids`: the persistent counter for server-assigned keys;
 //! - `metrics`: group-commit counters;
 //! - `bulk`: loading a data set into a new directory (restore).
@@ -30,23 +31,25 @@ mod memtable;
 pub mod metrics;
 mod recovery;
 mod segment;
+mod snapshot;
 pub mod store;
 pub mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{CacheSettings, StorageSettings};
+use applier::ApplyHealth;
 use cache::{new_cache, Cached, ShardCache};
-use committer::Progress;
+use committer::{LogFailure, Progress};
 use ids::IdAllocator;
 use keyfilter::KeyFilter;
 use memtable::Memtable;
 use metrics::ShardMetrics;
+pub use snapshot::Snapshot;
 use store::ScanPage;
 use store::ShardStore;
 pub use store::{ListedKey, PageLimits, StoredValue};
@@ -74,6 +77,36 @@ pub enum StoreError {
     /// The server is stopping and takes no more writes.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The disk is full: nothing was written, and writes resume by
+    /// themselves once space is freed.
+    /// (The detail is logged, not shown to clients: it names server paths.)
+    #[error("the disk is full; nothing was written, and writes resume once space is freed")]
+    NoSpace(String),
+    /// A resource the write needs (a file descriptor, a new log segment) is
+    /// not available now; nothing was written, and the write may be retried.
+    #[error("storage is temporarily unavailable; nothing was written, retry later")]
+    Unavailable(String),
+    /// The commit log failed: what reached the disk is unknown, so no shard
+    /// takes writes until a restart, whose recovery reads the log.
+    #[error("the commit log failed ({0}); no shard takes writes until restart")]
+    LogFailed(String),
+    /// The storage engine panicked: its state is unknown.
+    #[error("storage engine failed: {0}")]
+    Engine(String),
+    /// A key longer than a log record can carry.
+    #[error("key is {0} bytes; the commit log carries at most {max}", max = log::MAX_KEY_BYTES)]
+    KeyTooLong(usize),
+}
+
+impl StoreError {
+    /// Whether the failed operation certainly wrote nothing, so the shard
+    /// can go on (the failure is the caller's, or passes by itself).
+    pub fn wrote_nothing(&self) -> bool {
+        matches!(
+            self,
+            Self::NoSpace(_) | Self::Unavailable(_) | Self::KeyTooLong(_) | Self::ShuttingDown
+        )
+    }
 }
 
 /// One shard: its store, cache, memtable, and its threads.
@@ -86,6 +119,8 @@ struct Shard {
     writer: Mutex<Option<JoinHandle<()>>>,
     applier: Mutex<Option<JoinHandle<()>>>,
     poisoned: Arc<AtomicBool>,
+    /// Set while the applier's transactions fail and it keeps trying.
+    apply_health: Arc<ApplyHealth>,
     progress: Arc<Progress>,
     metrics: Arc<ShardMetrics>,
 }
@@ -98,6 +133,11 @@ pub struct Storage {
     log_thread: Mutex<Option<JoinHandle<()>>>,
     /// Shards whose cache is still being warmed after start.
     warming: AtomicUsize,
+    /// Held shared by each shard writer from a log append to its
+    /// publication, exclusively by a cut (`snapshot`).
+    publish_gate: Arc<RwLock<()>>,
+    /// Set once the commit log failed.
+    log_failure: LogFailure,
 }
 
 /// Keys, and bytes of keys and values, a shard's memtable holds before its
@@ -245,6 +285,7 @@ impl Storage {
     pub fn open(settings: &StorageSettings, cache: &CacheSettings) -> Result<Self, StoreError> {
         let data_dir = settings.data_dir.clone();
         let found = manifest::open_or_create(&data_dir, settings.shards)?;
+        log::remove_leftovers(&data_dir)?;
         let ids = IdAllocator::open(&data_dir)?;
         let count = settings.shards as usize;
         let stores = (0..count)
@@ -285,7 +326,14 @@ impl Storage {
                 Arc::new(p)
             })
             .collect();
-        let (log, log_thread) = committer::start(log, progress.clone(), settings.queue_depth)?;
+        let log_failure = LogFailure::default();
+        let (log, log_thread) = committer::start(
+            log,
+            progress.clone(),
+            settings.queue_depth,
+            log_failure.clone(),
+        )?;
+        let publish_gate = Arc::new(RwLock::new(()));
         let per_shard_cache = cache.capacity_bytes / count as u64;
         let mut shards = Vec::with_capacity(count);
         for (index, store) in stores.into_iter().enumerate() {
@@ -303,19 +351,24 @@ impl Storage {
                 memtable: memtable.clone(),
                 filter: filter.clone(),
                 log: log.clone(),
+                publish_gate: publish_gate.clone(),
                 rx,
                 max_batch: settings.max_batch,
                 poisoned: poisoned.clone(),
                 metrics: metrics.clone(),
             };
             let writer = spawn(format!("shard-writer-{index}"), move || writer.run())?;
-            let applier = {
-                let (store, memtable) = (store.clone(), memtable.clone());
-                let (progress, poisoned) = (progress[index].clone(), poisoned.clone());
-                spawn(format!("shard-applier-{index}"), move || {
-                    applier::run(index, store, memtable, progress, poisoned)
-                })?
+            let apply_health = Arc::new(ApplyHealth::default());
+            let applier = applier::Applier {
+                shard: index,
+                store: store.clone(),
+                memtable: memtable.clone(),
+                progress: progress[index].clone(),
+                poisoned: poisoned.clone(),
+                health: apply_health.clone(),
+                max_batch: settings.apply_batch,
             };
+            let applier = spawn(format!("shard-applier-{index}"), move || applier.run())?;
             shards.push(Shard {
                 store,
                 cache,
@@ -325,6 +378,7 @@ impl Storage {
                 writer: Mutex::new(Some(writer)),
                 applier: Mutex::new(Some(applier)),
                 poisoned,
+                apply_health,
                 progress: progress[index].clone(),
                 metrics,
             });
@@ -334,6 +388,8 @@ impl Storage {
             ids,
             log_thread: Mutex::new(Some(log_thread)),
             warming: AtomicUsize::new(0),
+            publish_gate,
+            log_failure,
         })
     }
 
@@ -426,11 +482,12 @@ impl Storage {
         op: WriteOp,
         expect: Expect,
     ) -> Result<WriteOutcome, StoreError> {
-        if let Some(version) = self.already_stored(&key, &op, &expect) {
+        let index = self.refusal(&key)?;
+        if let Some(version) = self.already_stored(index, &key, &op, &expect) {
             return Ok(WriteOutcome::Unchanged { version });
         }
-        let (cmd, answer) = self.command(key, op, expect)?;
-        let shard = self.shard(&cmd.key);
+        let (cmd, answer) = Self::command(key, op, expect);
+        let shard = &self.shards[index];
         shard
             .queue
             .send(WriterMsg::Write(cmd))
@@ -439,14 +496,43 @@ impl Storage {
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
-    /// When the cache shows `key` committed with exactly these bytes (and the
-    /// condition holds), the write is already done: acknowledge it without
-    /// queueing, as the writer would after a round trip. The cache only
-    /// holds committed values, so this never acknowledges anything not on disk.
-    fn already_stored(&self, key: &str, op: &WriteOp, expect: &Expect) -> Option<u64> {
+    /// When the key's latest committed state (its pending one, else the
+    /// cached one) holds exactly these bytes and the condition holds, the
+    /// write is already done: acknowledge it without queueing, as the
+    /// writer would after a round trip. Both only hold committed states, so
+    /// this never acknowledges anything not on disk; a shard that refuses
+    /// writes never gets here.
+    fn already_stored(
+        &self,
+        index: usize,
+        key: &str,
+        op: &WriteOp,
+        expect: &Expect,
+    ) -> Option<u64> {
         let WriteOp::Put(json) = op else { return None };
-        let cached = self.shard(key).cache.peek(key)?.known()??;
-        (cached.json == *json && expect.holds(Some(cached.version))).then_some(cached.version)
+        let shard = &self.shards[index];
+        let current = match shard.memtable.get(key) {
+            Some(pending) => pending?,
+            None => shard.cache.peek(key)?.known()??,
+        };
+        (current.json == *json && expect.holds(Some(current.version))).then_some(current.version)
+    }
+
+    /// The key's shard, unless it takes no writes now: the log failed, or
+    /// the shard did.
+    fn refusal(&self, key: &str) -> Result<usize, StoreError> {
+        if let Some(why) = self.log_failure.get() {
+            return Err(StoreError::LogFailed(why.clone()));
+        }
+        let index = hash::shard_for(key, self.shards.len());
+        let shard = &self.shards[index];
+        if shard.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned(index));
+        }
+        match shard.apply_health.failure() {
+            Some(e) => Err(e),
+            None => Ok(index),
+        }
     }
 
     /// Queues a write from a blocking thread (the plugin pipeline). `reply`
@@ -454,10 +540,10 @@ impl Storage {
     /// if the write cannot be queued), so the pipeline's answer reaches the
     /// waiting request without another hop through the async runtime.
     pub fn submit_blocking(&self, key: String, op: WriteOp, expect: Expect, reply: Reply) {
-        let index = hash::shard_for(&key, self.shards.len());
-        if self.shards[index].poisoned.load(Ordering::Acquire) {
-            return reply(Err(StoreError::Poisoned(index)));
-        }
+        let index = match self.refusal(&key) {
+            Ok(index) => index,
+            Err(e) => return reply(Err(e)),
+        };
         let cmd = WriteCommand {
             key,
             op,
@@ -472,29 +558,18 @@ impl Storage {
         }
     }
 
-    fn command(
-        &self,
-        key: String,
-        op: WriteOp,
-        expect: Expect,
-    ) -> Result<(WriteCommand, WriteAnswer), StoreError> {
-        let index = hash::shard_for(&key, self.shards.len());
-        if self.shards[index].poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Poisoned(index));
-        }
+    fn command(key: String, op: WriteOp, expect: Expect) -> (WriteCommand, WriteAnswer) {
         let (tx, answer) = oneshot::channel();
         let reply: Reply = Box::new(move |result| {
             let _ = tx.send(result);
         });
-        Ok((
-            WriteCommand {
-                key,
-                op,
-                expect,
-                reply,
-            },
-            answer,
-        ))
+        let cmd = WriteCommand {
+            key,
+            op,
+            expect,
+            reply,
+        };
+        (cmd, answer)
     }
 
     /// The next server-assigned id.
@@ -539,7 +614,13 @@ impl Storage {
 
     /// Shards that cannot take writes right now, each with the reason: a
     /// failed commit poisoned it, or its writer or applier thread is gone.
-    pub fn unavailable_shards(&self) -> Vec<(usize, &'static str)> {
+    pub fn unavailable_shards(&self) -> Vec<(usize, String)> {
+        if self.log_failure.get().is_some() {
+            let why = "the commit log failed; no shard takes writes until restart";
+            return (0..self.shards.len())
+                .map(|i| (i, why.to_owned()))
+                .collect();
+        }
         let gone = |thread: &Mutex<Option<JoinHandle<()>>>| match thread.lock() {
             Ok(handle) => handle.as_ref().is_none_or(JoinHandle::is_finished),
             Err(_) => true,
@@ -547,16 +628,32 @@ impl Storage {
         let mut out = Vec::new();
         for (index, shard) in self.shards.iter().enumerate() {
             let writer_gone = gone(&shard.writer) || gone(&shard.applier);
-            if shard.poisoned.load(Ordering::Acquire) {
-                out.push((
-                    index,
-                    "a commit failed; the shard refuses writes until restart",
-                ));
+            let reason = if shard.poisoned.load(Ordering::Acquire) {
+                "a commit failed; the shard refuses writes until restart".to_owned()
+            } else if let Some(e) = shard.apply_health.failure() {
+                format!("{e}; retrying, writes resume once it works")
             } else if writer_gone {
-                out.push((index, "the shard's writer or applier has stopped"));
-            }
+                "the shard's writer or applier has stopped".to_owned()
+            } else {
+                continue;
+            };
+            out.push((index, reason));
         }
         out
+    }
+
+    /// Holds every applier before its next batch (`true`) or lets them go
+    /// on: tests use it to keep committed writes in the memtables.
+    #[cfg(test)]
+    pub(crate) fn hold_appliers(&self, hold: bool) {
+        for shard in &self.shards {
+            shard.memtable.hold(hold);
+        }
+    }
+
+    /// Why the commit log stopped taking writes, once it has.
+    pub fn log_failure(&self) -> Option<&str> {
+        self.log_failure.get().map(String::as_str)
     }
 
     /// Whether the background cache warm-up is still running.
@@ -621,7 +718,9 @@ impl Storage {
                 if let quick_cache::sync::GuardResult::Guard(guard) =
                     shard.cache.get_value_or_guard(&key, None)
                 {
-                    if let Some(value) = shard.store.get(&key)? {
+                    // Through the memtable, like every read: the store may
+                    // hold an older state than one committed but not applied.
+                    if let Some(value) = Self::read_store_blocking(shard, &key)? {
                         let _ = guard.insert(Cached::of(&shard.cache, &key, Some(value)));
                         loaded += 1;
                     }
@@ -630,33 +729,20 @@ impl Storage {
         }
     }
 
-    /// Visits every shard's data, each from one consistent snapshot (see
-    /// `ShardStore::for_each`), shard by shard. Every write committed before
-    /// the call is applied to the stores first, so none is missed.
-    pub fn for_each(
-        &self,
-        mut f: impl FnMut(&str, &StoredValue) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
-        self.flush()?;
+    /// A consistent cut of every shard at the newest revision (see
+    /// `snapshot`). Writers pause for as long as it takes to copy each
+    /// shard's pending states (bounded by the memtable's size).
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _gate = self.publish_gate.write().unwrap_or_else(|p| p.into_inner());
+        let revision = self.last_seq()?;
+        let mut shards = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
-            shard.store.for_each(&mut f)?;
+            // The memtable first: see `snapshot` for why this order.
+            let pending = shard.memtable.pending();
+            let store = shard.store.snapshot()?;
+            shards.push(snapshot::ShardCut { store, pending });
         }
-        Ok(())
-    }
-
-    /// Waits until every shard's store holds every write the shard had
-    /// logged when this was called. Blocking.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        for (index, shard) in self.shards.iter().enumerate() {
-            let target = shard.progress.logged.load(Ordering::Acquire);
-            while shard.progress.applied.load(Ordering::Acquire) < target {
-                if shard.poisoned.load(Ordering::Acquire) {
-                    return Err(StoreError::Poisoned(index));
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        Ok(())
+        Ok(Snapshot::new(revision, shards))
     }
 
     /// The highest revision handed out: every version so far is at most this.
@@ -804,6 +890,114 @@ mod tests {
         let again = rt.block_on(storage.write("k0".into(), op, Expect::Any));
         let newest = versions.iter().copied().max().unwrap();
         assert!(matches!(again, Ok(WriteOutcome::Replaced { version }) if version > newest));
+        storage.close();
+    }
+
+    /// A runtime, a temporary directory and a one-shard storage in it.
+    fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Storage) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = one_shard(dir.path());
+        (rt, dir, storage)
+    }
+
+    fn one_shard(dir: &std::path::Path) -> Storage {
+        let settings = StorageSettings {
+            data_dir: dir.to_owned(),
+            shards: 1,
+            ..StorageSettings::default()
+        };
+        let cache = CacheSettings {
+            capacity_bytes: 1 << 20,
+            warm_on_start: false,
+        };
+        Storage::open(&settings, &cache).unwrap()
+    }
+
+    fn put(
+        rt: &tokio::runtime::Runtime,
+        storage: &Storage,
+        key: &str,
+        json: &'static [u8],
+    ) -> Result<WriteOutcome, StoreError> {
+        let op = WriteOp::Put(bytes::Bytes::from_static(json));
+        rt.block_on(storage.write(key.into(), op, Expect::Any))
+    }
+
+    /// A newer state still in the memtable, whose cache entry was evicted,
+    /// is what warm-up caches: not the older one in the store.
+    #[test]
+    fn warm_up_sees_writes_not_yet_applied() {
+        let (rt, dir, storage) = setup();
+        put(&rt, &storage, "k", b"1").unwrap();
+        storage.close();
+        drop(storage);
+
+        let storage = one_shard(dir.path());
+        storage.hold_appliers(true);
+        let Ok(WriteOutcome::Replaced { version }) = put(&rt, &storage, "k", b"2") else {
+            panic!("not replaced")
+        };
+        storage.shards[0].cache.remove("k");
+        storage.warm_shard(0).unwrap();
+        let got = rt.block_on(storage.get("k")).unwrap().unwrap();
+        assert_eq!((&got.json[..], got.version), (&b"2"[..], version));
+        // Writing the old bytes again is a new write, not "unchanged".
+        let again = put(&rt, &storage, "k", b"1").unwrap();
+        assert!(matches!(again, WriteOutcome::Replaced { .. }), "{again:?}");
+        storage.hold_appliers(false);
+        storage.close();
+    }
+
+    /// A shard that refuses writes refuses one that would change nothing
+    /// too: the cached value it matches may not be what recovery restores.
+    #[test]
+    fn a_refusing_shard_acknowledges_nothing() {
+        let (rt, _dir, storage) = setup();
+        put(&rt, &storage, "k", b"1").unwrap();
+        storage.shards[0].poisoned.store(true, Ordering::Release);
+        let again = put(&rt, &storage, "k", b"1");
+        assert!(matches!(again, Err(StoreError::Poisoned(0))), "{again:?}");
+        storage.close();
+    }
+
+    /// A shard whose store refuses its applies refuses new writes (nothing
+    /// is lost: its committed ones stay readable from the memtable), and
+    /// takes writes again by itself once an apply succeeds.
+    #[test]
+    fn a_failing_apply_refuses_writes_until_it_works_again() {
+        let (rt, dir, storage) = setup();
+        let store = &storage.shards[0].store;
+        store.fail_commits.store(true, Ordering::SeqCst);
+        put(&rt, &storage, "k", b"1").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let refused = loop {
+            match put(&rt, &storage, "j", b"2") {
+                Err(e) => break e,
+                Ok(_) => assert!(std::time::Instant::now() < deadline, "never refused"),
+            }
+            std::thread::yield_now();
+        };
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused}");
+        assert_eq!(storage.unavailable_shards().len(), 1);
+        let got = rt.block_on(storage.get("k")).unwrap().unwrap();
+        assert_eq!(&got.json[..], b"1");
+
+        store.fail_commits.store(false, Ordering::SeqCst);
+        while put(&rt, &storage, "later", b"3").is_err() {
+            assert!(std::time::Instant::now() < deadline, "writes never resumed");
+            std::thread::yield_now();
+        }
+        assert!(storage.unavailable_shards().is_empty());
+        storage.close();
+        drop(storage);
+        let storage = one_shard(dir.path());
+        for (key, value) in [("k", "1"), ("later", "3")] {
+            let got = rt.block_on(storage.get(key)).unwrap().unwrap();
+            assert_eq!(&got.json[..], value.as_bytes());
+        }
         storage.close();
     }
 

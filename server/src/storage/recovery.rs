@@ -78,6 +78,7 @@ mod tests {
         Frame {
             first_revision,
             shard,
+            starts_append: true,
             records: records
                 .iter()
                 .map(|(k, v)| LogRecord {

@@ -72,6 +72,16 @@ pub fn dirty_end(rest: &[u8]) -> Option<usize> {
     rest.iter().rposition(|&b| b != 0).map(|i| i + 1)
 }
 
+/// Deletes a spare that a crash or a failed fill left behind in the log
+/// directory `dir`: it holds no frame, and on a full disk its space may be
+/// what the stores need to open.
+pub fn remove_leftover(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(SPARE_NAME)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The next segment, being filled with zeros on a helper thread.
 pub struct Spare {
     /// Its size once filled.
@@ -103,8 +113,16 @@ impl Spare {
     pub fn finish(mut self, path: &Path) -> io::Result<File> {
         let thread = self.thread.take();
         let file = match thread.map(JoinHandle::join) {
-            Some(Ok(result)) => result?,
-            _ => return Err(io::Error::other("the segment filler stopped")),
+            Some(Ok(Ok(file))) => file,
+            failed => {
+                // A part-filled spare (a full disk, most often) would only
+                // take the space a smaller segment needs.
+                let _ = std::fs::remove_file(&self.path);
+                return Err(match failed {
+                    Some(Ok(Err(e))) => e,
+                    _ => io::Error::other("the segment filler stopped"),
+                });
+            }
         };
         std::fs::rename(&self.path, path)?;
         Ok(file)

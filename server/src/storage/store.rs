@@ -253,6 +253,48 @@ impl ShardStore {
     fn walk(
         &self,
         start: Bound<String>,
+        f: impl FnMut(String, Arc<StoredValue>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.snapshot()?.walk(start, f)
+    }
+
+    /// Visits keys from `start` on, in order, with their raw records, from
+    /// one snapshot, until `f` returns `Ok(false)`.
+    fn walk_records(
+        &self,
+        start: Bound<String>,
+        f: impl FnMut(String, PersyId, Vec<u8>) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.snapshot()?.walk_records(start, f)
+    }
+
+    /// The store's committed state now, readable for as long as it is kept
+    /// (later commits do not change what it shows).
+    pub fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
+        Ok(StoreSnapshot(
+            self.persy.snapshot().map_err(err("snapshot"))?,
+        ))
+    }
+
+    /// Starts a write transaction; only the shard writer and restore call this.
+    pub(crate) fn begin(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            tx: self.persy.begin().map_err(err("begin transaction"))?,
+            #[cfg(test)]
+            fail: self.fail_commits.clone(),
+        })
+    }
+}
+
+/// One committed state of a shard's store (see [`ShardStore::snapshot`]).
+pub struct StoreSnapshot(persy::Snapshot);
+
+impl StoreSnapshot {
+    /// Visits keys from `start` on, in order, with their values, until `f`
+    /// returns `Ok(false)`.
+    pub fn walk(
+        &self,
+        start: Bound<String>,
         mut f: impl FnMut(String, Arc<StoredValue>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         self.walk_records(start, |key, id, record| {
@@ -261,14 +303,12 @@ impl ShardStore {
         })
     }
 
-    /// Visits keys from `start` on, in order, with their raw records, from
-    /// one snapshot, until `f` returns `Ok(false)`.
     fn walk_records(
         &self,
         start: Bound<String>,
         mut f: impl FnMut(String, PersyId, Vec<u8>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let snap = self.persy.snapshot().map_err(err("snapshot"))?;
+        let snap = &self.0;
         let range = snap
             .range::<String, PersyId, _>(KEYS, (start, Bound::Unbounded))
             .map_err(err("index scan"))?;
@@ -284,15 +324,6 @@ impl ShardStore {
             }
         }
         Ok(())
-    }
-
-    /// Starts a write transaction; only the shard writer and restore call this.
-    pub(crate) fn begin(&self) -> Result<WriteTx, StoreError> {
-        Ok(WriteTx {
-            tx: self.persy.begin().map_err(err("begin transaction"))?,
-            #[cfg(test)]
-            fail: self.fail_commits.clone(),
-        })
     }
 }
 

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -149,6 +149,10 @@ pub(crate) struct ShardWriter {
     pub memtable: Arc<Memtable>,
     pub filter: Arc<KeyFilter>,
     pub log: LogHandle,
+    /// Held (shared) from a batch's log append until it is published: a
+    /// storage cut holds it exclusively, so it sees every logged write
+    /// published (see `snapshot`).
+    pub publish_gate: Arc<RwLock<()>>,
     pub rx: mpsc::Receiver<WriterMsg>,
     pub max_batch: usize,
     /// Set after a failed commit; shared so the HTTP layer can report it.
@@ -222,6 +226,13 @@ impl Decision {
     }
 }
 
+/// Answers every command of `batch` with `e`.
+fn refuse(batch: &mut Vec<WriteCommand>, e: StoreError) {
+    for cmd in batch.drain(..) {
+        (cmd.reply)(Err(e.clone()));
+    }
+}
+
 /// Runs storage work, turning a panic inside the engine into an error.
 /// persy panics when it cannot roll back a failed transaction (a failing
 /// disk); that must poison the shard, not kill its thread and leave the
@@ -235,7 +246,7 @@ pub(crate) fn guarded<T>(work: impl FnOnce() -> Result<T, StoreError>) -> Result
                 .map(String::as_str)
                 .or_else(|| panic.downcast_ref::<&str>().copied())
                 .unwrap_or("unknown panic");
-            Err(StoreError::Io(format!("storage engine failed: {what}")))
+            Err(StoreError::Engine(what.to_owned()))
         }
     }
 }
@@ -273,10 +284,7 @@ impl ShardWriter {
     /// Decides, commits and answers one batch.
     fn apply(&mut self, batch: &mut Vec<WriteCommand>) {
         if self.poisoned.load(Ordering::Acquire) {
-            for cmd in batch.drain(..) {
-                (cmd.reply)(Err(StoreError::Poisoned(self.shard)));
-            }
-            return;
+            return refuse(batch, StoreError::Poisoned(self.shard));
         }
         let started = std::time::Instant::now();
         let Decided {
@@ -287,30 +295,39 @@ impl ShardWriter {
             Ok(decided) => decided,
             Err(e) => return self.poison(batch, e),
         };
-        let (first, records) = if records.is_empty() {
-            (0, records)
+        let first = if records.is_empty() {
+            0
         } else {
-            let bytes = records
-                .iter()
-                .map(|r| r.key.len() + r.value.as_ref().map_or(0, |v| v.len()))
-                .sum();
-            self.memtable.wait_for_room(records.len(), bytes);
-            match self.log.append(self.shard, records) {
-                Ok(appended) => appended,
-                Err(StoreError::ShuttingDown) => {
-                    for cmd in batch.drain(..) {
-                        (cmd.reply)(Err(StoreError::ShuttingDown));
-                    }
-                    return;
+            match self.commit(records, not_in_store) {
+                Ok(first) => first,
+                // Nothing was written: the shard goes on; only this batch
+                // is refused (a full disk, the log failed, stopping).
+                Err(e) if e.wrote_nothing() || matches!(e, StoreError::LogFailed(_)) => {
+                    return refuse(batch, e)
                 }
                 Err(e) => return self.poison(batch, e),
             }
         };
         self.metrics.record_commit(started.elapsed());
-        self.publish(records, not_in_store, first);
         for (cmd, decision) in batch.drain(..).zip(decisions) {
             (cmd.reply)(Ok(decision.outcome(first)));
         }
+    }
+
+    /// Logs `records` and publishes them; returns the first one's revision.
+    fn commit(&self, records: Vec<LogRecord>, not_in_store: Vec<bool>) -> Result<u64, StoreError> {
+        let bytes = super::log::payload_bytes(&records);
+        self.memtable.wait_for_room(records.len(), bytes);
+        let _gate = self.publish_gate.read().unwrap_or_else(|p| p.into_inner());
+        // Checked under the gate: a shard whose applier failed is poisoned
+        // before its pending writes are set aside, and no batch may be
+        // published after that (see `applier`).
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Poisoned(self.shard));
+        }
+        let (first, records) = self.log.append(self.shard, records)?;
+        self.publish(records, not_in_store, first);
+        Ok(first)
     }
 
     /// Makes committed records visible: memtable first (it must hold every
@@ -453,7 +470,7 @@ mod tests {
         let store = ShardStore::open(&dir.join("s.persy"), 1 << 20).unwrap();
         let log = CommitLog::open(dir, 1).unwrap().log;
         let (log, _thread) =
-            committer::start(log, vec![Arc::new(Progress::default())], 16).unwrap();
+            committer::start(log, vec![Arc::new(Progress::default())], 16, Arc::default()).unwrap();
         let (queue, rx) = mpsc::channel(16);
         let memtable = Arc::new(Memtable::new(1000, 1 << 20));
         let writer = ShardWriter {
@@ -463,6 +480,7 @@ mod tests {
             memtable: memtable.clone(),
             filter: Arc::default(),
             log,
+            publish_gate: Arc::default(),
             rx,
             max_batch: 8,
             poisoned: Arc::default(),
