@@ -8,12 +8,14 @@
 //! idempotent (it sets each key to its state at a revision), which is what
 //! lets recovery replay the log over a store that already has part of it.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use super::committer::Progress;
-use super::memtable::{ApplyBatch, Memtable};
+use super::held;
+use super::memtable::{ApplyBatch, Memtable, Pending};
 use super::store::ShardStore;
 use super::StoreError;
 
@@ -128,6 +130,10 @@ pub struct Applier {
     pub health: Arc<ApplyHealth>,
     /// `storage.apply_batch`.
     pub max_batch: usize,
+    /// Where the shard's held file goes.
+    pub data_dir: PathBuf,
+    /// The writers' publish gate (see `writer`).
+    pub publish_gate: Arc<RwLock<()>>,
 }
 
 impl Applier {
@@ -140,11 +146,24 @@ impl Applier {
 fn run(a: Applier) {
     yield_to_requests(a.shard);
     let mut retry = RETRY_FIRST;
+    // The newest revision set aside in the held file, while there is one.
+    let mut held_upto: Option<u64> = None;
     while let Some(batch) = a.memtable.next_batch(a.max_batch, a.max_batch, APPLY_WAIT) {
         match super::writer::guarded(|| apply(&a.store, &batch)) {
             Ok(()) => {
                 a.progress.applied.fetch_max(batch.upto, Ordering::AcqRel);
                 a.memtable.remove_applied(&batch);
+                if let Some(upto) = held_upto {
+                    // Writes stay refused until the store has every held one.
+                    if a.progress.applied.load(Ordering::Acquire) < upto {
+                        continue;
+                    }
+                    if let Err(e) = a.release_held() {
+                        tracing::warn!(shard = a.shard, error = %e, "cannot delete the held writes file; trying again");
+                        continue;
+                    }
+                    held_upto = None;
+                }
                 if retry != RETRY_FIRST {
                     tracing::info!(
                         shard = a.shard,
@@ -157,14 +176,21 @@ fn run(a: Applier) {
             Err(e @ StoreError::Engine(_)) => {
                 tracing::error!(shard = a.shard, error = %e, "the storage engine failed; shard refuses writes until restart");
                 a.poisoned.store(true, Ordering::Release);
+                if held_upto.is_none() {
+                    a.hold_pending();
+                }
                 a.memtable.stop();
                 return;
             }
             Err(e) => {
                 tracing::warn!(shard = a.shard, error = %e, retry_ms = retry.as_millis() as u64, "applying committed writes failed; the shard refuses writes until it works again");
                 a.health.set(Some(refusal(&e)));
+                if held_upto.is_none() {
+                    held_upto = a.hold_pending();
+                }
                 if a.memtable.stopping_within(retry) {
-                    // The log holds every entry left: the next start replays it.
+                    // The log or the held file has every entry left: the
+                    // next start replays them.
                     break;
                 }
                 retry = (retry * 2).min(RETRY_MAX);
@@ -172,6 +198,43 @@ fn run(a: Applier) {
         }
     }
     tracing::debug!(shard = a.shard, "shard applier stopped");
+}
+
+impl Applier {
+    /// Sets the shard's unapplied writes aside in its held file, so the
+    /// log need not keep them (see `held`); returns the newest revision
+    /// held. The shard refuses writes already (poisoned, or its health
+    /// says so), and taking the publish gate waits out a batch that was
+    /// past that check: the copy has every write the shard will publish.
+    fn hold_pending(&self) -> Option<u64> {
+        let pending: Vec<(String, Pending)> = {
+            let _gate = self.publish_gate.write().unwrap_or_else(|p| p.into_inner());
+            self.memtable.pending().into_iter().collect()
+        };
+        let upto = pending.iter().map(|(_, p)| p.revision).max()?;
+        match held::write(&self.data_dir, self.shard, &pending) {
+            Ok(()) => {
+                self.progress.held.store(true, Ordering::Release);
+                tracing::warn!(
+                    shard = self.shard,
+                    writes = pending.len(),
+                    "the shard's unapplied writes are held outside the commit log, which goes on being trimmed"
+                );
+                Some(upto)
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.shard, error = %e, "cannot hold the shard's unapplied writes; the log keeps them");
+                None
+            }
+        }
+    }
+
+    /// The store has every held write: the log keeps this shard's writes
+    /// again, and the held file goes.
+    fn release_held(&self) -> Result<(), StoreError> {
+        self.progress.held.store(false, Ordering::Release);
+        held::remove(&self.data_dir, self.shard)
+    }
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -12,7 +12,7 @@
 //! later append: the shards stop taking writes until a restart, whose
 //! recovery reads what the log actually holds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -48,12 +48,18 @@ pub struct Progress {
     pub logged: AtomicU64,
     /// Every revision of the shard up to this one is in its store.
     pub applied: AtomicU64,
+    /// The shard's unapplied writes are held outside the log (`held`):
+    /// the log need not keep them.
+    pub held: AtomicBool,
 }
 
 impl Progress {
     /// The lowest revision whose segment the shard still needs: none
     /// (`u64::MAX`) once its store has everything it logged.
     fn trim_floor(&self) -> u64 {
+        if self.held.load(Ordering::Acquire) {
+            return u64::MAX;
+        }
         let applied = self.applied.load(Ordering::Acquire);
         if self.logged.load(Ordering::Acquire) <= applied {
             u64::MAX

@@ -367,6 +367,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
             std::fs::remove_file(&path).map_err(io(&path))?;
             continue;
         }
+        if name.is_some_and(super::held::is_held_file) {
+            continue;
+        }
         match name
             .and_then(|n| n.strip_suffix(".wal"))
             .and_then(|n| n.parse::<u64>().ok())

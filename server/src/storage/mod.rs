@@ -10,6 +10,7 @@
 //! - `memtable`: one shard's committed writes its store lacks yet;
 //! - `applier`: one shard's thread that moves them into the store;
 //! - `recovery`: replaying the log into the stores at start;
+//! - `held`: a failing shard's unapplied writes, kept outside the log;
 //! - `store`: one shard's persy file;
 //! - `cache`: one shard's byte-weighted read cache;
 //! - `keyfilter`: one shard's Bloom filter of the keys its store may hold;
@@ -23,6 +24,7 @@ pub mod bulk;
 mod cache;
 mod committer;
 pub mod hash;
+mod held;
 pub mod ids;
 mod keyfilter;
 pub mod log;
@@ -303,7 +305,10 @@ impl Storage {
         let floor = applied.iter().copied().max().unwrap_or(0) + 1;
         let recovered = log::CommitLog::open(&data_dir, floor)?;
         let mut log = recovered.log;
-        let replayed = recovery::replay(&stores, &applied, recovered.frames)?;
+        let (held_frames, held_files) = held::read_all(&data_dir.join(log::LOG_DIR))?;
+        let mut frames = recovered.frames;
+        frames.extend(held_frames);
+        let replayed = recovery::replay(&stores, &applied, frames)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -311,6 +316,11 @@ impl Storage {
             );
         }
         log.reset()?;
+        // The stores have every held write now.
+        for file in held_files {
+            std::fs::remove_file(&file)
+                .map_err(|e| StoreError::Io(format!("{}: {e}", file.display())))?;
+        }
         manifest::upgrade(&data_dir, &found)?;
         // The shard files may have just been created: make their names
         // durable before any write to them is acknowledged.
@@ -344,6 +354,7 @@ impl Storage {
             let (queue, rx) = mpsc::channel(settings.queue_depth);
             let poisoned = Arc::new(AtomicBool::new(false));
             let metrics = Arc::new(ShardMetrics::default());
+            let apply_health = Arc::new(ApplyHealth::default());
             let writer = ShardWriter {
                 shard: index,
                 store: store.clone(),
@@ -352,13 +363,13 @@ impl Storage {
                 filter: filter.clone(),
                 log: log.clone(),
                 publish_gate: publish_gate.clone(),
+                apply_health: apply_health.clone(),
                 rx,
                 max_batch: settings.max_batch,
                 poisoned: poisoned.clone(),
                 metrics: metrics.clone(),
             };
             let writer = spawn(format!("shard-writer-{index}"), move || writer.run())?;
-            let apply_health = Arc::new(ApplyHealth::default());
             let applier = applier::Applier {
                 shard: index,
                 store: store.clone(),
@@ -367,6 +378,8 @@ impl Storage {
                 poisoned: poisoned.clone(),
                 health: apply_health.clone(),
                 max_batch: settings.apply_batch,
+                data_dir: data_dir.clone(),
+                publish_gate: publish_gate.clone(),
             };
             let applier = spawn(format!("shard-applier-{index}"), move || applier.run())?;
             shards.push(Shard {
@@ -847,15 +860,7 @@ mod tests {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings {
-            data_dir: dir.path().to_owned(),
-            shards: 2,
-            ..StorageSettings::default()
-        };
-        let cache = CacheSettings {
-            capacity_bytes: 1 << 20,
-            warm_on_start: false,
-        };
+        let (settings, cache) = small(dir.path(), 2);
         let value = |i: usize| format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(100_000));
         let storage = Storage::open(&settings, &cache).unwrap();
         let mut versions = Vec::new();
@@ -903,16 +908,22 @@ mod tests {
         (rt, dir, storage)
     }
 
-    fn one_shard(dir: &std::path::Path) -> Storage {
+    /// Settings for `shards` shards in `dir`, with a small cache.
+    fn small(dir: &std::path::Path, shards: u32) -> (StorageSettings, CacheSettings) {
         let settings = StorageSettings {
             data_dir: dir.to_owned(),
-            shards: 1,
+            shards,
             ..StorageSettings::default()
         };
         let cache = CacheSettings {
             capacity_bytes: 1 << 20,
             warm_on_start: false,
         };
+        (settings, cache)
+    }
+
+    fn one_shard(dir: &std::path::Path) -> Storage {
+        let (settings, cache) = small(dir, 1);
         Storage::open(&settings, &cache).unwrap()
     }
 
@@ -991,6 +1002,11 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(storage.unavailable_shards().is_empty());
+        // Writes came back once the held ones were in the store: no held
+        // file is left, and the log keeps the shard's writes again.
+        let (_, held_files) = held::read_all(&dir.path().join(log::LOG_DIR)).unwrap();
+        assert!(held_files.is_empty());
+        assert!(!storage.shards[0].progress.held.load(Ordering::Acquire));
         storage.close();
         drop(storage);
         let storage = one_shard(dir.path());
@@ -998,6 +1014,58 @@ mod tests {
             let got = rt.block_on(storage.get(key)).unwrap().unwrap();
             assert_eq!(&got.json[..], value.as_bytes());
         }
+        storage.close();
+    }
+
+    /// A shard whose applies keep failing sets its unapplied writes aside,
+    /// so the log is trimmed while the other shards write on; the held
+    /// writes come back at the next start.
+    #[test]
+    fn a_failing_shard_does_not_keep_the_log_from_being_trimmed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, cache) = small(dir.path(), 2);
+        let on_shard = |shard: usize, n: usize| {
+            (0..)
+                .map(|i| format!("k{i}"))
+                .filter(|k| hash::shard_for(k, 2) == shard)
+                .nth(n)
+                .unwrap()
+        };
+        let storage = Storage::open(&settings, &cache).unwrap();
+        storage.shards[0]
+            .store
+            .fail_commits
+            .store(true, Ordering::SeqCst);
+        let held_key = on_shard(0, 0);
+        put(&rt, &storage, &held_key, b"1").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !storage.shards[0].progress.held.load(Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "never held");
+            std::thread::yield_now();
+        }
+        let first_segment = dir.path().join(log::LOG_DIR).join(format!("{:020}.wal", 1));
+        let value = bytes::Bytes::from(format!("\"{}\"", "x".repeat(10_000)));
+        let mut written = 0;
+        while first_segment.exists() {
+            assert!(written < 5_000, "the log was never trimmed");
+            let op = WriteOp::Put(value.clone());
+            rt.block_on(storage.write(on_shard(1, written), op, Expect::Any))
+                .unwrap();
+            written += 1;
+        }
+        storage.close();
+        drop(storage);
+
+        let storage = Storage::open(&settings, &cache).unwrap();
+        let got = rt.block_on(storage.get(&held_key)).unwrap().unwrap();
+        assert_eq!(&got.json[..], b"1");
+        let last = rt.block_on(storage.get(&on_shard(1, written - 1))).unwrap();
+        assert_eq!(last.unwrap().json, value);
+        let (frames, files) = held::read_all(&dir.path().join(log::LOG_DIR)).unwrap();
+        assert!(frames.is_empty() && files.is_empty());
         storage.close();
     }
 

@@ -42,6 +42,14 @@ pub fn replay(
                     json,
                 })
             });
+            // Held frames (`held`) come with the log's: the highest
+            // revision of a key wins, whatever the order read.
+            if table
+                .get(&record.key)
+                .is_some_and(|p| p.revision > revision)
+            {
+                continue;
+            }
             table.insert(
                 record.key,
                 Pending {

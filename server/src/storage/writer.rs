@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::applier::ApplyHealth;
 use super::cache::{Cached, ShardCache};
 use super::committer::LogHandle;
 use super::keyfilter::KeyFilter;
@@ -153,6 +154,8 @@ pub(crate) struct ShardWriter {
     /// storage cut holds it exclusively, so it sees every logged write
     /// published (see `snapshot`).
     pub publish_gate: Arc<RwLock<()>>,
+    /// Set while the shard's applies fail (see `applier`).
+    pub apply_health: Arc<ApplyHealth>,
     pub rx: mpsc::Receiver<WriterMsg>,
     pub max_batch: usize,
     /// Set after a failed commit; shared so the HTTP layer can report it.
@@ -319,11 +322,14 @@ impl ShardWriter {
         let bytes = super::log::payload_bytes(&records);
         self.memtable.wait_for_room(records.len(), bytes);
         let _gate = self.publish_gate.read().unwrap_or_else(|p| p.into_inner());
-        // Checked under the gate: a shard whose applier failed is poisoned
-        // before its pending writes are set aside, and no batch may be
-        // published after that (see `applier`).
+        // Checked under the gate: a shard whose applies fail refuses
+        // writes before its pending ones are set aside (`held`), and no
+        // batch may be published after that.
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned(self.shard));
+        }
+        if let Some(e) = self.apply_health.failure() {
+            return Err(e);
         }
         let (first, records) = self.log.append(self.shard, records)?;
         self.publish(records, not_in_store, first);
@@ -481,6 +487,7 @@ mod tests {
             filter: Arc::default(),
             log,
             publish_gate: Arc::default(),
+            apply_health: Arc::default(),
             rx,
             max_batch: 8,
             poisoned: Arc::default(),
