@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::metrics::RequestMetrics;
 use crate::plugin::{ChainRun, ChainStop, PluginLoadError, Record, SharedChain, WorkerPool};
 use crate::plugin_host::PluginHost;
+use crate::storage::hash::KeyHash;
 use crate::storage::{Expect, Reply, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// How often a write through plugins is retried when other writes to the
@@ -110,6 +111,7 @@ impl App {
         &self,
         chain: &SharedChain,
         key: &str,
+        hash: KeyHash,
         value: Option<Bytes>,
         expect: &Expect,
         record: Record,
@@ -118,7 +120,7 @@ impl App {
         let storage = Arc::clone(&self.storage);
         let (tx, rx) = oneshot::channel::<Result<Judgement, ApiError>>();
         self.workers.spawn(move || {
-            let current = match storage.get_blocking(&key) {
+            let current = match storage.get_blocking(&key, hash) {
                 Ok(current) => current,
                 Err(e) => return drop(tx.send(Err(e.into()))),
             };
@@ -143,7 +145,7 @@ impl App {
                 let written = result.map(|outcome| Judgement::Written { outcome, output });
                 let _ = tx.send(written.map_err(ApiError::from));
             });
-            storage.submit_blocking(key, op, Expect::unchanged_since(seen), reply);
+            storage.submit_blocking(key, hash, op, Expect::unchanged_since(seen), reply);
         });
         rx.await
             .map_err(|_| ApiError::Store(StoreError::Io("plugin pipeline job failed".into())))?
@@ -201,11 +203,11 @@ impl App {
                 .await?;
             return Ok((outcome, value));
         }
-        let stripe = (crate::storage::hash::fnv1a_64(key.as_bytes()) % KEY_LOCKS as u64) as usize;
-        let _key_lock = self.key_locks[stripe].lock().await;
+        let hash = KeyHash::of(key);
+        let _key_lock = self.key_locks[hash.shard(KEY_LOCKS)].lock().await;
         for _ in 0..MAX_CHAIN_ATTEMPTS {
             let judged = self
-                .judge(&chain, key, value.clone(), &expect, Record::Yes)
+                .judge(&chain, key, hash, value.clone(), &expect, Record::Yes)
                 .await?;
             let (outcome, output) = match judged {
                 Judgement::Conflict(seen) => {
@@ -234,7 +236,14 @@ impl App {
     ) -> Result<(Option<u64>, ChainRun), ApiError> {
         let chain = self.chain();
         match self
-            .judge(&chain, key, Some(json), &Expect::Any, Record::No)
+            .judge(
+                &chain,
+                key,
+                KeyHash::of(key),
+                Some(json),
+                &Expect::Any,
+                Record::No,
+            )
             .await?
         {
             Judgement::Ran { seen, run } => Ok((seen, run)),

@@ -114,7 +114,7 @@ impl TokenSet {
                 Access::LoopbackOnly
             };
         }
-        let Some(presented) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+        let Some(presented) = authorization.and_then(bearer_credentials) else {
             return Access::Unauthenticated;
         };
         let presented = digest(presented);
@@ -129,6 +129,19 @@ impl TokenSet {
     }
 }
 
+/// The credentials of a `Bearer` authorization: the scheme name is
+/// case-insensitive (RFC 9110, section 11.1), followed by one or more
+/// spaces; the token itself is compared exactly.
+fn bearer_credentials(header: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let (scheme, rest) = header.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let credentials = rest.trim_ascii_start();
+    (!credentials.is_empty()).then_some(credentials)
+}
+
 impl TokenSet {
     /// The name of the configured token in an `Authorization` header, for
     /// records of who did what (uploads); `open` without access control.
@@ -136,9 +149,7 @@ impl TokenSet {
         if !self.enabled() {
             return "open".into();
         }
-        let presented = authorization
-            .and_then(|h| h.strip_prefix(b"Bearer "))
-            .map(digest);
+        let presented = authorization.and_then(bearer_credentials).map(digest);
         let mut found = "unknown";
         for (known, _, name) in &self.tokens {
             if presented.is_some_and(|p| same(known, &p)) {
@@ -213,6 +224,27 @@ mod tests {
         );
         assert!(Role::Admin > Role::Write && Role::Write > Role::Read);
         assert_eq!(set.name_of(Some(b"Bearer admin-token-123456")), "a");
+        // The scheme is case-insensitive; the token is not.
+        for header in [
+            &b"bearer admin-token-123456"[..],
+            b"BEARER  admin-token-123456",
+        ] {
+            assert!(matches!(
+                set.check(Some(header), LOCAL),
+                Access::Granted(Role::Admin)
+            ));
+        }
+        for header in [
+            &b"Bearer ADMIN-TOKEN-123456"[..],
+            b"Bearer",
+            b"Bearer ",
+            b"Bearerx admin-token-123456",
+        ] {
+            assert!(matches!(
+                set.check(Some(header), LOCAL),
+                Access::Unauthenticated
+            ));
+        }
         assert_eq!(set.name_of(Some(b"Bearer nope")), "unknown");
         assert_eq!(open.name_of(None), "open");
     }

@@ -87,6 +87,9 @@ pub enum ApiError {
     /// The token's role does not cover the request (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The request uses a feature the server does not implement (501).
+    #[error("{0}")]
+    NotImplemented(String),
     /// A fault of the server itself, not of the request (500).
     #[error("{0}")]
     Internal(String),
@@ -137,6 +140,7 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
+            Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
             Self::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::UnsupportedMediaType(_) => {

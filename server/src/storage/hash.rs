@@ -21,8 +21,25 @@ pub fn fnv1a_64(bytes: &[u8]) -> u64 {
 
 /// The shard (0-based) that stores `key` when there are `shards` shards.
 pub fn shard_for(key: &str, shards: usize) -> usize {
-    debug_assert!(shards > 0, "shard count is validated at start");
-    (fnv1a_64(key.as_bytes()) % shards.max(1) as u64) as usize
+    KeyHash::of(key).shard(shards)
+}
+
+/// A key's placement hash, computed once per request and carried down the
+/// write path (key lock stripe, the read of its old value, the write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash(u64);
+
+impl KeyHash {
+    /// The hash of `key`.
+    pub fn of(key: &str) -> Self {
+        Self(fnv1a_64(key.as_bytes()))
+    }
+
+    /// The key's shard among `shards`.
+    pub fn shard(self, shards: usize) -> usize {
+        debug_assert!(shards > 0, "shard count is validated at start");
+        (self.0 % shards.max(1) as u64) as usize
+    }
 }
 
 #[cfg(test)]

@@ -471,8 +471,13 @@ impl Storage {
     }
 
     /// Like [`Storage::get`] for blocking contexts (plugin pipeline threads).
-    pub fn get_blocking(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
-        let shard = self.shard(key);
+    /// `hash` is the key's [`hash::KeyHash`], computed once by the caller.
+    pub fn get_blocking(
+        &self,
+        key: &str,
+        hash: hash::KeyHash,
+    ) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let shard = &self.shards[hash.shard(self.shards.len())];
         match shard.cache.get_value_or_guard(key, None) {
             quick_cache::sync::GuardResult::Value(cached) => match cached.known() {
                 Some(known) => Ok(known),
@@ -495,7 +500,7 @@ impl Storage {
         op: WriteOp,
         expect: Expect,
     ) -> Result<WriteOutcome, StoreError> {
-        let index = self.refusal(&key)?;
+        let index = self.refusal(hash::KeyHash::of(&key))?;
         if let Some(version) = self.already_stored(index, &key, &op, &expect) {
             return Ok(WriteOutcome::Unchanged { version });
         }
@@ -533,11 +538,11 @@ impl Storage {
 
     /// The key's shard, unless it takes no writes now: the log failed, or
     /// the shard did.
-    fn refusal(&self, key: &str) -> Result<usize, StoreError> {
+    fn refusal(&self, hash: hash::KeyHash) -> Result<usize, StoreError> {
         if let Some(why) = self.log_failure.get() {
             return Err(StoreError::LogFailed(why.clone()));
         }
-        let index = hash::shard_for(key, self.shards.len());
+        let index = hash.shard(self.shards.len());
         let shard = &self.shards[index];
         if shard.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Poisoned(index));
@@ -552,8 +557,15 @@ impl Storage {
     /// is called exactly once with the result, on the writer thread (or here
     /// if the write cannot be queued), so the pipeline's answer reaches the
     /// waiting request without another hop through the async runtime.
-    pub fn submit_blocking(&self, key: String, op: WriteOp, expect: Expect, reply: Reply) {
-        let index = match self.refusal(&key) {
+    pub fn submit_blocking(
+        &self,
+        key: String,
+        hash: hash::KeyHash,
+        op: WriteOp,
+        expect: Expect,
+        reply: Reply,
+    ) {
+        let index = match self.refusal(hash) {
             Ok(index) => index,
             Err(e) => return reply(Err(e)),
         };
@@ -746,7 +758,9 @@ impl Storage {
     /// `snapshot`). Writers pause for as long as it takes to copy each
     /// shard's pending states (bounded by the memtable's size).
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let _gate = self.publish_gate.write().unwrap_or_else(|p| p.into_inner());
+        let asked = std::time::Instant::now();
+        let gate = self.publish_gate.write().unwrap_or_else(|p| p.into_inner());
+        let held = std::time::Instant::now();
         let revision = self.last_seq()?;
         let mut shards = Vec::with_capacity(self.shards.len());
         for shard in &self.shards {
@@ -755,6 +769,15 @@ impl Storage {
             let store = shard.store.snapshot()?;
             shards.push(snapshot::ShardCut { store, pending });
         }
+        drop(gate);
+        let pending: usize = shards.iter().map(|s| s.pending.len()).sum();
+        tracing::info!(
+            revision,
+            pending,
+            wait_us = (held - asked).as_micros() as u64,
+            pause_us = held.elapsed().as_micros() as u64,
+            "storage cut taken"
+        );
         Ok(Snapshot::new(revision, shards))
     }
 
