@@ -134,6 +134,8 @@ pub struct ServerSettings {
     /// Most connections served at once; further clients wait in the
     /// kernel's accept queue until one closes.
     pub max_connections: usize,
+    /// Connections the kernel queues for the server to accept.
+    pub listen_backlog: u32,
     /// Threads that run plugins (and read the values they judge); 0 means
     /// twice the number of CPUs. Writes without plugins never use them.
     pub plugin_threads: usize,
@@ -149,6 +151,7 @@ impl Default for ServerSettings {
             body_read_timeout_ms: 30_000,
             write_timeout_ms: 30_000,
             max_connections: 10_000,
+            listen_backlog: 1024,
             plugin_threads: 0,
         }
     }
@@ -185,6 +188,9 @@ impl Default for StorageSettings {
         }
     }
 }
+
+/// The longest any server timeout may be set to, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Read cache settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -509,7 +515,7 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 14] = [
+    let positive: [(u64, &str); 15] = [
         (
             s.plugin_uploads.max_module_bytes as u64,
             "plugin_uploads.max_module_bytes",
@@ -530,6 +536,7 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         (s.limits.max_value_bytes as u64, "limits.max_value_bytes"),
         (s.server.max_body_bytes as u64, "server.max_body_bytes"),
         (s.server.max_connections as u64, "server.max_connections"),
+        (s.server.listen_backlog.into(), "server.listen_backlog"),
         (
             s.server.header_read_timeout_ms,
             "server.header_read_timeout_ms",
@@ -539,6 +546,22 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
     ];
     for (value, key) in positive {
         check(value > 0, key, "must be above 0")?;
+    }
+    // Every timeout is bounded: one that never ends holds what it guards.
+    for (value, key) in [
+        (
+            s.server.header_read_timeout_ms,
+            "server.header_read_timeout_ms",
+        ),
+        (s.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
+        (s.server.write_timeout_ms, "server.write_timeout_ms"),
+        (s.server.shutdown_timeout_ms, "server.shutdown_timeout_ms"),
+    ] {
+        check(
+            value <= MAX_TIMEOUT_MS,
+            key,
+            &format!("must be at most {MAX_TIMEOUT_MS} (one hour)"),
+        )?;
     }
     check(
         s.plugin_uploads.max_module_bytes as u64 <= crate::plugin::MAX_UPLOAD_MODULE_BYTES,
@@ -694,6 +717,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PORT"), "{err}");
+        let f = file("[server]\nwrite_timeout_ms = 9223372036854775807\n");
+        let err = load_from(Some(f.path()), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.write_timeout_ms") && err.contains("3600000"),
+            "{err}"
+        );
         // A key longer than a log record can carry could never be logged.
         let f = file("[limits]\nmax_key_bytes = 65536\n");
         let err = load_from(Some(f.path()), &env(&[]))

@@ -164,6 +164,9 @@ impl ApiError {
                 ManagedError::Limit(_) => (StatusCode::CONFLICT, "plugin_limit"),
                 ManagedError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "plugin_refused"),
                 ManagedError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+                ManagedError::NoSpace(_) => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+                }
             },
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
@@ -269,6 +272,14 @@ mod tests {
             (ApiError::UnsupportedMediaType("x".into()), 415),
             (ApiError::Store(StoreError::Poisoned(1)), 503),
             (ApiError::Store(StoreError::Io("disk".into())), 500),
+            (
+                ApiError::Store(StoreError::NoSpace("/data/log".into())),
+                507,
+            ),
+            (
+                ApiError::Managed(ManagedError::NoSpace("/data/plugins".into())),
+                507,
+            ),
         ];
         for (err, status) in cases {
             assert_eq!(err.into_response().status().as_u16(), status);

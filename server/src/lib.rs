@@ -26,6 +26,7 @@ pub mod app;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod descriptors;
 pub mod error;
 pub mod http;
 pub mod ijson;

@@ -184,8 +184,63 @@ fn request_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
 
-/// Request counters and latency histograms per route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+/// Connections: open now, the cap on them, and those refused past it.
+#[derive(Default)]
+pub struct ConnectionMetrics {
+    open: Gauge,
+    cap: Gauge,
+    refused: Family<CauseLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    /// Records the cap the server runs with.
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.set(i64::try_from(cap).unwrap_or(i64::MAX));
+    }
+
+    /// A connection is served from now on.
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// A served connection ended.
+    pub fn closed(&self) {
+        self.open.dec();
+    }
+
+    /// A connection was refused; `cause` names why (`connection_cap`).
+    pub fn refused(&self, cause: &'static str) {
+        self.refused.get_or_create(&CauseLabels { cause }).inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "exdaas_connections_open",
+            "Connections served now",
+            self.open.clone(),
+        );
+        registry.register(
+            "exdaas_connections_cap",
+            "Connections served at once, at most (server.max_connections, lowered to leave storage descriptors)",
+            self.cap.clone(),
+        );
+        registry.register(
+            "exdaas_connections_refused",
+            "Connections refused at once, by cause",
+            self.refused.clone(),
+        );
+    }
+}
+
+/// Request counters and latency histograms per route, and connections.
 pub struct RequestMetrics {
+    /// Connections served and refused.
+    pub connections: ConnectionMetrics,
     started: Instant,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -200,6 +255,7 @@ impl Default for RequestMetrics {
     fn default() -> Self {
         let routes = Route::ALL.len();
         Self {
+            connections: ConnectionMetrics::default(),
             started: Instant::now(),
             requests: Family::default(),
             latency: Family::new_with_constructor(request_histogram as fn() -> Histogram),
@@ -259,6 +315,7 @@ impl RequestMetrics {
             "Request latency by route",
             self.latency.clone(),
         );
+        self.connections.register(&mut registry);
         register_storage(&mut registry, storage);
         register_plugins(&mut registry, chain);
         let mut text = String::with_capacity(16 * 1024);

@@ -33,9 +33,40 @@ fn reload_on_sighup(app: Arc<App>) {
     }
 }
 
+/// A listening socket on `addr` with a queue of `backlog` connections.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Runs the server until a termination signal, then shuts down cleanly.
 pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     let settings = loaded.settings.clone();
+    let files = crate::descriptors::raise_open_files_limit();
+    let max_connections = crate::descriptors::connection_cap(
+        settings.server.max_connections,
+        files.soft,
+        settings.storage.shards,
+    );
+    tracing::info!(
+        soft_before = files.before,
+        soft = files.soft,
+        hard = files.hard,
+        max_connections,
+        "open-files limit"
+    );
+    if max_connections < settings.server.max_connections {
+        tracing::warn!(
+            configured = settings.server.max_connections,
+            max_connections,
+            "server.max_connections lowered to leave the storage descriptors under the open-files limit"
+        );
+    }
     let addr = loaded.listen_addr()?;
     let storage_settings = settings.storage.clone();
     let cache_settings = settings.cache.clone();
@@ -68,7 +99,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
             "no auth.tokens configured: only clients on this machine are served; others get 403 until tokens are configured"
         );
     }
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    let listener = listen(addr, settings.server.listen_backlog).map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr} (server.listen, from {}): {e}",
             loaded.origin("server.listen")
@@ -88,6 +119,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     crate::http::serve(
         listener,
         app,
+        max_connections,
         stop,
         Duration::from_millis(settings.server.shutdown_timeout_ms),
     )

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{backup_from_server, run_cli, temp_data_dir, Options, Server};
+use common::{
+    backup_from_server, example_plugin, plugin_toml, run_cli, temp_data_dir, Options, Server,
+};
 
 const CONFIG: &str = r#"
 [auth]
@@ -131,4 +133,44 @@ fn short_tokens_are_refused_at_start() {
         err.contains("auth.tokens[0]") && err.contains("16 characters"),
         "{err}"
     );
+}
+
+/// A plugin's module path is a server file path: admin tokens see it in
+/// `GET /v1/plugins`, read tokens see the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_paths_are_for_admins_only() {
+    let (_root, data) = temp_data_dir();
+    let module = example_plugin("require_fields");
+    let config = format!(
+        "{CONFIG}\n{}",
+        plugin_toml(
+            "fields",
+            &module,
+            "config = { required = { a = \"number\" } }"
+        )
+    );
+    let server = Server::start_with(&data, Options::default().config(&config));
+    let c = server.client();
+    let list = |token: &'static str| {
+        let c = c.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            let r = c
+                .send(
+                    "GET",
+                    "/v1/plugins",
+                    &[("authorization", auth.as_str())],
+                    b"",
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            r.json()["plugins"][0].clone()
+        }
+    };
+    let seen_by_reader = list("reader-token-0123456789").await;
+    assert_eq!(seen_by_reader["name"], "fields");
+    assert!(seen_by_reader.get("path").is_none(), "{seen_by_reader}");
+    let seen_by_admin = list("admin-token-0123456789").await;
+    assert_eq!(seen_by_admin["path"], module.display().to_string());
 }

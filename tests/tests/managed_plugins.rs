@@ -558,3 +558,48 @@ async fn an_upload_that_no_longer_loads_stops_the_start_until_removed() {
     let server = Server::start(&data);
     assert_eq!(chain(&server.client()).await.len(), 0);
 }
+
+/// A backup that fails part way (here: an uploaded module's file is gone)
+/// does not end like a complete one: the stream stops without its last
+/// chunk, so `curl -f` and every other HTTP client report a failure.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_that_fails_midway_is_no_clean_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default());
+    let c = server.client();
+    let module = std::fs::read(example_plugin("max_size")).unwrap();
+    let r = c
+        .send(
+            "PUT",
+            "/v1/admin/plugins/size",
+            &[("content-type", "application/wasm")],
+            &module,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(c.put_json("/v1/kv/k", "1").await.status, 201);
+    for blob in std::fs::read_dir(data.join("plugins/blobs")).unwrap() {
+        std::fs::remove_file(blob.unwrap().path()).unwrap();
+    }
+    let mut s = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    s.write_all(b"GET /v1/admin/backup HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a failed backup ended cleanly:\n{text}"
+    );
+    assert!(server.logged("backup stream stopped"));
+}

@@ -3,7 +3,6 @@
 //! feeds the response through a small bounded channel, so a slow client
 //! holds back the walk instead of the server buffering the whole data set.
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use http_body_util::{BodyExt, Channel};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::Response;
 
-use super::Body;
+use super::{Body, BodyError};
 use crate::app::App;
 
 /// Bytes gathered before a chunk is sent.
@@ -20,7 +19,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// `std::io::Write` onto a response body channel, for the blocking walk.
 struct ChannelWriter {
-    tx: http_body_util::channel::Sender<Bytes, Infallible>,
+    tx: http_body_util::channel::Sender<Bytes, BodyError>,
     runtime: tokio::runtime::Handle,
     buf: Vec<u8>,
 }
@@ -59,7 +58,7 @@ pub fn head() -> Response<Body> {
 
 /// Starts the backup stream.
 pub async fn stream(app: &App) -> Response<Body> {
-    let (tx, body) = Channel::<Bytes, Infallible>::new(4);
+    let (tx, body) = Channel::<Bytes, BodyError>::new(4);
     let storage = Arc::clone(&app.storage);
     let plugins = app.plugins.files();
     let next_id = storage.id_high_water().await;
@@ -72,8 +71,12 @@ pub async fn stream(app: &App) -> Response<Body> {
         };
         match crate::backup::write_backup(&storage, &plugins, next_id, &mut writer) {
             Ok(records) => tracing::info!(records, "backup streamed"),
-            // The trailer is missing, so restore will refuse the partial file.
-            Err(e) => tracing::warn!(error = %e, "backup stream stopped"),
+            Err(e) => {
+                tracing::warn!(error = %e, "backup stream stopped");
+                // Not a clean end: the client sees the transfer fail (and
+                // the trailer is missing, so restore refuses the part).
+                writer.tx.abort(e.to_string().into());
+            }
         }
     });
     let mut response = Response::new(body.boxed());

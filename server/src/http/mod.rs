@@ -54,7 +54,18 @@ type HttpResponse = Response<Full<Bytes>>;
 
 /// The body type handed to hyper: most answers are one buffer (`Full`),
 /// the backup is a stream.
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// A whole body as a [`Body`]: it cannot fail.
+fn boxed(body: Full<Bytes>) -> Body {
+    body.map_err(|e| match e {}).boxed()
+}
+
+/// Why a response body stopped before its end: hyper then closes the
+/// connection without ending the body (no last chunk), so every client
+/// sees the response as failed rather than complete (a backup that broke
+/// off, for one).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Answers one resolved operation. `param` is where the path's `{key}` or
 /// `{name}` part lies, for the operations that have one.
@@ -89,7 +100,7 @@ async fn dispatch(
         Op::ApiRead => compat::read(app, &req).await?,
         Op::ApiWrite => compat::create_or_update(app, req).await?,
         Op::ApiCmd => compat::command(app, &req).await?,
-        Op::PluginList => plugins::list(app),
+        Op::PluginList => plugins::list(app, is_admin(app, &req)),
         Op::PluginDryRun => plugins::dry_run(app, req, param).await?,
         Op::PluginReload => plugins::reload(app).await?,
         Op::PluginShadow => plugins::shadow(app, &param)?,
@@ -103,7 +114,7 @@ async fn dispatch(
         Op::Metrics => metrics(app),
         Op::OpenApi => raw_json_response(StatusCode::OK, openapi::document()?),
     };
-    Ok(response.map(BodyExt::boxed))
+    Ok(response.map(boxed))
 }
 
 fn health(app: &App) -> HttpResponse {
@@ -182,6 +193,24 @@ fn required_role(method: &Method, path: &str) -> Option<Role> {
     }
 }
 
+/// Whether the request comes with the admin role: a token of that role,
+/// or no access control at all (every client it serves may administer).
+fn is_admin(app: &App, req: &Request<Incoming>) -> bool {
+    if !app.tokens.enabled() {
+        return true;
+    }
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    // The peer matters only without tokens, handled above.
+    let peer = IpAddr::from([127, 0, 0, 1]);
+    matches!(
+        app.tokens.check(header, peer),
+        Access::Granted(crate::auth::Role::Admin)
+    )
+}
+
 /// Checks the request's token against the role it needs.
 fn authorize(app: &App, req: &Request<Incoming>, peer: IpAddr) -> Result<(), ApiError> {
     let Some(needed) = required_role(req.method(), req.uri().path()) else {
@@ -257,10 +286,8 @@ async fn handle(
     };
     let mut response = match answer {
         Ok(r) => r,
-        Err(e) if method == Method::HEAD => {
-            strip_body_for_head(e.into_response().map(BodyExt::boxed))
-        }
-        Err(e) => e.into_response().map(BodyExt::boxed),
+        Err(e) if method == Method::HEAD => strip_body_for_head(e.into_response().map(boxed)),
+        Err(e) => e.into_response().map(boxed),
     };
     let status = response.status().as_u16();
     app.metrics.record(route, status, started.elapsed());
@@ -271,11 +298,23 @@ async fn handle(
     Ok(response)
 }
 
+/// What a connection past the cap is told before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 95\r\n\r\n\
+{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server serves no more connections now\"}}";
+
+/// Answers a connection past the cap with a 503 if its socket takes the
+/// bytes at once (it never waits for a slow client), then closes it.
+fn refuse_connection(stream: &tokio::net::TcpStream) {
+    let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops
 /// accepting and waits (at most `drain_timeout`) for in-flight requests.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
@@ -288,20 +327,10 @@ pub async fn serve(
             app.settings.server.header_read_timeout_ms,
         ));
     let write_timeout = Duration::from_millis(app.settings.server.write_timeout_ms);
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        app.settings.server.max_connections,
-    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    app.metrics.connections.set_cap(max_connections);
     tokio::pin!(shutdown);
     loop {
-        // At the connection cap, stop accepting: new clients wait in the
-        // kernel's queue instead of getting served with no resources.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -313,16 +342,26 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // Past the cap, refuse at once: a connection held waiting
+                // would hold a descriptor the storage may need.
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    refuse_connection(&stream);
+                    app.metrics.connections.refused("connection_cap");
+                    continue;
+                };
+                app.metrics.connections.opened();
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
+                let for_service = app.clone();
                 let peer = peer.ip();
-                let service = service_fn(move |req| handle(app.clone(), req, peer));
+                let service = service_fn(move |req| handle(for_service.clone(), req, peer));
                 let stream = stall_guard::StallGuard::new(stream, write_timeout);
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let done = app.clone();
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    done.metrics.connections.closed();
                     drop(permit);
                 });
             }
@@ -336,5 +375,26 @@ pub async fn serve(
         () = tokio::time::sleep(drain_timeout) => {
             tracing::warn!(timeout_ms = drain_timeout.as_millis() as u64, "shutdown timeout reached; closing remaining connections");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_refusal_past_the_cap_is_a_well_formed_json_answer() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len());
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "too_many_connections");
     }
 }

@@ -15,9 +15,10 @@ use crate::plugin::ChainStop;
 
 type HttpResponse = Response<Full<Bytes>>;
 
-/// `GET /v1/plugins`: the chain, in order.
-pub fn list(app: &App) -> HttpResponse {
-    json_response(StatusCode::OK, &app.chain().describe())
+/// `GET /v1/plugins`: the chain, in order; module paths for
+/// administrators only.
+pub fn list(app: &App, admin: bool) -> HttpResponse {
+    json_response(StatusCode::OK, &app.chain().describe(admin))
 }
 
 /// The 404 for a name no running plugin has.

@@ -385,12 +385,13 @@ impl PluginChain {
     }
 
     /// Description and counters of every plugin, for `GET /v1/plugins`.
-    pub fn describe(&self) -> Value {
+    /// Module paths are server file paths: only administrators see them.
+    pub fn describe(&self, with_paths: bool) -> Value {
         let plugins: Vec<Value> = self
             .plugins
             .iter()
             .map(|p| {
-                json!({
+                let mut described = json!({
                     "name": p.name(),
                     "source": p.spec.source.as_str(),
                     "version": match p.spec.source {
@@ -408,7 +409,13 @@ impl PluginChain {
                     "vectors_passed": p.vectors_passed,
                     "mode": if p.is_shadow() { "shadow" } else { "enforce" },
                     "stats": p.stats.to_json(),
-                })
+                });
+                if !with_paths {
+                    if let Some(fields) = described.as_object_mut() {
+                        fields.remove("path");
+                    }
+                }
+                described
             })
             .collect();
         json!({ "plugins": plugins })

@@ -281,7 +281,7 @@ impl LoadedPlugin {
             pre,
             engine: engine.clone(),
             pool: Mutex::new(Vec::new()),
-            deadline_ticks: spec.timeout_ms.div_ceil(tick_ms) + 1,
+            deadline_ticks: spec.timeout_ms.div_ceil(tick_ms).saturating_add(1),
             fuel: spec.fuel.or(metered.then_some(u64::MAX)),
             max_output: limits.max_bytes + 64 * 1024,
             value_limits: limits,

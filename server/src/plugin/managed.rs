@@ -65,6 +65,10 @@ pub enum ManagedError {
     /// Reading or writing the plugin files failed.
     #[error("plugin storage: {0}")]
     Io(String),
+    /// The disk is full; nothing changed. (The detail names server paths:
+    /// it is logged, not shown.)
+    #[error("the disk is full; nothing changed, and changes work again once space is freed")]
+    NoSpace(String),
 }
 
 /// Where a managed plugin sits in the chain.

@@ -46,7 +46,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ManagedError + '_ {
 }
 
 fn store_err(e: crate::storage::StoreError) -> ManagedError {
-    ManagedError::Io(e.to_string())
+    match e {
+        crate::storage::StoreError::NoSpace(detail) => ManagedError::NoSpace(detail),
+        e => ManagedError::Io(e.to_string()),
+    }
 }
 
 /// Reads at most `limit` bytes of `path`; longer is an error.
@@ -135,6 +138,9 @@ impl ManagedFiles {
     /// already there is left as it is: same name, same content.
     pub fn put_blob(&self, bytes: &[u8], ext: &str) -> Result<String, ManagedError> {
         let sha = sha256_hex(bytes);
+        // Under the files lock: a concurrent save's garbage collection
+        // must not take this blob's temporary file for an unused one.
+        let _files = self.lock();
         let blobs = self.blobs_dir();
         manifest::create_dir_durably(&blobs).map_err(store_err)?;
         let path = blobs.join(format!("{sha}.{ext}"));

@@ -108,6 +108,12 @@ fn default_timeout_ms() -> u64 {
     20
 }
 
+/// The longest `timeout_ms` a plugin may have: a call runs on the write
+/// path, and a test vector runs while plugin changes wait, so a plugin
+/// that needs more than this is a mistake, not a use. Far above any real
+/// validator or transform (the examples take microseconds).
+pub const MAX_TIMEOUT_MS: u64 = 10_000;
+
 fn default_max_memory_bytes() -> u64 {
     16 * 1024 * 1024
 }
@@ -140,8 +146,8 @@ impl PluginSpec {
         if self.name.contains('/') || self.name == "dry-run" {
             return Err("name must not contain '/' or be \"dry-run\"".into());
         }
-        if self.timeout_ms == 0 {
-            return Err("timeout_ms must be above 0".into());
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!("timeout_ms must be 1..={MAX_TIMEOUT_MS}"));
         }
         if self.max_memory_bytes < 65_536 {
             return Err("max_memory_bytes must be at least 65536 (one wasm page)".into());
@@ -163,6 +169,27 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A looping vector under a huge timeout held plugin changes for its
+    /// whole length, and 2^64-1 overflowed into a misleading "timeout".
+    #[test]
+    fn timeouts_are_bounded() {
+        let mut spec = PluginSpec::new("p", "p.wasm".into());
+        for (ms, ok) in [
+            (1, true),
+            (MAX_TIMEOUT_MS, true),
+            (0, false),
+            (3_600_000, false),
+            (u64::MAX, false),
+        ] {
+            spec.timeout_ms = ms;
+            let checked = spec.validate();
+            assert_eq!(checked.is_ok(), ok, "{ms}: {checked:?}");
+            if let Err(message) = checked {
+                assert!(message.contains("timeout_ms"), "{message}");
+            }
+        }
+    }
 
     #[test]
     fn new_has_the_same_defaults_as_a_table() {

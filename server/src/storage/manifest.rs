@@ -134,17 +134,31 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreErr
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io(format!("{}: {e}", path.display()))
+    let message = format!("{}: {e}", path.display());
+    match e.kind() {
+        // Nothing these writes make is half there (temporary file, rename).
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            StoreError::NoSpace(message)
+        }
+        _ => StoreError::Io(message),
+    }
 }
 
 /// Writes `bytes` to `path` so that after a crash either the old or the new
 /// content is there in full: temp file, fsync, rename, fsync the directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    // A temporary name of its own: two writers of one file (an upload a
+    // client gave up on and its retry) must not write into each other's.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}.{n}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path, e));
+    }
     match path.parent() {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
@@ -258,6 +272,34 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Concurrent writers of one file (a retried upload beside the one
+    /// its client gave up on) never trip over each other's temporary file.
+    #[test]
+    fn concurrent_durable_writes_of_one_file_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.json");
+        let writers: Vec<_> = (0..8u8)
+            .map(|w| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        write_durably(&path, &[w; 4096]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() == 4096 && bytes.iter().all(|b| *b == bytes[0]));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary files left"
+        );
+    }
 
     #[test]
     fn created_once_then_enforced() {

@@ -86,6 +86,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Contents of a config file passed with --config.
     pub config: Option<String>,
+    /// An open-files limit (soft and hard) to start the server under.
+    pub nofile: Option<u64>,
 }
 
 impl Options {
@@ -95,6 +97,10 @@ impl Options {
     }
     pub fn config(mut self, text: &str) -> Self {
         self.config = Some(text.to_owned());
+        self
+    }
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 }
@@ -107,7 +113,15 @@ impl Server {
 
     /// Starts a server and waits until it answers `/health`.
     pub fn start_with(data_dir: &Path, opts: Options) -> Server {
-        let mut cmd = Command::new(binary());
+        // prlimit sets the limit and then becomes the server (same pid).
+        let mut cmd = match opts.nofile {
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg("--").arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.current_dir(data_dir.parent().unwrap_or(data_dir))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Two exdaas binaries side by side in one run: durable PUTs of distinct
+keys and cached GETs, alternating the binaries round by round so that the
+machine's drift hits both alike, and, with --backup-under-load, the pause a
+storage cut costs the writers (from the server's own "storage cut taken"
+log lines) while a backup streams during the PUT load.
+
+    python3 bench/before_after.py --before OLD_BIN --after NEW_BIN [--rounds 3] [--duration 10]
+
+Prints each round's figures and the after/before ratio of the medians.
+Servers run on loopback with fresh data directories and are stopped by PID.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import threading
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the shared helpers: start, stop, wrk, free_port)
+
+HOT = '{"name":"benchmark user","email":"user@example.com","age":42}'
+
+
+def measure(binary, label, duration, backup):
+    run.EXDAAS = binary
+    port = run.free_port()
+    env = {"EXDAAS_LOG": "info"} if backup else None
+    server = run.start_exdaas(label, port, extra_env=env)
+    run.request(port, "PUT", "/v1/kv/bench-hot", HOT, {"Content-Type": "application/json"})
+    get = run.wrk(port, "fixed.lua", duration, {"URLPATH": "/v1/kv/bench-hot"})
+    backups = []
+    if backup:
+        def take():
+            # Once the PUT load is up (after its 2 s warm-up), stream backups.
+            threading.Event().wait(duration / 2 + 2)
+            for _ in range(3):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/admin/backup", timeout=120) as r:
+                    backups.append(len(r.read()))
+        taker = threading.Thread(target=take)
+        taker.start()
+    put = run.wrk(port, "put_distinct.lua", duration, {"STYLE": "exdaas", "PREFIX": label})
+    if backup:
+        taker.join()
+    run.stop(server)
+    pauses = []
+    with open(os.path.join(run.WORK, label + ".log")) as f:
+        for line in f:
+            if "storage cut taken" in line:
+                m = re.search(r"pause_us=(\d+)", line)
+                w = re.search(r"wait_us=(\d+)", line)
+                p = re.search(r"pending=(\d+)", line)
+                if m:
+                    pauses.append((int(m.group(1)), int(w.group(1)) if w else 0, int(p.group(1)) if p else 0))
+    return put, get, pauses
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--before", required=True)
+    parser.add_argument("--after", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--backup-under-load", action="store_true")
+    args = parser.parse_args()
+    results = {"before": ([], []), "after": ([], [])}
+    for r in range(args.rounds):
+        order = [("before", args.before), ("after", args.after)]
+        if r % 2:
+            order.reverse()
+        for name, binary in order:
+            put, get, pauses = measure(binary, f"{name}-{r}", args.duration, args.backup_under_load and name == "after")
+            results[name][0].append(put)
+            results[name][1].append(get)
+            line = f"round {r} {name:6}: PUT {put['rps']:9.0f}/s p99 {put['p99_ms']} ms | GET {get['rps']:9.0f}/s p99 {get['p99_ms']} ms"
+            if pauses:
+                line += " | cuts (pause us, wait us, pending): " + ", ".join(map(str, pauses))
+            print(line, flush=True)
+    for i, what in enumerate(["durable PUT", "cached GET"]):
+        before = statistics.median(x["rps"] for x in results["before"][i])
+        after = statistics.median(x["rps"] for x in results["after"][i])
+        print(f"{what}: before {before:.0f}/s, after {after:.0f}/s, after/before {after / before:.3f}")
+
+
+if __name__ == "__main__":
+    main()
