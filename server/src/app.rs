@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use crate::auth::TokenSet;
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::http::body_budget::BodyBudget;
 use crate::metrics::RequestMetrics;
 use crate::plugin::{ChainRun, ChainStop, PluginLoadError, Record, SharedChain, WorkerPool};
 use crate::plugin_host::PluginHost;
@@ -58,6 +59,8 @@ pub struct App {
     pub tokens: TokenSet,
     /// Request counters for `/metrics`.
     pub metrics: RequestMetrics,
+    /// Request body bytes the server holds at once.
+    pub body_budget: BodyBudget,
 }
 
 /// Milliseconds since the Unix epoch, the clock plugins are given.
@@ -85,6 +88,7 @@ impl App {
             workers,
             tokens: TokenSet::new(&settings.auth.tokens, settings.auth.allow_open_remote),
             metrics: RequestMetrics::default(),
+            body_budget: BodyBudget::new(settings.server.max_body_bytes_in_flight),
             settings,
         }
     }

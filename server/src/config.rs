@@ -136,6 +136,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Connections the kernel queues for the server to accept.
     pub listen_backlog: u32,
+    /// Request body bytes held at once, over all requests being read.
+    pub max_body_bytes_in_flight: usize,
     /// Threads that run plugins (and read the values they judge); 0 means
     /// twice the number of CPUs. Writes without plugins never use them.
     pub plugin_threads: usize,
@@ -152,6 +154,7 @@ impl Default for ServerSettings {
             write_timeout_ms: 30_000,
             max_connections: 10_000,
             listen_backlog: 1024,
+            max_body_bytes_in_flight: 128 * 1024 * 1024,
             plugin_threads: 0,
         }
     }
@@ -575,6 +578,11 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
             "must be at most {} (the commit log's key length field)",
             crate::storage::log::MAX_KEY_BYTES
         ),
+    )?;
+    check(
+        s.server.max_body_bytes_in_flight >= s.server.max_body_bytes,
+        "server.max_body_bytes_in_flight",
+        "must be at least server.max_body_bytes",
     )?;
     check(
         s.storage.shards <= 1024,

@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
@@ -90,6 +90,9 @@ pub enum ApiError {
     /// The request uses a feature the server does not implement (501).
     #[error("{0}")]
     NotImplemented(String),
+    /// The server is at a bound for now; retry shortly (503, Retry-After).
+    #[error("{0}")]
+    Busy(String),
     /// A fault of the server itself, not of the request (500).
     #[error("{0}")]
     Internal(String),
@@ -141,6 +144,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "body_budget"),
             Self::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::UnsupportedMediaType(_) => {
@@ -218,6 +222,11 @@ impl ApiError {
             if let Ok(allow) = HeaderValue::from_str(allow.as_str()) {
                 response.headers_mut().insert(ALLOW, allow);
             }
+        }
+        if code == "body_budget" {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

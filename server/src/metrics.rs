@@ -189,12 +189,11 @@ struct CauseLabels {
     cause: &'static str,
 }
 
-/// Connections: open now, the cap on them, and those refused past it.
+/// Connections: open now, and the cap on them.
 #[derive(Default)]
 pub struct ConnectionMetrics {
     open: Gauge,
     cap: Gauge,
-    refused: Family<CauseLabels, Counter>,
 }
 
 impl ConnectionMetrics {
@@ -213,11 +212,6 @@ impl ConnectionMetrics {
         self.open.dec();
     }
 
-    /// A connection was refused; `cause` names why (`connection_cap`).
-    pub fn refused(&self, cause: &'static str) {
-        self.refused.get_or_create(&CauseLabels { cause }).inc();
-    }
-
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "exdaas_connections_open",
@@ -229,18 +223,15 @@ impl ConnectionMetrics {
             "Connections served at once, at most (server.max_connections, lowered to leave storage descriptors)",
             self.cap.clone(),
         );
-        registry.register(
-            "exdaas_connections_refused",
-            "Connections refused at once, by cause",
-            self.refused.clone(),
-        );
     }
 }
 
 /// Request counters and latency histograms per route, and connections.
 pub struct RequestMetrics {
-    /// Connections served and refused.
+    /// Connections served.
     pub connections: ConnectionMetrics,
+    /// Connections and requests refused at a bound, by cause.
+    refusals: Family<CauseLabels, Counter>,
     started: Instant,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -256,6 +247,7 @@ impl Default for RequestMetrics {
         let routes = Route::ALL.len();
         Self {
             connections: ConnectionMetrics::default(),
+            refusals: Family::default(),
             started: Instant::now(),
             requests: Family::default(),
             latency: Family::new_with_constructor(request_histogram as fn() -> Histogram),
@@ -268,6 +260,13 @@ impl Default for RequestMetrics {
 }
 
 impl RequestMetrics {
+    /// A connection or request was refused at a bound: `connection_cap`
+    /// (past `server.max_connections`), `body_budget` (no room in
+    /// `server.max_body_bytes_in_flight`).
+    pub fn refused(&self, cause: &'static str) {
+        self.refusals.get_or_create(&CauseLabels { cause }).inc();
+    }
+
     /// Records one answered request.
     pub fn record(&self, route: Route, status: u16, took: Duration) {
         let r = route.index();
@@ -295,7 +294,7 @@ impl RequestMetrics {
     }
 
     /// Encodes every metric (OpenMetrics text, see [`CONTENT_TYPE`]).
-    pub fn render(&self, storage: &Storage, chain: &PluginChain) -> String {
+    pub fn render(&self, storage: &Storage, chain: &PluginChain, body_bytes: usize) -> String {
         let mut registry = Registry::default();
         registry.register(
             "exdaas_build",
@@ -316,6 +315,18 @@ impl RequestMetrics {
             self.latency.clone(),
         );
         self.connections.register(&mut registry);
+        registry.register(
+            "exdaas_refused",
+            "Connections and requests refused at a bound, by cause",
+            self.refusals.clone(),
+        );
+        let in_flight = Gauge::<i64>::default();
+        in_flight.set(i64::try_from(body_bytes).unwrap_or(i64::MAX));
+        registry.register(
+            "exdaas_body_bytes_in_flight",
+            "Request body bytes held by requests being read (server.max_body_bytes_in_flight)",
+            in_flight,
+        );
         register_storage(&mut registry, storage);
         register_plugins(&mut registry, chain);
         let mut text = String::with_capacity(16 * 1024);

@@ -12,11 +12,11 @@ use tokio::net::TcpStream;
 
 use common::{temp_data_dir, Options, Server};
 
-/// The value of `exdaas_connections_refused_total{cause="connection_cap"}`.
+/// The value of `exdaas_refused_total{cause="connection_cap"}`.
 fn refused(metrics: &str) -> u64 {
     metrics
         .lines()
-        .find(|l| l.starts_with("exdaas_connections_refused_total{cause=\"connection_cap\"}"))
+        .find(|l| l.starts_with("exdaas_refused_total{cause=\"connection_cap\"}"))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)

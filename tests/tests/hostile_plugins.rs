@@ -317,3 +317,31 @@ async fn replacements_must_be_i_json() {
         .contains("more than once"));
     assert_eq!(server.client().get("/v1/kv/k").await.status, 404);
 }
+
+/// A module that would make the compiler take unbounded time or memory
+/// (here: loops nested thousands deep, which compile in quadratic time)
+/// is refused with the bound it broke before any compile starts, and
+/// nothing changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn compile_bombs_are_refused_before_compiling() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    let depth = 3_000;
+    let body = "(loop ".repeat(depth) + &")".repeat(depth);
+    let module = format!("(module (memory (export \"memory\") 1) (func (export \"bomb\") {body}))");
+    let r = c
+        .send(
+            "PUT",
+            "/v1/admin/plugins/bomb",
+            &[("content-type", "application/wasm")],
+            module.as_bytes(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 422, "{text}");
+    assert!(text.contains("nests blocks more than 256 deep"), "{text}");
+    let listed = c.get("/v1/plugins").await.json();
+    assert_eq!(listed["plugins"].as_array().unwrap().len(), 0, "{listed}");
+}

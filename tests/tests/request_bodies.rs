@@ -107,3 +107,91 @@ async fn a_body_trickled_a_byte_per_chunk_costs_about_its_size() {
         assert!(status == "201" || status == "200", "{status}");
     }
 }
+
+/// Bodies held open short of their last byte take their declared length
+/// from one budget: past it, more are refused with 503 and Retry-After
+/// (counted), resident memory stays near the budget, and once the held
+/// bodies go, bodies are taken again.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_bodies_share_one_budget() {
+    let (_root, data) = temp_data_dir();
+    let opts = common::Options::default()
+        .env("EXDAAS_SERVER__MAX_BODY_BYTES", "1048576")
+        .env("EXDAAS_SERVER__MAX_BODY_BYTES_IN_FLIGHT", "8388608");
+    let server = Server::start_with(&data, opts);
+    let before = rss_kib(server.pid());
+    const BODY: usize = 1 << 20;
+    let mut body = vec![b'x'; BODY];
+    body[0] = b'"';
+    body[BODY - 1] = b'"';
+    let mut held = Vec::new();
+    for _ in 0..48 {
+        let mut s = TcpStream::connect(&server.addr).await.unwrap();
+        let head = format!(
+            "PUT /v1/kv/held HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {BODY}\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // All but the last byte; a refused body's connection may be closed.
+        let _ = s.write_all(&body[..BODY - 1]).await;
+        held.push(s);
+    }
+    // Refusals come within the budget's wait; the held bodies never answer.
+    let answers: Vec<_> = held
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut head = [0u8; 12];
+                let read = s.read_exact(&mut head);
+                match tokio::time::timeout(Duration::from_secs(3), read).await {
+                    Ok(Ok(_)) => {
+                        let mut rest = Vec::new();
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+                                .await;
+                        let text = String::from_utf8_lossy(&rest).to_ascii_lowercase();
+                        assert_eq!(&head[9..12], b"503", "{text}");
+                        assert!(
+                            text.contains("retry-after: 1") && text.contains("body_budget"),
+                            "{text}"
+                        );
+                        None
+                    }
+                    _ => Some(s),
+                }
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    let mut still_held = Vec::new();
+    for answer in answers {
+        match answer.await.unwrap() {
+            None => refused += 1,
+            Some(s) => still_held.push(s),
+        }
+    }
+    assert!(refused >= 48 - 8, "only {refused} refused");
+    assert!(still_held.len() <= 8);
+    let grown_kib = rss_kib(server.pid()).saturating_sub(before);
+    assert!(
+        grown_kib < 24 * 1024,
+        "48 held 1 MiB bodies grew the server by {grown_kib} KiB"
+    );
+    // The held bodies complete; then there is room again.
+    for mut s in still_held {
+        s.write_all(&body[BODY - 1..]).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert!(&head[9..12] == b"201" || &head[9..12] == b"200");
+    }
+    let c = server.client();
+    let value = String::from_utf8(body).unwrap();
+    assert_eq!(c.put_json("/v1/kv/after", &value).await.status, 201);
+    let metrics = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(&format!(
+            "exdaas_refused_total{{cause=\"body_budget\"}} {refused}"
+        )),
+        "{metrics}"
+    );
+}

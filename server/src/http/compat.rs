@@ -87,7 +87,8 @@ pub async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpR
         request::require_json(req.headers())?;
     }
     let (parts, body) = req.into_parts();
-    let bytes = request::read_body(&parts.headers, body, &app.settings.server).await?;
+    let bytes =
+        request::read_body(&parts.headers, body, &app.settings.server, &app.body_budget).await?;
     let (id, json) = if form {
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| ApiError::bad_request("invalid_body", "form body is not UTF-8"))?;

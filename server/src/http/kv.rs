@@ -67,7 +67,8 @@ fn precondition_failed(current: Option<u64>) -> ApiError {
 async fn json_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ApiError> {
     request::require_json(req.headers())?;
     let (parts, body) = req.into_parts();
-    let bytes = request::read_body(&parts.headers, body, &app.settings.server).await?;
+    let bytes =
+        request::read_body(&parts.headers, body, &app.settings.server, &app.body_budget).await?;
     request::check_json_value(&bytes, app.settings.limits.value_limits())?;
     Ok(bytes)
 }

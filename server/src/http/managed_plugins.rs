@@ -149,6 +149,7 @@ pub async fn upload(
         body,
         limit,
         app.settings.server.body_read_timeout_ms,
+        &app.body_budget,
     )
     .await?;
     let (module, form) = if media == "application/wasm" {
@@ -198,7 +199,8 @@ pub async fn rollback(
     name: &str,
 ) -> Result<HttpResponse, ApiError> {
     let (parts, body) = req.into_parts();
-    let body = request::read_body(&parts.headers, body, &app.settings.server).await?;
+    let body =
+        request::read_body(&parts.headers, body, &app.settings.server, &app.body_budget).await?;
     let version = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

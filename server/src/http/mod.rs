@@ -13,6 +13,7 @@
 //! - `stall_guard`: the write timeout on connections.
 
 mod backup;
+pub mod body_budget;
 mod compat;
 mod conditional;
 mod kv;
@@ -159,7 +160,9 @@ fn ready(app: &App) -> HttpResponse {
 }
 
 fn metrics(app: &App) -> HttpResponse {
-    let text = app.metrics.render(&app.storage, &app.chain());
+    let text = app
+        .metrics
+        .render(&app.storage, &app.chain(), app.body_budget.in_flight());
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -284,6 +287,9 @@ async fn handle(
             other => other,
         },
     };
+    if let Err(ApiError::Busy(_)) = &answer {
+        app.metrics.refused("body_budget");
+    }
     let mut response = match answer {
         Ok(r) => r,
         Err(e) if method == Method::HEAD => strip_body_for_head(e.into_response().map(boxed)),
@@ -346,7 +352,7 @@ pub async fn serve(
                 // would hold a descriptor the storage may need.
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     refuse_connection(&stream);
-                    app.metrics.connections.refused("connection_cap");
+                    app.metrics.refused("connection_cap");
                     continue;
                 };
                 app.metrics.connections.opened();

@@ -108,7 +108,8 @@ pub async fn dry_run(
 ) -> Result<HttpResponse, ApiError> {
     request::require_json(req.headers())?;
     let (parts, body) = req.into_parts();
-    let json = request::read_body(&parts.headers, body, &app.settings.server).await?;
+    let json =
+        request::read_body(&parts.headers, body, &app.settings.server, &app.body_budget).await?;
     request::check_json_value(&json, app.settings.limits.value_limits())?;
     let (version, run) = app.dry_run(&key, json).await?;
     let steps: Vec<Value> = run.steps.iter().map(|s| s.to_json()).collect();

@@ -9,6 +9,7 @@ use hyper::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 
 use std::time::Duration;
 
+use super::body_budget::{BodyBudget, Share};
 use crate::config::ServerSettings;
 use crate::error::ApiError;
 use crate::ijson::ValueLimits;
@@ -94,12 +95,13 @@ pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     server: &ServerSettings,
+    budget: &BodyBudget,
 ) -> Result<Bytes, ApiError> {
     let limit = BodyLimit {
         bytes: server.max_body_bytes,
         setting: "server.max_body_bytes",
     };
-    read_body_within(headers, body, limit, server.body_read_timeout_ms).await
+    read_body_within(headers, body, limit, server.body_read_timeout_ms, budget).await
 }
 
 /// The most a body may hold, and the setting that says so (for the 413).
@@ -118,6 +120,7 @@ pub async fn read_body_within(
     body: Incoming,
     limit: BodyLimit,
     timeout_ms: u64,
+    budget: &BodyBudget,
 ) -> Result<Bytes, ApiError> {
     let (limit, setting) = (limit.bytes, limit.setting);
     let too_large = || ApiError::TooLarge {
@@ -141,7 +144,8 @@ pub async fn read_body_within(
         return Err(too_large());
     }
     let timeout = Duration::from_millis(timeout_ms);
-    let Ok(collected) = tokio::time::timeout(timeout, collect(body, limit, declared)).await else {
+    let collecting = collect(body, limit, declared, budget);
+    let Ok(collected) = tokio::time::timeout(timeout, collecting).await else {
         return Err(ApiError::RequestTimeout(format!(
             "the request body did not arrive within {timeout_ms} ms (server.body_read_timeout_ms)"
         )));
@@ -149,6 +153,11 @@ pub async fn read_body_within(
     match collected {
         Ok(bytes) => Ok(bytes),
         Err(BodyError::TooLarge) => Err(too_large()),
+        Err(BodyError::Budget) => Err(ApiError::Busy(
+            "the server holds as many request body bytes as it may now \
+             (server.max_body_bytes_in_flight); retry shortly"
+                .into(),
+        )),
         Err(BodyError::Read(e)) => Err(ApiError::bad_request(
             "invalid_body",
             format!("could not read the request body: {e}"),
@@ -159,6 +168,7 @@ pub async fn read_body_within(
 /// Why a body could not be collected.
 enum BodyError {
     TooLarge,
+    Budget,
     Read(hyper::Error),
 }
 
@@ -170,12 +180,24 @@ enum BodyError {
 /// a value kept in the cache or the memtable holds no connection buffer
 /// alive (a 64 MiB cache of 100-byte values once measured 820 MiB
 /// resident that way).
+///
+/// The buffer's bytes are first taken from `budget`: the declared length
+/// before anything is read, a chunked body's in growing steps.
 async fn collect(
     mut body: Incoming,
     limit: usize,
     declared: Option<u64>,
+    budget: &BodyBudget,
 ) -> Result<Bytes, BodyError> {
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(limit));
+    let declared = declared.map_or(0, |n| n as usize).min(limit);
+    let mut share = Share::default();
+    if declared > 0 {
+        budget
+            .grow(&mut share, declared, declared)
+            .await
+            .map_err(|_| BodyError::Budget)?;
+    }
+    let mut buf = Vec::with_capacity(declared);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Read)?;
         let Ok(data) = frame.into_data() else {
@@ -183,6 +205,13 @@ async fn collect(
         };
         if data.len() > limit - buf.len() {
             return Err(BodyError::TooLarge);
+        }
+        let needed = buf.len() + data.len();
+        if needed > share.bytes() {
+            budget
+                .grow(&mut share, needed, limit)
+                .await
+                .map_err(|_| BodyError::Budget)?;
         }
         buf.extend_from_slice(&data);
     }

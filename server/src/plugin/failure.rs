@@ -103,6 +103,17 @@ pub enum PluginLoadError {
         /// The compiler's message.
         error: String,
     },
+    /// The module is past a bound on what compiling it may take
+    /// (`module_shape`); it was not compiled.
+    #[error("plugin {plugin:?}: {} is refused before compiling: {error}", path.display())]
+    Shape {
+        /// Plugin name.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// The bound it broke.
+        error: String,
+    },
     /// The module imports something the host does not provide (e.g. WASI).
     #[error("plugin {plugin:?}: {} imports {import}, which exdaas does not provide (only exdaas.log is available; plugins run without WASI)", path.display())]
     Import {

@@ -231,11 +231,26 @@ impl LoadedPlugin {
         // The same hex digest names an uploaded module's file, which is how
         // a damaged stored module is told apart from the one uploaded.
         let sha256 = super::managed_files::sha256_hex(&bytes);
-        let module = Module::new(engine, &bytes).map_err(|e| PluginLoadError::Compile {
+        let compile_error = |error: String| PluginLoadError::Compile {
             plugin: spec.name.clone(),
             path: spec.path.clone(),
-            error: format!("{e:#}"),
-        })?;
+            error,
+        };
+        // Text becomes binary first, so the shape check sees what compiles.
+        let binary = wat::parse_bytes(&bytes).map_err(|e| compile_error(e.to_string()))?;
+        super::module_shape::ModuleShape::default()
+            .check(&binary)
+            .map_err(|error| PluginLoadError::Shape {
+                plugin: spec.name.clone(),
+                path: spec.path.clone(),
+                error,
+            })?;
+        let module =
+            Module::from_binary(engine, &binary).map_err(|e| PluginLoadError::Compile {
+                plugin: spec.name.clone(),
+                path: spec.path.clone(),
+                error: format!("{e:#}"),
+            })?;
         for import in module.imports() {
             if (import.module(), import.name()) != (abi::HOST_MODULE, abi::HOST_LOG) {
                 return Err(PluginLoadError::Import {

@@ -19,6 +19,7 @@ mod failure;
 mod instance;
 pub mod managed;
 pub mod managed_files;
+pub mod module_shape;
 mod pool;
 mod shadow;
 mod spec;
