@@ -115,6 +115,25 @@ fn blocking_failed(e: tokio::task::JoinError) -> ManagedError {
     ManagedError::Io(format!("plugin task failed: {e}"))
 }
 
+/// Keeps configured plugins promoted at run time promoted in `chain`, a
+/// chain change that did not come from the configuration (an upload,
+/// rollback or delete of another plugin): a promotion lasts until a reload
+/// reads the configured mode again. (An uploaded plugin's promotion is in
+/// its registry record.)
+fn carry_promotions(chain: &PluginChain, previous: &PluginChain) {
+    for plugin in chain.plugins() {
+        if plugin.spec.source != PluginSource::Config || !plugin.is_shadow() {
+            continue;
+        }
+        let promoted = previous
+            .plugin(plugin.name())
+            .is_some_and(|before| before.spec == plugin.spec && !before.is_shadow());
+        if promoted {
+            plugin.promote();
+        }
+    }
+}
+
 /// Builds the chain of `configured` plus `registry`, keeping the history
 /// of unchanged plugins of `previous`. Blocking: compiles modules.
 fn build_chain(
@@ -244,6 +263,7 @@ impl PluginHost {
             match built {
                 Ok(mut chain) => {
                     link_versions(&mut chain, &next, &versions);
+                    carry_promotions(&chain, &previous);
                     let chain = Arc::new(chain);
                     swap(&active, Arc::clone(&chain));
                     state.registry = next;

@@ -75,3 +75,50 @@ async fn shadow_records_and_promotion_enforces() {
     assert_eq!(r.status, 200);
     assert_eq!(c.put_json("/v1/kv/bad/3", r#"{"b":3}"#).await.status, 201);
 }
+
+/// Promoting a configured plugin lasts across chain changes that are not
+/// a reload of the configuration: an unrelated upload, and its delete.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promotion_lasts_across_unrelated_chain_changes() {
+    let (_root, data) = temp_data_dir();
+    let config = plugin_toml(
+        "schema",
+        &example_plugin("require_fields"),
+        "mode = \"shadow\"\nconfig = { required = { a = \"number\" } }",
+    );
+    let server = Server::start_with(&data, Options::default().config(&config));
+    let c = server.client();
+    let promoted = c
+        .send("POST", "/v1/admin/plugins/schema/promote", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(promoted.status, 200);
+    assert_eq!(c.put_json("/v1/kv/bad/1", r#"{"b":1}"#).await.status, 422);
+
+    let module = std::fs::read(example_plugin("max_size")).unwrap();
+    let uploaded = c
+        .send(
+            "PUT",
+            "/v1/admin/plugins/size",
+            &[("content-type", "application/wasm")],
+            &module,
+        )
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status, 201);
+    assert_eq!(c.put_json("/v1/kv/bad/2", r#"{"b":1}"#).await.status, 422);
+    let deleted = c
+        .send("DELETE", "/v1/admin/plugins/size", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(deleted.status, 200);
+    assert_eq!(c.put_json("/v1/kv/bad/3", r#"{"b":1}"#).await.status, 422);
+
+    // A reload reads the configuration again: shadow, as it says.
+    let reloaded = c
+        .send("POST", "/v1/admin/plugins/reload", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(reloaded.status, 200);
+    assert_eq!(c.put_json("/v1/kv/bad/4", r#"{"b":1}"#).await.status, 201);
+}
