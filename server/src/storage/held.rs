@@ -158,4 +158,29 @@ mod tests {
         remove(dir.path(), 3).unwrap();
         assert!(read_all(&dir.path().join(LOG_DIR)).unwrap().0.is_empty());
     }
+
+    /// A held file is durable once written: it survives a power cut (its
+    /// temporary file, rename and directory sync all counted).
+    #[test]
+    fn held_states_survive_power_loss() {
+        let (_root, fs, mnt) = exdaas_tests::powerfs::PowerFs::mount_temp().unwrap();
+        let data = mnt.join("data");
+        crate::storage::manifest::create_dir_durably(&data.join(LOG_DIR)).unwrap();
+        let pending = vec![(
+            "k".to_owned(),
+            Pending {
+                revision: 7,
+                value: None,
+                not_in_store: false,
+            },
+        )];
+        write(&data, 0, &pending).unwrap();
+        fs.power_loss();
+        let (frames, files) = read_all(&data.join(LOG_DIR)).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(
+            (frames[0].first_revision, frames[0].records[0].key.as_str()),
+            (7, "k")
+        );
+    }
 }
