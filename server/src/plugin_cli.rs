@@ -187,7 +187,7 @@ pub fn run(
 /// Removes `name` from the registry under `data_dir`.
 fn remove(name: &str, data_dir: &Path) -> Result<Outcome, PluginCliError> {
     let files = ManagedFiles::at(data_dir);
-    let next = files.load()?.without(name)?;
+    let next = files.load_for_removal()?.without(name)?;
     files.save(&next)?;
     Ok(Outcome {
         stdout: format!(

@@ -603,3 +603,31 @@ async fn a_backup_that_fails_midway_is_no_clean_response() {
     );
     assert!(server.logged("backup stream stopped"));
 }
+
+/// An upload's settings are bounded in size and depth: a config nested 60
+/// deep once made the saved registry too large for the next start to read.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_settings_are_refused_and_the_server_still_starts() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default());
+    let c = server.client();
+    let module = std::fs::read(example_plugin("max_size")).unwrap();
+    let deep: Value = serde_json::from_str(&("[".repeat(60) + &"]".repeat(60))).unwrap();
+    for config in [deep, json!({ "big": "x".repeat(100_000) })] {
+        let form = json!({ "module_base64": base64_encode(&module), "config": config });
+        let r = c
+            .send(
+                "PUT",
+                "/v1/admin/plugins/settings",
+                &[("content-type", "application/json")],
+                form.to_string().as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_code(), "invalid_upload");
+    }
+    server.kill9();
+    let server = Server::start_with(&data, Options::default());
+    assert_eq!(server.client().get("/v1/plugins").await.status, 200);
+}

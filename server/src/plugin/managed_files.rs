@@ -28,8 +28,13 @@ pub const PLUGINS_DIR: &str = "plugins";
 const REGISTRY_FILE: &str = "registry.json";
 /// Blob directory name.
 const BLOBS_DIR: &str = "blobs";
-/// Largest registry file read.
+/// Largest registry file written, and so read back by a start. Compact
+/// JSON of every kept version's settings, each at most
+/// `spec::MAX_CONFIG_BYTES`, stays far below it at the default quotas.
 const MAX_REGISTRY_BYTES: u64 = 16 * 1024 * 1024;
+/// What the offline `exdaas plugin remove` reads: the way out must work
+/// even for a registry an older build wrote past the limit.
+const MAX_REGISTRY_BYTES_OFFLINE: u64 = 1024 * 1024 * 1024;
 /// Largest blob read back (for backups): modules are capped far below this.
 pub const MAX_BLOB_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -112,11 +117,21 @@ impl ManagedFiles {
 
     /// The saved registry; empty when nothing was ever uploaded.
     pub fn load(&self) -> Result<Registry, ManagedError> {
+        self.load_within(MAX_REGISTRY_BYTES)
+    }
+
+    /// Like [`ManagedFiles::load`], for the offline removal of a plugin,
+    /// which must work whatever wrote the registry.
+    pub fn load_for_removal(&self) -> Result<Registry, ManagedError> {
+        self.load_within(MAX_REGISTRY_BYTES_OFFLINE)
+    }
+
+    fn load_within(&self, limit: u64) -> Result<Registry, ManagedError> {
         let path = self.dir.join(REGISTRY_FILE);
         if !path.exists() {
             return Ok(Registry::default());
         }
-        let bytes = read_bounded(&path, MAX_REGISTRY_BYTES)?;
+        let bytes = read_bounded(&path, limit)?;
         let registry: Registry = serde_json::from_slice(&bytes)
             .map_err(|e| ManagedError::Io(format!("{}: {e}", path.display())))?;
         registry
@@ -154,8 +169,16 @@ impl ManagedFiles {
     pub fn save(&self, registry: &Registry) -> Result<(), ManagedError> {
         let _files = self.lock();
         manifest::create_dir_durably(&self.dir).map_err(store_err)?;
-        let text = serde_json::to_vec_pretty(registry)
+        let text = serde_json::to_vec(registry)
             .map_err(|e| ManagedError::Io(format!("cannot encode the registry: {e}")))?;
+        // Never write what a start would refuse to read back.
+        if text.len() as u64 > MAX_REGISTRY_BYTES {
+            return Err(ManagedError::Limit(format!(
+                "the plugin registry would be {} bytes, past the {MAX_REGISTRY_BYTES} a start reads; \
+                 delete versions or plugins first",
+                text.len()
+            )));
+        }
         manifest::write_durably(&self.dir.join(REGISTRY_FILE), &text).map_err(store_err)?;
         self.collect_garbage(registry);
         Ok(())

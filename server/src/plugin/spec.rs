@@ -108,6 +108,30 @@ fn default_timeout_ms() -> u64 {
     20
 }
 
+/// The largest `config` of a plugin, as compact JSON: settings, not data.
+/// Every uploaded version's settings are kept in the registry, which a
+/// start reads back whole.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// The deepest nesting of arrays and objects in a plugin's `config`.
+pub const MAX_CONFIG_DEPTH: usize = 32;
+
+/// How deep `value` nests arrays and objects (a scalar is 0), without
+/// recursion: the value may come from a client.
+fn nesting(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match value {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 /// The longest `timeout_ms` a plugin may have: a call runs on the write
 /// path, and a test vector runs while plugin changes wait, so a plugin
 /// that needs more than this is a mistake, not a use. Far above any real
@@ -155,6 +179,17 @@ impl PluginSpec {
         if self.fuel == Some(0) {
             return Err("fuel must be above 0 when set".into());
         }
+        let config_bytes = self.config.to_string().len();
+        if config_bytes > MAX_CONFIG_BYTES {
+            return Err(format!(
+                "config is {config_bytes} bytes as JSON; at most {MAX_CONFIG_BYTES}"
+            ));
+        }
+        if nesting(&self.config) > MAX_CONFIG_DEPTH {
+            return Err(format!(
+                "config nests arrays and objects more than {MAX_CONFIG_DEPTH} deep"
+            ));
+        }
         Ok(())
     }
 
@@ -189,6 +224,25 @@ mod tests {
                 assert!(message.contains("timeout_ms"), "{message}");
             }
         }
+    }
+
+    /// Settings are bounded in size and depth: one upload's config nested
+    /// 60 deep once grew the saved registry past what a start reads back.
+    #[test]
+    fn configs_are_bounded_in_size_and_depth() {
+        let mut spec = PluginSpec::new("p", "p.wasm".into());
+        let nested = |depth: usize| {
+            let text = "[".repeat(depth) + &"]".repeat(depth);
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        };
+        spec.config = nested(MAX_CONFIG_DEPTH);
+        assert!(spec.validate().is_ok());
+        spec.config = nested(MAX_CONFIG_DEPTH + 1);
+        assert!(spec.validate().unwrap_err().contains("deep"));
+        spec.config = serde_json::json!({ "big": "x".repeat(MAX_CONFIG_BYTES) });
+        assert!(spec.validate().unwrap_err().contains("bytes"));
+        assert_eq!(nesting(&serde_json::json!(1)), 0);
+        assert_eq!(nesting(&serde_json::json!({ "a": [1, { "b": [] }] })), 4);
     }
 
     #[test]
