@@ -260,8 +260,15 @@ pub fn reshard(
     if fresh.exists() {
         std::fs::remove_dir_all(&fresh).map_err(io_error(&name))?;
     }
-    // The same data, of a stopped server: nothing was written after the cut.
-    let summary = restore(&image, &fresh, shards, store_cache_bytes, 0)?;
+    // The same data, of a stopped server: nothing was written after the
+    // cut, and its plugins were the ones it started with.
+    let options = RestoreOptions {
+        shards,
+        store_cache_bytes,
+        bump_revision: 0,
+        plugins: None,
+    };
+    let summary = restore(&image, &fresh, &options)?;
     let previous = manifest::swap_previous(data_dir);
     if previous.exists() {
         return Err(BackupError::TargetNotEmpty(previous.display().to_string()));
@@ -539,10 +546,13 @@ pub const DEFAULT_RESTORE_BUMP: u64 = 1_000_000_000;
 pub fn restore(
     path: &Path,
     data_dir: &Path,
-    shards: u32,
-    store_cache_bytes: u64,
-    bump: u64,
+    options: &RestoreOptions,
 ) -> Result<BackupSummary, BackupError> {
+    let (shards, store_cache_bytes, bump) = (
+        options.shards,
+        options.store_cache_bytes,
+        options.bump_revision,
+    );
     let summary = validate(path)?;
     let Some(floor) = summary.seq.checked_add(bump) else {
         return Err(BackupError::Invalid {
@@ -584,6 +594,13 @@ pub fn restore(
             plugins: Some(&mut add_plugin),
         };
         let written = scan(path, sinks)?;
+        if let Some(checks) = &options.plugins {
+            check_restored_plugins(&files, checks).map_err(|message| BackupError::Invalid {
+                path: path.display().to_string(),
+                line: 0,
+                message,
+            })?;
+        }
         loader.finish(written.next_id, floor)?;
         move_into_place(&staging, data_dir).map_err(io_error(&target))?;
         Ok::<_, BackupError>(written)
@@ -594,6 +611,54 @@ pub fn restore(
     let written = result?;
     debug_assert_eq!(written, summary);
     Ok(written)
+}
+
+/// How a backup is restored.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Shards of the new directory (may differ from the backup's).
+    pub shards: u32,
+    /// persy's page cache per shard while loading.
+    pub store_cache_bytes: u64,
+    /// How far past the backup's revision numbering starts.
+    pub bump_revision: u64,
+    /// Check the uploaded plugins as a start would (`None`: the image was
+    /// written from a directory that started, as a reshard's is).
+    pub plugins: Option<PluginChecks>,
+}
+
+/// What restored plugins are held to: what a start and an upload check.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginChecks {
+    /// `plugin_uploads.max_module_bytes`.
+    pub max_module_bytes: usize,
+    /// The values plugins may return (`limits`).
+    pub value_limits: ValueLimits,
+}
+
+/// Checks the plugins a restore staged as a start would: the registry and
+/// every file it names (`ManagedFiles::load`), every kept module within
+/// the upload limit, and the chain of active versions loaded, which
+/// compiles each module and runs its test vectors.
+fn check_restored_plugins(files: &ManagedFiles, checks: &PluginChecks) -> Result<(), String> {
+    let registry = files.load().map_err(|e| e.to_string())?;
+    for plugin in &registry.plugins {
+        for version in &plugin.versions {
+            let module = files.blobs_dir().join(format!("{}.wasm", version.sha256));
+            let size = std::fs::metadata(&module).map_err(|e| e.to_string())?.len();
+            if size > checks.max_module_bytes as u64 {
+                return Err(format!(
+                    "plugin {:?} version {} is a module of {size} bytes, past \
+                     plugin_uploads.max_module_bytes ({})",
+                    plugin.name, version.version, checks.max_module_bytes
+                ));
+            }
+        }
+    }
+    let (specs, _) = crate::plugin::managed::chain_specs(&[], &registry, &files.blobs_dir());
+    crate::plugin::PluginChain::load(&specs, checks.value_limits)
+        .map(drop)
+        .map_err(|e| format!("the uploaded plugins would not load: {e}"))
 }
 
 /// Whether `dir` holds nothing but a filesystem's `lost+found`.
@@ -630,6 +695,15 @@ mod tests {
     use bytes::Bytes;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    fn options(shards: u32, bump_revision: u64) -> RestoreOptions {
+        RestoreOptions {
+            shards,
+            store_cache_bytes: 1 << 20,
+            bump_revision,
+            plugins: None,
+        }
+    }
 
     fn open(dir: &Path, shards: u32) -> Storage {
         open_with(dir, shards, 1024)
@@ -823,6 +897,64 @@ mod tests {
         assert!(err.contains("sha256") || err.contains("base64"), "{err}");
     }
 
+    /// A registry no server could go on with is refused by restore (and
+    /// by a start): a next version with no successor, a version recorded
+    /// twice.
+    #[test]
+    fn registries_no_server_can_use_are_refused() {
+        let image = String::from_utf8(backup_with_plugin()).unwrap();
+        let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let lines: Vec<String> = image
+                .lines()
+                .map(|line| {
+                    if !line.starts_with("{\"plugin_registry\"") {
+                        return line.to_owned();
+                    }
+                    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+                    edit(&mut v["plugin_registry"]["plugins"][0]);
+                    v.to_string()
+                })
+                .collect();
+            scan_reader("b", (lines.join("\n") + "\n").as_bytes(), Sinks::default())
+        };
+        assert!(edited(&|_| {}).is_ok());
+        let err = edited(&|p| p["next_version"] = u64::MAX.into()).unwrap_err();
+        assert!(err.to_string().contains("no version to give"), "{err}");
+        let err = edited(&|p| {
+            let again = p["versions"][0].clone();
+            p["versions"].as_array_mut().unwrap().push(again);
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("recorded twice"), "{err}");
+    }
+
+    /// Restore holds uploaded plugins to what a start and an upload would:
+    /// a module past the upload limit, or one that does not load, is
+    /// refused with the reason, and nothing is restored.
+    #[test]
+    fn restore_checks_plugins_as_a_start_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("b.ndjson");
+        std::fs::write(&image, backup_with_plugin()).unwrap();
+        let with = |max_module_bytes| RestoreOptions {
+            plugins: Some(PluginChecks {
+                max_module_bytes,
+                value_limits: crate::config::LimitSettings::default().value_limits(),
+            }),
+            ..options(1, 0)
+        };
+        let err = restore(&image, &dir.path().join("a"), &with(4)).unwrap_err();
+        assert!(err.to_string().contains("max_module_bytes"), "{err}");
+        // The stored module, "(module)", exports nothing a plugin must.
+        let err = restore(&image, &dir.path().join("b"), &with(1 << 20)).unwrap_err();
+        assert!(err.to_string().contains("would not load"), "{err}");
+        for target in ["a", "b"] {
+            let left = std::fs::read_dir(dir.path().join(target)).unwrap().count();
+            assert_eq!(left, 0, "{target}: something was restored");
+        }
+        assert!(restore(&image, &dir.path().join("c"), &options(1, 0)).is_ok());
+    }
+
     fn round_trip(docs: &BTreeMap<String, Vec<u8>>, from: u32, to: u32) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -849,7 +981,7 @@ mod tests {
         let later = put(&rt, &source, "x!later", b"3");
 
         let target = dir.path().join("b");
-        let summary = restore(&image, &target, to, 1 << 20, 1000).unwrap();
+        let summary = restore(&image, &target, &options(to, 1000)).unwrap();
         assert_eq!(summary.records, docs.len() as u64);
         assert_eq!(summary.plugins, 1);
         assert_eq!(ManagedFiles::at(&target).load().unwrap(), registry);
@@ -1041,7 +1173,7 @@ mod tests {
         .unwrap();
         let mount = dir.path().join("volume");
         std::fs::create_dir_all(mount.join("lost+found")).unwrap();
-        let summary = restore(&image, &mount, 2, 1 << 20, DEFAULT_RESTORE_BUMP).unwrap();
+        let summary = restore(&image, &mount, &options(2, DEFAULT_RESTORE_BUMP)).unwrap();
         assert_eq!((summary.records, summary.seq), (1, 0));
         assert!(mount.join(manifest::MANIFEST_FILE).exists());
         assert!(!mount.join(manifest::RESTORE_STAGING_DIR).exists());

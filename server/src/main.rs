@@ -283,24 +283,27 @@ fn main() -> ExitCode {
             let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());
             let storage = &loaded.settings.storage;
             let shards = storage.shards;
-            backup::restore(
-                &input,
-                &dir,
+            let options = backup::RestoreOptions {
                 shards,
-                storage.store_cache_bytes,
+                store_cache_bytes: storage.store_cache_bytes,
                 bump_revision,
-            )
-            .map(|s| {
-                println!(
-                    "restored {} records into {} ({shards} shards; the backup had {}); \
+                plugins: Some(backup::PluginChecks {
+                    max_module_bytes: loaded.settings.plugin_uploads.max_module_bytes,
+                    value_limits: loaded.settings.limits.value_limits(),
+                }),
+            };
+            backup::restore(&input, &dir, &options)
+                .map(|s| {
+                    println!(
+                        "restored {} records into {} ({shards} shards; the backup had {}); \
                          versions continue above {}",
-                    s.records,
-                    dir.display(),
-                    s.shards,
-                    s.seq.saturating_add(bump_revision)
-                )
-            })
-            .map_err(anyhow::Error::from)
+                        s.records,
+                        dir.display(),
+                        s.shards,
+                        s.seq.saturating_add(bump_revision)
+                    )
+                })
+                .map_err(anyhow::Error::from)
         }
         Command::Health { server } => health(&loaded, server),
         Command::Reshard { shards, data_dir } => {

@@ -246,7 +246,9 @@ impl Registry {
         }
         let plugin = next.plugin_mut(name)?;
         let version = plugin.next_version;
-        plugin.next_version += 1;
+        plugin.next_version = version.checked_add(1).ok_or_else(|| {
+            ManagedError::Limit(format!("plugin {name:?} has no version numbers left"))
+        })?;
         plugin.active = version;
         if let Some(placement) = upload.placement {
             plugin.placement = placement;
@@ -364,6 +366,23 @@ impl Registry {
             check_name(&p.name).map_err(|e| e.to_string())?;
             if self.plugins[..i].iter().any(|q| q.name == p.name) {
                 return Err(format!("plugin {:?} appears twice", p.name));
+            }
+            if p.next_version == u64::MAX {
+                return Err(format!(
+                    "plugin {:?}: next_version {} leaves no version to give",
+                    p.name, p.next_version
+                ));
+            }
+            if let Some(v) = p.versions.iter().enumerate().find_map(|(j, v)| {
+                p.versions[..j]
+                    .iter()
+                    .any(|w| w.version == v.version)
+                    .then_some(v.version)
+            }) {
+                return Err(format!(
+                    "plugin {:?}: version {v} is recorded twice",
+                    p.name
+                ));
             }
             if p.active_version().is_none() {
                 return Err(format!(
