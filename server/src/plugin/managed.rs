@@ -410,8 +410,11 @@ impl Registry {
 
 /// The whole chain: the configured plugins in their order, then each
 /// managed plugin's active version inserted at its placement, in registry
-/// order. A placement naming a plugin that is gone puts the plugin last and
-/// adds a warning. Module and vectors paths point into `blobs`.
+/// order, except that a plugin placed before or after another managed
+/// plugin waits until that one is in (a plugin deleted and uploaded again
+/// comes later in the registry than those placed relative to it). A
+/// placement naming a plugin that is gone puts the plugin last and adds a
+/// warning. Module and vectors paths point into `blobs`.
 pub fn chain_specs(
     configured: &[PluginSpec],
     registry: &Registry,
@@ -419,37 +422,61 @@ pub fn chain_specs(
 ) -> (Vec<PluginSpec>, Vec<String>) {
     let mut chain: Vec<PluginSpec> = configured.to_vec();
     let mut warnings = Vec::new();
-    for plugin in &registry.plugins {
-        let Some(record) = plugin.active_version() else {
-            continue;
-        };
-        let mut spec = record.spec.clone();
-        spec.name = plugin.name.clone();
-        spec.path = blobs.join(format!("{}.wasm", record.sha256));
-        spec.vectors = record
-            .vectors_sha256
-            .as_ref()
-            .map(|sha| blobs.join(format!("{sha}.json")));
-        spec.source = PluginSource::Managed {
-            version: record.version,
-        };
-        let anchor = |name: &str| chain.iter().position(|s| s.name == name);
-        let at = match &plugin.placement {
-            Placement::End => Some(chain.len()),
-            Placement::Position(i) => Some((*i).min(chain.len())),
-            Placement::Before(name) => anchor(name),
-            Placement::After(name) => anchor(name).map(|i| i + 1),
-        };
-        let at = at.unwrap_or_else(|| {
-            warnings.push(format!(
-                "managed plugin {:?}: its placement {:?} names no plugin in the chain; it runs last",
-                plugin.name, plugin.placement
-            ));
-            chain.len()
-        });
-        chain.insert(at, spec);
+    let mut waiting: Vec<(&ManagedPlugin, &VersionRecord)> = registry
+        .plugins
+        .iter()
+        .filter_map(|p| p.active_version().map(|record| (p, record)))
+        .collect();
+    // Each pass places every plugin whose anchor is in; a pass that
+    // places none leaves only plugins whose anchor is gone (or a cycle).
+    loop {
+        let before = waiting.len();
+        let mut left = Vec::with_capacity(waiting.len());
+        for (plugin, record) in waiting {
+            match slot(&chain, &plugin.placement) {
+                Some(at) => chain.insert(at, managed_spec(plugin, record, blobs)),
+                None => left.push((plugin, record)),
+            }
+        }
+        waiting = left;
+        if waiting.is_empty() || waiting.len() == before {
+            break;
+        }
+    }
+    for (plugin, record) in waiting {
+        warnings.push(format!(
+            "managed plugin {:?}: its placement {:?} names no plugin in the chain; it runs last",
+            plugin.name, plugin.placement
+        ));
+        chain.push(managed_spec(plugin, record, blobs));
     }
     (chain, warnings)
+}
+
+/// Where `placement` puts a plugin in `chain`, if its anchor is there.
+fn slot(chain: &[PluginSpec], placement: &Placement) -> Option<usize> {
+    let anchor = |name: &str| chain.iter().position(|s| s.name == name);
+    match placement {
+        Placement::End => Some(chain.len()),
+        Placement::Position(i) => Some((*i).min(chain.len())),
+        Placement::Before(name) => anchor(name),
+        Placement::After(name) => anchor(name).map(|i| i + 1),
+    }
+}
+
+/// The spec `record`, a version of `plugin`, runs with.
+fn managed_spec(plugin: &ManagedPlugin, record: &VersionRecord, blobs: &Path) -> PluginSpec {
+    let mut spec = record.spec.clone();
+    spec.name = plugin.name.clone();
+    spec.path = blobs.join(format!("{}.wasm", record.sha256));
+    spec.vectors = record
+        .vectors_sha256
+        .as_ref()
+        .map(|sha| blobs.join(format!("{sha}.json")));
+    spec.source = PluginSource::Managed {
+        version: record.version,
+    };
+    spec
 }
 
 /// A managed plugin as `GET /v1/admin/plugins/{name}` shows it; `stats` are
@@ -612,6 +639,28 @@ mod tests {
         );
         assert_eq!(chain[0].source, PluginSource::Managed { version: 1 });
         assert_eq!(chain[1].source, PluginSource::Config);
+    }
+
+    /// "After b" holds when b was deleted and uploaded again, so that it
+    /// now comes after the plugin placed relative to it in the registry.
+    #[test]
+    fn a_placement_waits_for_its_anchor() {
+        let quota = Quota {
+            max_plugins: 10,
+            max_versions: 3,
+        };
+        let (r, _) = Registry::default()
+            .with_upload("b", upload('a', None), quota)
+            .unwrap();
+        let (r, _) = r
+            .with_upload("a", upload('a', Some(Placement::After("b".into()))), quota)
+            .unwrap();
+        let r = r.without("b").unwrap();
+        let (r, _) = r.with_upload("b", upload('a', None), quota).unwrap();
+        let (chain, warnings) = chain_specs(&[spec("x")], &r, Path::new("/b"));
+        let names: Vec<&str> = chain.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["x", "b", "a"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
