@@ -330,15 +330,7 @@ async fn compile_bombs_are_refused_before_compiling() {
     let depth = 3_000;
     let body = "(loop ".repeat(depth) + &")".repeat(depth);
     let module = format!("(module (memory (export \"memory\") 1) (func (export \"bomb\") {body}))");
-    let r = c
-        .send(
-            "PUT",
-            "/v1/admin/plugins/bomb",
-            &[("content-type", "application/wasm")],
-            module.as_bytes(),
-        )
-        .await
-        .unwrap();
+    let r = common::upload_module(&c, "bomb", module.as_bytes()).await;
     let text = String::from_utf8_lossy(&r.body).into_owned();
     assert_eq!(r.status, 422, "{text}");
     assert!(text.contains("nests blocks more than 256 deep"), "{text}");

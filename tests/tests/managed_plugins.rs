@@ -569,15 +569,7 @@ async fn a_backup_that_fails_midway_is_no_clean_response() {
     let server = Server::start_with(&data, Options::default());
     let c = server.client();
     let module = std::fs::read(example_plugin("max_size")).unwrap();
-    let r = c
-        .send(
-            "PUT",
-            "/v1/admin/plugins/size",
-            &[("content-type", "application/wasm")],
-            &module,
-        )
-        .await
-        .unwrap();
+    let r = common::upload_module(&c, "size", &module).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(c.put_json("/v1/kv/k", "1").await.status, 201);
     for blob in std::fs::read_dir(data.join("plugins/blobs")).unwrap() {

@@ -96,15 +96,7 @@ async fn a_promotion_lasts_across_unrelated_chain_changes() {
     assert_eq!(c.put_json("/v1/kv/bad/1", r#"{"b":1}"#).await.status, 422);
 
     let module = std::fs::read(example_plugin("max_size")).unwrap();
-    let uploaded = c
-        .send(
-            "PUT",
-            "/v1/admin/plugins/size",
-            &[("content-type", "application/wasm")],
-            &module,
-        )
-        .await
-        .unwrap();
+    let uploaded = common::upload_module(&c, "size", &module).await;
     assert_eq!(uploaded.status, 201);
     assert_eq!(c.put_json("/v1/kv/bad/2", r#"{"b":1}"#).await.status, 422);
     let deleted = c

@@ -424,6 +424,20 @@ pub fn plugin_toml(name: &str, path: &Path, extra: &str) -> String {
     )
 }
 
+/// Uploads `module` bytes as the managed plugin `name` (a server without
+/// tokens: loopback clients administer).
+pub async fn upload_module(c: &Client, name: &str, module: &[u8]) -> Resp {
+    let path = format!("/v1/admin/plugins/{name}");
+    c.send(
+        "PUT",
+        &path,
+        &[("content-type", "application/wasm")],
+        module,
+    )
+    .await
+    .unwrap()
+}
+
 /// `exdaas backup --out FILE --server ADDR` with extra environment.
 pub fn backup_from_server(
     dir: &Path,
