@@ -76,6 +76,9 @@ pub struct PluginHost {
     /// The chain writes use; swapped whole. A std lock: held only to clone
     /// or replace the `Arc`, never across an await.
     active: Arc<RwLock<SharedChain>>,
+    /// The registry of the running chain, for reads that must not wait
+    /// behind a change (which holds `state` while it compiles).
+    published: Arc<RwLock<Arc<Registry>>>,
     state: Arc<tokio::sync::Mutex<State>>,
     files: Arc<ManagedFiles>,
     uploads: PluginUploadSettings,
@@ -189,6 +192,7 @@ impl PluginHost {
         }
         Ok(Self {
             active: Arc::new(RwLock::new(Arc::new(chain))),
+            published: Arc::new(RwLock::new(Arc::new(registry.clone()))),
             state: Arc::new(tokio::sync::Mutex::new(State {
                 registry,
                 configured: settings.plugins.clone(),
@@ -254,6 +258,7 @@ impl PluginHost {
         next: Registry,
     ) -> Result<SharedChain, ManagedError> {
         let (files, limits, active) = (self.files(), self.limits, Arc::clone(&self.active));
+        let published = Arc::clone(&self.published);
         let (previous, versions) = (self.chain(), Arc::clone(&self.versions));
         tokio::task::spawn_blocking(move || {
             let mut state = state;
@@ -266,6 +271,7 @@ impl PluginHost {
                     carry_promotions(&chain, &previous);
                     let chain = Arc::new(chain);
                     swap(&active, Arc::clone(&chain));
+                    swap(&published, Arc::new(next.clone()));
                     state.registry = next;
                     Ok(chain)
                 }
@@ -321,6 +327,11 @@ impl PluginHost {
         };
         spec.name = name.to_owned();
         spec.validate().map_err(ManagedError::InvalidUpload)?;
+        tracing::info!(
+            plugin = name,
+            bytes = upload.module.len(),
+            "plugin upload: storing and compiling"
+        );
         let count = match &vectors {
             Some(Vectors::Given(text)) => Some(
                 vectors::parse(text, self.limits)
@@ -426,12 +437,16 @@ impl PluginHost {
 
     /// `GET /v1/admin/plugins/{name}`: a managed plugin's versions, or a
     /// configured plugin's description.
+    /// Never waits behind a change: it reads what is published.
     pub async fn describe(&self, name: &str) -> Result<Value, ManagedError> {
-        let state = self.state.lock().await;
+        let registry = match self.published.read() {
+            Ok(registry) => Arc::clone(&registry),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
         let chain = self.chain();
         let position = chain.plugins().iter().position(|p| p.name() == name);
         let running = position.and_then(|i| chain.plugins().get(i));
-        if let Some(plugin) = state.registry.plugin(name) {
+        if let Some(plugin) = registry.plugin(name) {
             let stats = running.map_or(Value::Null, |p| p.stats.to_json());
             let mut described = managed::describe(plugin, position, stats);
             let kept = self.versions.lock().unwrap_or_else(|p| p.into_inner());
@@ -460,11 +475,11 @@ impl PluginHost {
 /// The change lock's guard.
 type StateGuard = tokio::sync::OwnedMutexGuard<State>;
 
-/// Replaces the running chain, between writes.
-fn swap(active: &RwLock<SharedChain>, chain: SharedChain) {
-    match active.write() {
-        Ok(mut slot) => *slot = chain,
-        Err(poisoned) => *poisoned.into_inner() = chain,
+/// Replaces what `slot` publishes (the running chain: between writes).
+fn swap<T>(slot: &RwLock<T>, value: T) {
+    match slot.write() {
+        Ok(mut held) => *held = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
     }
 }
 
