@@ -644,7 +644,7 @@ fn check_restored_plugins(files: &ManagedFiles, checks: &PluginChecks) -> Result
     let registry = files.load().map_err(|e| e.to_string())?;
     for plugin in &registry.plugins {
         for version in &plugin.versions {
-            let module = files.blobs_dir().join(format!("{}.wasm", version.sha256));
+            let module = crate::plugin::managed::module_file(&files.blobs_dir(), &version.sha256);
             let size = std::fs::metadata(&module).map_err(|e| e.to_string())?.len();
             if size > checks.max_module_bytes as u64 {
                 return Err(format!(

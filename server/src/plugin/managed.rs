@@ -464,11 +464,16 @@ fn slot(chain: &[PluginSpec], placement: &Placement) -> Option<usize> {
     }
 }
 
+/// Where the module of digest `sha256` is kept in `blobs`.
+pub fn module_file(blobs: &Path, sha256: &str) -> std::path::PathBuf {
+    blobs.join(format!("{sha256}.wasm"))
+}
+
 /// The spec `record`, a version of `plugin`, runs with.
 fn managed_spec(plugin: &ManagedPlugin, record: &VersionRecord, blobs: &Path) -> PluginSpec {
     let mut spec = record.spec.clone();
     spec.name = plugin.name.clone();
-    spec.path = blobs.join(format!("{}.wasm", record.sha256));
+    spec.path = module_file(blobs, &record.sha256);
     spec.vectors = record
         .vectors_sha256
         .as_ref()
