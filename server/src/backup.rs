@@ -36,6 +36,7 @@ use serde_json::value::RawValue;
 
 use crate::config::{CacheSettings, StorageSettings};
 use crate::ijson::ValueLimits;
+use crate::plugin::compiler::{CompileLimits, Compiler};
 use crate::plugin::managed::Registry;
 use crate::plugin::managed_files::{self, ManagedFiles};
 use crate::storage::bulk::BulkLoader;
@@ -634,6 +635,12 @@ pub struct PluginChecks {
     pub max_module_bytes: usize,
     /// The values plugins may return (`limits`).
     pub value_limits: ValueLimits,
+    /// Bounds on compiling (`plugin_compile`).
+    pub compile: CompileLimits,
+    /// Compile in a child process of this binary, keeping the compiled
+    /// modules for the server's start (`exdaas restore`); otherwise in this
+    /// process (tests, whose binary is not `exdaas`).
+    pub isolated: bool,
 }
 
 /// Checks the plugins a restore staged as a start would: the registry and
@@ -656,7 +663,13 @@ fn check_restored_plugins(files: &ManagedFiles, checks: &PluginChecks) -> Result
         }
     }
     let (specs, _) = crate::plugin::managed::chain_specs(&[], &registry, &files.blobs_dir());
-    crate::plugin::PluginChain::load(&specs, checks.value_limits)
+    let compiler = if checks.isolated {
+        Compiler::isolated(checks.compile, &files.compiled_dir())
+            .map_err(|e| format!("{}: {e}", files.compiled_dir().display()))?
+    } else {
+        Compiler::in_process(checks.compile)
+    };
+    crate::plugin::PluginChain::load_with(&specs, checks.value_limits, &compiler, None)
         .map(drop)
         .map_err(|e| format!("the uploaded plugins would not load: {e}"))
 }
@@ -938,6 +951,8 @@ mod tests {
         std::fs::write(&image, backup_with_plugin()).unwrap();
         let with = |max_module_bytes| RestoreOptions {
             plugins: Some(PluginChecks {
+                compile: CompileLimits::default(),
+                isolated: false,
                 max_module_bytes,
                 value_limits: crate::config::LimitSettings::default().value_limits(),
             }),

@@ -43,7 +43,65 @@ pub struct Settings {
     pub plugins: Vec<PluginSpec>,
     /// Plugins uploaded over the API (`PUT /v1/admin/plugins/{name}`).
     pub plugin_uploads: PluginUploadSettings,
+    /// Bounds on compiling a plugin module, configured or uploaded.
+    pub plugin_compile: PluginCompileSettings,
 }
+
+/// Bounds on compiling one plugin module. The shape bounds are checked
+/// before compiling; the compile itself runs in a child process under the
+/// time and memory bounds, so a module past them is refused and the
+/// server goes on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginCompileSettings {
+    /// Wall-clock limit of one compile, in milliseconds.
+    pub timeout_ms: u64,
+    /// Address space of the compile process, in bytes.
+    pub max_memory_bytes: u64,
+    /// Functions one module may define.
+    pub max_functions: u32,
+    /// Locals of one function.
+    pub max_function_locals: u32,
+    /// Bytes of one function's body.
+    pub max_function_bytes: u32,
+    /// Blocks, loops and ifs open at once in one function.
+    pub max_nesting: u32,
+}
+
+impl Default for PluginCompileSettings {
+    fn default() -> Self {
+        let limits = crate::plugin::compiler::CompileLimits::default();
+        Self {
+            timeout_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            max_memory_bytes: limits.max_memory_bytes,
+            max_functions: limits.shape.max_functions,
+            max_function_locals: limits.shape.max_function_locals,
+            max_function_bytes: limits.shape.max_function_bytes,
+            max_nesting: limits.shape.max_nesting,
+        }
+    }
+}
+
+impl PluginCompileSettings {
+    /// The bounds as the compiler takes them.
+    pub fn limits(&self) -> crate::plugin::compiler::CompileLimits {
+        crate::plugin::compiler::CompileLimits {
+            shape: crate::plugin::module_shape::ModuleShape {
+                max_functions: self.max_functions,
+                max_function_locals: self.max_function_locals,
+                max_function_bytes: self.max_function_bytes,
+                max_nesting: self.max_nesting,
+            },
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            max_memory_bytes: self.max_memory_bytes,
+        }
+    }
+}
+
+/// Least `plugin_compile.max_memory_bytes`: the compile process itself
+/// (the binary, its threads and allocator arenas) needs this much address
+/// space before it compiles anything.
+pub const MIN_COMPILE_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Limits on managed (uploaded) plugins.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -518,7 +576,24 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 15] = [
+    let positive: [(u64, &str); 20] = [
+        (s.plugin_compile.timeout_ms, "plugin_compile.timeout_ms"),
+        (
+            s.plugin_compile.max_functions.into(),
+            "plugin_compile.max_functions",
+        ),
+        (
+            s.plugin_compile.max_function_locals.into(),
+            "plugin_compile.max_function_locals",
+        ),
+        (
+            s.plugin_compile.max_function_bytes.into(),
+            "plugin_compile.max_function_bytes",
+        ),
+        (
+            s.plugin_compile.max_nesting.into(),
+            "plugin_compile.max_nesting",
+        ),
         (
             s.plugin_uploads.max_module_bytes as u64,
             "plugin_uploads.max_module_bytes",
@@ -559,6 +634,7 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         (s.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
         (s.server.write_timeout_ms, "server.write_timeout_ms"),
         (s.server.shutdown_timeout_ms, "server.shutdown_timeout_ms"),
+        (s.plugin_compile.timeout_ms, "plugin_compile.timeout_ms"),
     ] {
         check(
             value <= MAX_TIMEOUT_MS,
@@ -570,6 +646,13 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         s.plugin_uploads.max_module_bytes as u64 <= crate::plugin::MAX_UPLOAD_MODULE_BYTES,
         "plugin_uploads.max_module_bytes",
         &format!("must be at most {}", crate::plugin::MAX_UPLOAD_MODULE_BYTES),
+    )?;
+    check(
+        s.plugin_compile.max_memory_bytes >= MIN_COMPILE_MEMORY_BYTES,
+        "plugin_compile.max_memory_bytes",
+        &format!(
+            "must be at least {MIN_COMPILE_MEMORY_BYTES} (the compile process itself needs that)"
+        ),
     )?;
     check(
         s.limits.max_key_bytes <= crate::storage::log::MAX_KEY_BYTES,

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use exdaas_server::config::{self, LoadedSettings};
+use exdaas_server::plugin::compiler;
 use exdaas_server::{admin_client, backup, kv_cli, plugin_cli};
 
 /// A durable, sharded JSON key-value server with WebAssembly write plugins.
@@ -83,6 +84,23 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: plugin_cli::PluginCommand,
+    },
+    /// Compile one plugin module for a running server (which starts this
+    /// itself, under its `[plugin_compile]` bounds).
+    #[command(name = "compile-module", hide = true)]
+    CompileModule {
+        /// The module, binary WebAssembly.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// Where the compiled module goes.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Compile for an engine that meters fuel.
+        #[arg(long)]
+        metered: bool,
+        /// Address-space limit to set first.
+        #[arg(long, value_name = "BYTES")]
+        max_memory_bytes: u64,
     },
     /// Exit 0 when the server answers /health (for container health checks).
     Health {
@@ -253,6 +271,24 @@ fn plugin_cmd(loaded: &LoadedSettings, command: plugin_cli::PluginCommand) -> Ex
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The compile child reads no settings and logs nothing: it answers to
+    // the server that started it, on stdout, stderr and its exit code.
+    if let Some(Command::CompileModule {
+        input,
+        output,
+        metered,
+        max_memory_bytes,
+    }) = cli.command
+    {
+        let args = compiler::ChildArgs {
+            input,
+            output,
+            metered,
+            max_memory_bytes,
+        };
+        let code = compiler::run_child(&args);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     init_logging();
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
@@ -288,6 +324,8 @@ fn main() -> ExitCode {
                 store_cache_bytes: storage.store_cache_bytes,
                 bump_revision,
                 plugins: Some(backup::PluginChecks {
+                    compile: loaded.settings.plugin_compile.limits(),
+                    isolated: true,
                     max_module_bytes: loaded.settings.plugin_uploads.max_module_bytes,
                     value_limits: loaded.settings.limits.value_limits(),
                 }),
@@ -306,6 +344,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Command::Health { server } => health(&loaded, server),
+        Command::CompileModule { .. } => Ok(()), // answered above
         Command::Reshard { shards, data_dir } => {
             let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());
             backup::reshard(&dir, shards, loaded.settings.storage.store_cache_bytes)

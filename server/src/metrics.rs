@@ -20,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::http::routes::{Op, Resolved};
+use crate::plugin::compiler::CompileStats;
 use crate::plugin::{FailureKind, PluginChain};
 use crate::storage::Storage;
 
@@ -189,6 +190,11 @@ struct CauseLabels {
     cause: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
 /// Connections: open now, and the cap on them.
 #[derive(Default)]
 pub struct ConnectionMetrics {
@@ -294,7 +300,13 @@ impl RequestMetrics {
     }
 
     /// Encodes every metric (OpenMetrics text, see [`CONTENT_TYPE`]).
-    pub fn render(&self, storage: &Storage, chain: &PluginChain, body_bytes: usize) -> String {
+    pub fn render(
+        &self,
+        storage: &Storage,
+        chain: &PluginChain,
+        compiles: &CompileStats,
+        body_bytes: usize,
+    ) -> String {
         let mut registry = Registry::default();
         registry.register(
             "exdaas_build",
@@ -329,6 +341,7 @@ impl RequestMetrics {
         );
         register_storage(&mut registry, storage);
         register_plugins(&mut registry, chain);
+        register_compiles(&mut registry, compiles);
         let mut text = String::with_capacity(16 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
             tracing::error!(error = %e, "encoding metrics failed");
@@ -494,6 +507,42 @@ fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
         "exdaas_plugin_call_seconds",
         "Plugin call time",
         PluginCallTimes(times),
+    );
+}
+
+/// Plugin compiles: how many, how long, how large the largest child grew,
+/// and how many modules did not need one.
+fn register_compiles(registry: &mut Registry, stats: &CompileStats) {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let modules = Family::<SourceLabels, Counter>::default();
+    for (source, count) in [
+        ("compiled", load(&stats.compiled)),
+        ("kept", load(&stats.loaded)),
+        ("reused", load(&stats.reused)),
+        ("refused", load(&stats.failed)),
+    ] {
+        modules
+            .get_or_create(&SourceLabels { source })
+            .inc_by(count);
+    }
+    registry.register(
+        "exdaas_plugin_modules",
+        "Plugin modules prepared, by how: compiled, kept (a compiled module from disk), reused (from the running chain), refused",
+        modules,
+    );
+    let seconds = Counter::<f64, AtomicU64>::default();
+    seconds.inc_by(load(&stats.micros) as f64 / 1e6);
+    registry.register(
+        "exdaas_plugin_compile_seconds",
+        "Time spent compiling plugin modules",
+        seconds,
+    );
+    let peak = Gauge::<i64>::default();
+    peak.set(i64::try_from(load(&stats.peak_bytes)).unwrap_or(i64::MAX));
+    registry.register(
+        "exdaas_plugin_compile_peak_bytes",
+        "Largest resident memory a compile process reached (plugin_compile.max_memory_bytes bounds it)",
+        peak,
     );
 }
 

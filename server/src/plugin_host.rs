@@ -9,7 +9,7 @@
 //! lock, so a client that hangs up mid-change cannot leave the registry on
 //! disk and the one in memory apart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::{PluginUploadSettings, Settings};
 use crate::ijson::ValueLimits;
+use crate::plugin::compiler::{CompileStats, Compiler};
 use crate::plugin::managed::{
     self, check_name, ManagedError, NewVersion, Placement, Quota, Registry,
 };
@@ -81,6 +82,8 @@ pub struct PluginHost {
     published: Arc<RwLock<Arc<Registry>>>,
     state: Arc<tokio::sync::Mutex<State>>,
     files: Arc<ManagedFiles>,
+    /// Compiles modules in a bounded child and keeps what it compiled.
+    compiler: Arc<Compiler>,
     uploads: PluginUploadSettings,
     limits: ValueLimits,
     /// The configuration file, re-read on reload.
@@ -143,6 +146,7 @@ fn build_chain(
     configured: &[PluginSpec],
     registry: &Registry,
     files: &ManagedFiles,
+    compiler: &Compiler,
     limits: ValueLimits,
     previous: Option<&PluginChain>,
 ) -> Result<PluginChain, PluginLoadError> {
@@ -152,10 +156,7 @@ fn build_chain(
     }
     // A configured plugin that took an uploaded one's name is refused by
     // the chain's own check for names used twice.
-    let chain = match previous {
-        Some(previous) => PluginChain::load_after(&specs, limits, previous)?,
-        None => PluginChain::load(&specs, limits)?,
-    };
+    let chain = PluginChain::load_with(&specs, limits, compiler, previous)?;
     // A module file whose content no longer matches its name was damaged
     // on disk: refuse it rather than run something nobody uploaded.
     for plugin in chain.plugins() {
@@ -169,6 +170,12 @@ fn build_chain(
             });
         }
     }
+    // Compiled modules are kept for every module a rollback could bring
+    // back, and no others.
+    let blobs = registry.blobs();
+    let mut kept: HashSet<&str> = chain.plugins().iter().map(|p| p.sha256.as_str()).collect();
+    kept.extend(blobs.iter().filter_map(|b| b.split('.').next()));
+    compiler.retain(&kept);
     Ok(chain)
 }
 
@@ -178,13 +185,23 @@ impl PluginHost {
         let files = ManagedFiles::at(&settings.storage.data_dir);
         let registry = files.load()?;
         let limits = settings.limits.value_limits();
-        let mut chain =
-            build_chain(&settings.plugins, &registry, &files, limits, None).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e} (managed plugins are recorded in {}/plugins/registry.json)",
-                    settings.storage.data_dir.display()
-                )
-            })?;
+        let compiler = Compiler::isolated(settings.plugin_compile.limits(), &files.compiled_dir())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", files.compiled_dir().display()))?;
+        let compiler = Arc::new(compiler);
+        let mut chain = build_chain(
+            &settings.plugins,
+            &registry,
+            &files,
+            &compiler,
+            limits,
+            None,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (managed plugins are recorded in {}/plugins/registry.json)",
+                settings.storage.data_dir.display()
+            )
+        })?;
         let versions = Arc::new(VersionHistories::default());
         link_versions(&mut chain, &registry, &versions);
         for plugin in chain.plugins() {
@@ -198,6 +215,7 @@ impl PluginHost {
                 configured: settings.plugins.clone(),
             })),
             files: Arc::new(files),
+            compiler,
             uploads: settings.plugin_uploads.clone(),
             limits,
             config_file,
@@ -219,6 +237,11 @@ impl PluginHost {
         Arc::clone(&self.state).lock_owned().await
     }
 
+    /// Compile counts, for `/metrics`.
+    pub fn compile_stats(&self) -> &CompileStats {
+        self.compiler.stats()
+    }
+
     /// The managed-plugin files, for backups.
     pub fn files(&self) -> Arc<ManagedFiles> {
         Arc::clone(&self.files)
@@ -232,11 +255,19 @@ impl PluginHost {
         let file = self.config_file.clone();
         let (files, limits, registry) = (self.files(), self.limits, state.registry.clone());
         let (previous, versions) = (self.chain(), Arc::clone(&self.versions));
+        let compiler = Arc::clone(&self.compiler);
         let (chain, configured) = tokio::task::spawn_blocking(move || {
             let loaded = crate::config::load(file.as_deref())
                 .map_err(|e| PluginLoadError::Config(e.to_string()))?;
             let configured = loaded.settings.plugins;
-            let mut chain = build_chain(&configured, &registry, &files, limits, Some(&previous))?;
+            let mut chain = build_chain(
+                &configured,
+                &registry,
+                &files,
+                &compiler,
+                limits,
+                Some(&previous),
+            )?;
             link_versions(&mut chain, &registry, &versions);
             Ok::<_, PluginLoadError>((chain, configured))
         })
@@ -260,11 +291,20 @@ impl PluginHost {
         let (files, limits, active) = (self.files(), self.limits, Arc::clone(&self.active));
         let published = Arc::clone(&self.published);
         let (previous, versions) = (self.chain(), Arc::clone(&self.versions));
+        let compiler = Arc::clone(&self.compiler);
         tokio::task::spawn_blocking(move || {
             let mut state = state;
-            let built = build_chain(&state.configured, &next, &files, limits, Some(&previous))
-                .map_err(|e| ManagedError::Refused(e.to_string()))
-                .and_then(|chain| files.save(&next).map(|()| chain));
+            let configured = &state.configured;
+            let built = build_chain(
+                configured,
+                &next,
+                &files,
+                &compiler,
+                limits,
+                Some(&previous),
+            )
+            .map_err(|e| ManagedError::Refused(e.to_string()))
+            .and_then(|chain| files.save(&next).map(|()| chain));
             match built {
                 Ok(mut chain) => {
                     link_versions(&mut chain, &next, &versions);

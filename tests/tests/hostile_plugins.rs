@@ -338,56 +338,13 @@ async fn compile_bombs_are_refused_before_compiling() {
     assert_eq!(listed["plugins"].as_array().unwrap().len(), 0, "{listed}");
 }
 
-/// LEB128 of `n`, as WebAssembly encodes sizes and counts.
-fn leb(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// A module of `functions` functions, each nesting blocks `depth` deep:
-/// within every shape bound, and seconds of compiling.
-fn slow_module(functions: usize, depth: usize) -> Vec<u8> {
-    let section = |id: u8, body: Vec<u8>, out: &mut Vec<u8>| {
-        out.push(id);
-        leb(body.len(), out);
-        out.extend(body);
-    };
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    section(1, vec![1, 0x60, 0, 0], &mut m); // one type: () -> ()
-    let mut funcs = Vec::new();
-    leb(functions, &mut funcs);
-    funcs.extend(std::iter::repeat_n(0u8, functions));
-    section(3, funcs, &mut m);
-    section(5, vec![1, 0, 1], &mut m); // one memory of one page
-    let mut body = vec![0u8]; // no locals
-    for _ in 0..depth {
-        body.extend([0x02, 0x40]); // block with no result
-    }
-    body.extend(std::iter::repeat_n(0x0bu8, depth + 1));
-    let mut code = Vec::new();
-    leb(functions, &mut code);
-    for _ in 0..functions {
-        leb(body.len(), &mut code);
-        code.extend(&body);
-    }
-    section(10, code, &mut m);
-    m
-}
-
 /// Reads of the plugins never wait behind a change that is compiling.
 #[tokio::test(flavor = "multi_thread")]
 async fn plugin_reads_do_not_wait_behind_a_compile() {
     let (_root, data) = temp_data_dir();
     let server = Server::start(&data);
     let c = server.client();
-    let module = slow_module(9_000, 256);
+    let module = common::slow_module(9_000, 256);
     let upload = {
         let c = c.clone();
         tokio::spawn(async move { common::upload_module(&c, "slow", &module).await })

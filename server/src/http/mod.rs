@@ -160,9 +160,12 @@ fn ready(app: &App) -> HttpResponse {
 }
 
 fn metrics(app: &App) -> HttpResponse {
-    let text = app
-        .metrics
-        .render(&app.storage, &app.chain(), app.body_budget.in_flight());
+    let text = app.metrics.render(
+        &app.storage,
+        &app.chain(),
+        app.plugins.compile_stats(),
+        app.body_budget.in_flight(),
+    );
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use wasmtime::{Config, Engine, OptLevel};
+use wasmtime::{Engine, Module};
 
 use crate::ijson::ValueLimits;
 
+use super::compiler::{engine_config, CompileError, CompileLimits, Compiler};
 use super::failure::{FailureKind, PluginFailure, PluginLoadError};
-use super::instance::{timed, CallInput, CallVerdict, LoadedPlugin};
+use super::instance::{read_module, timed, CallInput, CallVerdict, LoadedPlugin, PluginSetup};
 use super::spec::{OnFailure, PluginSource, PluginSpec};
 use super::vectors;
 use super::EPOCH_TICK;
@@ -22,6 +23,10 @@ use super::EPOCH_TICK;
 /// write runs entirely against one chain.
 pub struct PluginChain {
     plugins: Vec<LoadedPlugin>,
+    /// The engine its plugins were compiled for, and whether it meters
+    /// fuel; the next chain reuses both when it can, and with them every
+    /// compiled module it shares with this one.
+    engine: Option<(Engine, bool)>,
 }
 
 /// Why a chain stopped a write.
@@ -123,6 +128,28 @@ fn start_epoch_ticker(engine: &Engine) -> Result<(), PluginLoadError> {
         .map_err(|e| PluginLoadError::Engine(format!("cannot start the epoch ticker: {e}")))
 }
 
+/// A compile failure as a load error naming the plugin and its file.
+fn compile_failed(spec: &PluginSpec, error: CompileError) -> PluginLoadError {
+    let (plugin, path) = (spec.name.clone(), spec.path.clone());
+    match error {
+        CompileError::Shape(error) => PluginLoadError::Shape {
+            plugin,
+            path,
+            error,
+        },
+        CompileError::Invalid(error) => PluginLoadError::Compile {
+            plugin,
+            path,
+            error,
+        },
+        other => PluginLoadError::CompileStopped {
+            plugin,
+            path,
+            error: other.to_string(),
+        },
+    }
+}
+
 /// Runs the plugin's test vectors, if it has any: the file its table
 /// names (which must exist), else `MODULE.vectors.json` beside the module.
 /// Returns how many passed; any failure refuses the plugin.
@@ -156,25 +183,29 @@ impl PluginChain {
     pub fn empty() -> Self {
         Self {
             plugins: Vec::new(),
+            engine: None,
         }
     }
 
-    /// Loads every plugin of `specs`; fails on the first that cannot load
-    /// or whose test vectors fail.
+    /// Loads every plugin of `specs`, compiling in this process; fails on
+    /// the first that cannot load or whose test vectors fail.
     pub fn load(specs: &[PluginSpec], limits: ValueLimits) -> Result<Self, PluginLoadError> {
-        Self::load_checked(specs, limits, true, None)
+        let compiler = Compiler::in_process(CompileLimits::default());
+        Self::load_checked(specs, limits, true, &compiler, None)
     }
 
-    /// Loads like [`PluginChain::load`] to replace `previous`: a plugin
-    /// that is the same module with the same settings (its mode aside)
-    /// keeps its counters and shadow record, so changing one plugin does
-    /// not wipe the others' history.
-    pub fn load_after(
+    /// Loads like [`PluginChain::load`] with `compiler`, to replace
+    /// `previous` if given: a module `previous` already compiled is not
+    /// compiled again, and a plugin that is the same module with the same
+    /// settings (its mode aside) keeps its counters and shadow record, so
+    /// changing one plugin does not wipe the others' history.
+    pub fn load_with(
         specs: &[PluginSpec],
         limits: ValueLimits,
-        previous: &PluginChain,
+        compiler: &Compiler,
+        previous: Option<&PluginChain>,
     ) -> Result<Self, PluginLoadError> {
-        Self::load_checked(specs, limits, true, Some(previous))
+        Self::load_checked(specs, limits, true, compiler, previous)
     }
 
     /// Loads like [`PluginChain::load`] without running test vectors, for
@@ -183,13 +214,15 @@ impl PluginChain {
         specs: &[PluginSpec],
         limits: ValueLimits,
     ) -> Result<Self, PluginLoadError> {
-        Self::load_checked(specs, limits, false, None)
+        let compiler = Compiler::in_process(CompileLimits::default());
+        Self::load_checked(specs, limits, false, &compiler, None)
     }
 
     fn load_checked(
         specs: &[PluginSpec],
         limits: ValueLimits,
         with_vectors: bool,
+        compiler: &Compiler,
         previous: Option<&PluginChain>,
     ) -> Result<Self, PluginLoadError> {
         if specs.is_empty() {
@@ -200,24 +233,42 @@ impl PluginChain {
                 return Err(PluginLoadError::DuplicateName(spec.name.clone()));
             }
         }
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.cranelift_opt_level(OptLevel::Speed);
-        // Metering costs every plugin some speed; only pay for it when a
-        // plugin asks for a fuel budget.
-        // Plugins without a budget then get an unlimited one.
+        // Plugins without a fuel budget get an unlimited one on a metered engine.
         let metered = specs.iter().any(|s| s.fuel.is_some());
-        config.consume_fuel(metered);
-        config.max_wasm_stack(512 * 1024);
-        let engine = Engine::new(&config).map_err(|e| PluginLoadError::Engine(e.to_string()))?;
-        // Before loading: loading runs guest code (start functions,
-        // exdaas_abi_version) under the plugin's timeout, which only the
-        // ticker can enforce.
-        start_epoch_ticker(&engine)?;
+        let reused = previous
+            .and_then(|p| p.engine.clone())
+            .filter(|(_, m)| *m == metered);
+        let engine = match reused {
+            Some((engine, _)) => engine,
+            None => {
+                let engine = Engine::new(&engine_config(metered))
+                    .map_err(|e| PluginLoadError::Engine(e.to_string()))?;
+                // Before loading: loading runs guest code (start functions,
+                // exdaas_abi_version) under the plugin's timeout, which only
+                // the ticker can enforce.
+                start_epoch_ticker(&engine)?;
+                engine
+            }
+        };
         let plugins = specs
             .iter()
             .map(|spec| {
-                let mut plugin = LoadedPlugin::load(spec, &engine, metered, limits)?;
+                let (bytes, sha256) = read_module(spec)?;
+                let module = match previous.and_then(|p| p.module_for(&engine, &sha256)) {
+                    Some(module) => {
+                        compiler.stats().reused.fetch_add(1, Ordering::Relaxed);
+                        module
+                    }
+                    None => compiler
+                        .compile(&engine, metered, &bytes, &sha256)
+                        .map_err(|e| compile_failed(spec, e))?,
+                };
+                let setup = PluginSetup {
+                    engine: &engine,
+                    metered,
+                    limits,
+                };
+                let mut plugin = LoadedPlugin::new(spec, sha256, &module, &setup)?;
                 if with_vectors {
                     plugin.vectors_passed = check_vectors(&plugin, limits)?;
                 }
@@ -227,7 +278,23 @@ impl PluginChain {
                 Ok(plugin)
             })
             .collect::<Result<Vec<_>, PluginLoadError>>()?;
-        Ok(Self { plugins })
+        Ok(Self {
+            plugins,
+            engine: Some((engine, metered)),
+        })
+    }
+
+    /// The compiled module of digest `sha256`, if this chain has it and it
+    /// was compiled for `engine`.
+    fn module_for(&self, engine: &Engine, sha256: &str) -> Option<Module> {
+        let (own, _) = self.engine.as_ref()?;
+        if !Engine::same(own, engine) {
+            return None;
+        }
+        self.plugins
+            .iter()
+            .find(|p| p.sha256 == sha256)
+            .map(|p| p.module().clone())
     }
 
     /// The loaded plugin called `name`.

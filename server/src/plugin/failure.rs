@@ -114,6 +114,17 @@ pub enum PluginLoadError {
         /// The bound it broke.
         error: String,
     },
+    /// Compiling the module was stopped at a bound (time, memory) or
+    /// could not run (`compiler`).
+    #[error("plugin {plugin:?}: {} was not compiled: {error}", path.display())]
+    CompileStopped {
+        /// Plugin name.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// Which bound, or what failed.
+        error: String,
+    },
     /// The module imports something the host does not provide (e.g. WASI).
     #[error("plugin {plugin:?}: {} imports {import}, which exdaas does not provide (only exdaas.log is available; plugins run without WASI)", path.display())]
     Import {

@@ -214,43 +214,43 @@ fn expect_func(
     }
 }
 
+/// A plugin's module file and its hex sha256 (the digest that also names
+/// an uploaded module's file, which is how a damaged stored module is told
+/// apart from the one uploaded).
+pub(super) fn read_module(spec: &PluginSpec) -> Result<(Vec<u8>, String), PluginLoadError> {
+    let bytes = std::fs::read(&spec.path).map_err(|e| PluginLoadError::Read {
+        plugin: spec.name.clone(),
+        path: spec.path.clone(),
+        error: e.to_string(),
+    })?;
+    let sha256 = super::managed_files::sha256_hex(&bytes);
+    Ok((bytes, sha256))
+}
+
+/// What every plugin of a chain is set up with.
+pub(super) struct PluginSetup<'a> {
+    /// The chain's engine.
+    pub engine: &'a Engine,
+    /// Whether it meters fuel.
+    pub metered: bool,
+    /// Bounds on values in and out.
+    pub limits: ValueLimits,
+}
+
 impl LoadedPlugin {
-    /// Reads, compiles and checks a plugin, and instantiates it once to
-    /// verify its ABI version.
-    pub fn load(
+    /// Checks a compiled plugin against the ABI, and instantiates it once
+    /// to verify its ABI version.
+    pub(super) fn new(
         spec: &PluginSpec,
-        engine: &Engine,
-        metered: bool,
-        limits: ValueLimits,
+        sha256: String,
+        module: &Module,
+        setup: &PluginSetup<'_>,
     ) -> Result<Self, PluginLoadError> {
-        let bytes = std::fs::read(&spec.path).map_err(|e| PluginLoadError::Read {
-            plugin: spec.name.clone(),
-            path: spec.path.clone(),
-            error: e.to_string(),
-        })?;
-        // The same hex digest names an uploaded module's file, which is how
-        // a damaged stored module is told apart from the one uploaded.
-        let sha256 = super::managed_files::sha256_hex(&bytes);
-        let compile_error = |error: String| PluginLoadError::Compile {
-            plugin: spec.name.clone(),
-            path: spec.path.clone(),
-            error,
-        };
-        // Text becomes binary first, so the shape check sees what compiles.
-        let binary = wat::parse_bytes(&bytes).map_err(|e| compile_error(e.to_string()))?;
-        super::module_shape::ModuleShape::default()
-            .check(&binary)
-            .map_err(|error| PluginLoadError::Shape {
-                plugin: spec.name.clone(),
-                path: spec.path.clone(),
-                error,
-            })?;
-        let module =
-            Module::from_binary(engine, &binary).map_err(|e| PluginLoadError::Compile {
-                plugin: spec.name.clone(),
-                path: spec.path.clone(),
-                error: format!("{e:#}"),
-            })?;
+        let PluginSetup {
+            engine,
+            metered,
+            limits,
+        } = *setup;
         for import in module.imports() {
             if (import.module(), import.name()) != (abi::HOST_MODULE, abi::HOST_LOG) {
                 return Err(PluginLoadError::Import {
@@ -270,10 +270,10 @@ impl LoadedPlugin {
             }
         }
         use ValType::{I32, I64};
-        expect_func(&module, spec, abi::EXPORT_ABI_VERSION, &[], &[I32])?;
-        expect_func(&module, spec, abi::EXPORT_ALLOC, &[I32], &[I32])?;
+        expect_func(module, spec, abi::EXPORT_ABI_VERSION, &[], &[I32])?;
+        expect_func(module, spec, abi::EXPORT_ALLOC, &[I32], &[I32])?;
         expect_func(
-            &module,
+            module,
             spec,
             abi::EXPORT_ON_WRITE,
             &[I32, I32, I32, I32, I32, I32, I64],
@@ -285,7 +285,7 @@ impl LoadedPlugin {
             .func_wrap(abi::HOST_MODULE, abi::HOST_LOG, host_log)
             .map_err(|e| load_err(spec, format!("cannot link exdaas.log: {e}")))?;
         let pre = linker
-            .instantiate_pre(&module)
+            .instantiate_pre(module)
             .map_err(|e| load_err(spec, format!("cannot link: {e:#}")))?;
         let tick_ms = EPOCH_TICK.as_millis().max(1) as u64;
         let plugin = Self {
@@ -428,6 +428,11 @@ impl LoadedPlugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its compiled module, for the next chain to reuse.
+    pub(super) fn module(&self) -> &Module {
+        self.pre.module()
     }
 
     /// Runs the plugin once. A failed call's instance is discarded.

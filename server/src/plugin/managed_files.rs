@@ -28,6 +28,8 @@ pub const PLUGINS_DIR: &str = "plugins";
 const REGISTRY_FILE: &str = "registry.json";
 /// Blob directory name.
 const BLOBS_DIR: &str = "blobs";
+/// Compiled modules (`plugin::compiler`): a cache, never backed up.
+const COMPILED_DIR: &str = "compiled";
 /// Largest registry file written, and so read back by a start. Compact
 /// JSON of every kept version's settings, each at most
 /// `spec::MAX_CONFIG_BYTES`, stays far below it at the default quotas.
@@ -109,6 +111,11 @@ impl ManagedFiles {
     /// Where modules and vectors live; chain specs point here.
     pub fn blobs_dir(&self) -> PathBuf {
         self.dir.join(BLOBS_DIR)
+    }
+
+    /// Where compiled modules are kept, by module digest.
+    pub fn compiled_dir(&self) -> PathBuf {
+        self.dir.join(COMPILED_DIR)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -4,6 +4,7 @@
 //! - `spec`: a plugin's configuration (`[[plugins]]`);
 //! - `abi`: the host side of the host/guest contract (`guest-sdk/ABI.md`);
 //! - `instance`: one compiled plugin, its instance pool and the guarded call;
+//! - `compiler`: compiling modules in a bounded child, and keeping the results;
 //! - `chain`: all plugins of a configuration, run in order for a key;
 //! - `failure`: failure kinds and load errors;
 //! - `stats`: per-plugin counters and call-time histogram;
@@ -15,6 +16,7 @@
 
 mod abi;
 mod chain;
+pub mod compiler;
 mod failure;
 mod instance;
 pub mod managed;

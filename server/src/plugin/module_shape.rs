@@ -152,6 +152,25 @@ mod tests {
         assert!(shape.check(b"not wasm").is_ok());
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, the check ends without panicking.
+        #[test]
+        fn any_bytes_are_checked_without_panicking(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let _ = ModuleShape::default().check(&bytes);
+            let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+            wasm.extend_from_slice(&bytes);
+            let _ = ModuleShape::default().check(&wasm);
+        }
+
+        /// Blocks are counted exactly as deep as they were built.
+        #[test]
+        fn nesting_is_counted_exactly(depth in 0u32..600, bound in 1u32..600) {
+            let nested = "(block ".repeat(depth as usize) + &")".repeat(depth as usize);
+            let shape = ModuleShape { max_nesting: bound, ..ModuleShape::default() };
+            proptest::prop_assert_eq!(shape.check(&module(&nested)).is_ok(), depth <= bound);
+        }
+    }
+
     #[test]
     fn every_example_plugin_fits_the_defaults() {
         let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dist");

@@ -519,3 +519,56 @@ pub fn rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// LEB128 of `n`, as WebAssembly encodes sizes and counts.
+fn leb(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A module of `functions` functions, each nesting blocks `depth` deep:
+/// within every shape bound, and seconds of compiling.
+pub fn slow_module(functions: usize, depth: usize) -> Vec<u8> {
+    let section = |id: u8, body: Vec<u8>, out: &mut Vec<u8>| {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend(body);
+    };
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, vec![1, 0x60, 0, 0], &mut m); // one type: () -> ()
+    let mut funcs = Vec::new();
+    leb(functions, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, functions));
+    section(3, funcs, &mut m);
+    section(5, vec![1, 0, 1], &mut m); // one memory of one page
+    let mut body = vec![0u8]; // no locals
+    for _ in 0..depth {
+        body.extend([0x02, 0x40]); // block with no result
+    }
+    body.extend(std::iter::repeat_n(0x0bu8, depth + 1));
+    let mut code = Vec::new();
+    leb(functions, &mut code);
+    for _ in 0..functions {
+        leb(body.len(), &mut code);
+        code.extend(&body);
+    }
+    section(10, code, &mut m);
+    m
+}
+
+/// The value of the sample `name_and_labels` (exactly as exposed, e.g.
+/// `exdaas_plugin_modules_total{source="compiled"}`) in `/metrics`.
+pub async fn metric(c: &Client, name_and_labels: &str) -> f64 {
+    let text = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name_and_labels} in\n{text}"))
+}
