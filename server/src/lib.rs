@@ -16,6 +16,8 @@
 //! - [`logsafe`]: escaping and capping client text bound for logs;
 //! - [`error`]: request errors and the one place they become HTTP answers;
 //! - [`server`]: start-up and shutdown sequence used by the binary;
+//! - [`descriptors`]: the open-files limit and the connections' share of it;
+//! - [`memory`]: giving memory back to the system after a load;
 //! - [`backup`]: the backup format, validation and restore;
 //! - [`admin_client`]: the HTTP client behind `exdaas backup`, `health` and `kv`;
 //! - [`kv_cli`]: the `exdaas kv` commands;
@@ -32,6 +34,7 @@ pub mod http;
 pub mod ijson;
 pub mod kv_cli;
 pub mod logsafe;
+pub mod memory;
 pub mod metrics;
 pub mod plugin;
 pub mod plugin_cli;

@@ -47,6 +47,9 @@ fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListen
 /// Runs the server until a termination signal, then shuts down cleanly.
 pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     let settings = loaded.settings.clone();
+    if !crate::memory::return_large_blocks_at_once() {
+        tracing::info!("the allocator's large-block threshold is not adjustable here");
+    }
     let files = crate::descriptors::raise_open_files_limit();
     let max_connections = crate::descriptors::connection_cap(
         settings.server.max_connections,
