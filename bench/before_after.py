@@ -3,9 +3,11 @@
 keys and cached GETs, alternating the binaries round by round so that the
 machine's drift hits both alike, and, with --backup-under-load, the pause a
 storage cut costs the writers (from the server's own "storage cut taken"
-log lines) while a backup streams during the PUT load.
+log lines) while a backup streams during the PUT load, and, with --plugin,
+durable PUTs through the require-fields validator (reported as a ratio to
+the same binary's plain PUTs, the plugin path's cost).
 
-    python3 bench/before_after.py --before OLD_BIN --after NEW_BIN [--rounds 3] [--duration 10]
+    python3 bench/before_after.py --before OLD_BIN --after NEW_BIN [--rounds 3] [--duration 10] [--plugin]
 
 Prints each round's figures and the after/before ratio of the medians.
 Servers run on loopback with fresh data directories and are stopped by PID.
@@ -23,6 +25,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the shared helpers: start, stop, wrk, free_port)
 
 HOT = '{"name":"benchmark user","email":"user@example.com","age":42}'
+
+
+def measure_plugin_put(binary, label, duration):
+    """Durable PUTs of distinct keys through the require-fields validator."""
+    run.EXDAAS = binary
+    port = run.free_port()
+    config = (
+        '[[plugins]]\nname = "require-fields"\npath = "%s"\n'
+        'config = { required = { name = "string", email = "string", age = "number" } }\n' % run.PLUGIN
+    )
+    server = run.start_exdaas(label + "-plugin", port, config=config)
+    put = run.wrk(port, "put_distinct.lua", duration, {"STYLE": "exdaas", "PREFIX": label})
+    run.stop(server)
+    return put
 
 
 def measure(binary, label, duration, backup):
@@ -65,8 +81,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--backup-under-load", action="store_true")
+    parser.add_argument("--plugin", action="store_true")
     args = parser.parse_args()
-    results = {"before": ([], []), "after": ([], [])}
+    results = {"before": ([], [], []), "after": ([], [], [])}
     for r in range(args.rounds):
         order = [("before", args.before), ("after", args.after)]
         if r % 2:
@@ -76,13 +93,22 @@ def main():
             results[name][0].append(put)
             results[name][1].append(get)
             line = f"round {r} {name:6}: PUT {put['rps']:9.0f}/s p99 {put['p99_ms']} ms | GET {get['rps']:9.0f}/s p99 {get['p99_ms']} ms"
+            if args.plugin:
+                plugin = measure_plugin_put(binary, f"{name}-{r}", args.duration)
+                results[name][2].append(plugin)
+                line += f" | plugin PUT {plugin['rps']:9.0f}/s ({plugin['rps'] / put['rps']:.3f} of PUT)"
             if pauses:
                 line += " | cuts (pause us, wait us, pending): " + ", ".join(map(str, pauses))
             print(line, flush=True)
-    for i, what in enumerate(["durable PUT", "cached GET"]):
+    figures = ["durable PUT", "cached GET"] + (["plugin PUT"] if args.plugin else [])
+    for i, what in enumerate(figures):
         before = statistics.median(x["rps"] for x in results["before"][i])
         after = statistics.median(x["rps"] for x in results["after"][i])
         print(f"{what}: before {before:.0f}/s, after {after:.0f}/s, after/before {after / before:.3f}")
+    if args.plugin:
+        for name in ("before", "after"):
+            ratios = [p["rps"] / q["rps"] for p, q in zip(results[name][2], results[name][0])]
+            print(f"{name}: plugin PUT / PUT, median of rounds {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ use crate::metrics::RequestMetrics;
 use crate::plugin::{ChainRun, ChainStop, PluginLoadError, Record, SharedChain, WorkerPool};
 use crate::plugin_host::PluginHost;
 use crate::storage::hash::KeyHash;
-use crate::storage::{Expect, Reply, Storage, StoreError, WriteOp, WriteOutcome};
+use crate::storage::{Derivation, Expect, Reply, Storage, StoreError, WriteOp, WriteOutcome};
+use crate::update::Update;
 
 /// How often a write through plugins is retried when other writes to the
 /// same key keep committing first (only writes that bypass the key lock can
@@ -116,11 +117,12 @@ impl App {
         chain: &SharedChain,
         key: &str,
         hash: KeyHash,
-        value: Option<Bytes>,
+        incoming: Incoming,
         expect: &Expect,
         record: Record,
     ) -> Result<Judgement, ApiError> {
         let (chain, key, expect) = (chain.clone(), key.to_owned(), expect.clone());
+        let limits = self.settings.limits.value_limits();
         let storage = Arc::clone(&self.storage);
         let (tx, rx) = oneshot::channel::<Result<Judgement, ApiError>>();
         self.workers.spawn(move || {
@@ -132,10 +134,17 @@ impl App {
             if !expect.holds(seen) {
                 return drop(tx.send(Ok(Judgement::Conflict(seen))));
             }
+            let old = current.as_ref().map(|v| &v.json[..]);
+            let value = match incoming {
+                Incoming::Value(value) => value,
+                Incoming::Update { update, create } => match update.apply(old, create, limits) {
+                    Ok(value) => Some(value),
+                    Err(e) => return drop(tx.send(Err(e.into()))),
+                },
+            };
             if value.is_none() && current.is_none() {
                 return drop(tx.send(Ok(Judgement::Missing)));
             }
-            let old = current.as_ref().map(|v| &v.json[..]);
             let run = chain.run(&key, value, old, now_ms(), record);
             if record == Record::No {
                 return drop(tx.send(Ok(Judgement::Ran { seen, run })));
@@ -190,6 +199,60 @@ impl App {
         Ok(self.write(key, None, expect).await?.0)
     }
 
+    /// Stores what `update` makes of `key`'s current value, if `expect`
+    /// holds, after the plugin chain, and waits until durable. `create`
+    /// lets a patch start from an absent key. Returns the outcome and the
+    /// value as stored.
+    pub async fn update(
+        &self,
+        key: &str,
+        update: Update,
+        create: bool,
+        expect: Expect,
+    ) -> Result<(WriteOutcome, Bytes), ApiError> {
+        let chain = self.chain();
+        if chain.applies(key, false) {
+            let incoming = Incoming::Update {
+                update: Arc::new(update),
+                create,
+            };
+            let (outcome, stored) = self
+                .write_through_chain(&chain, key, incoming, expect)
+                .await?;
+            return Ok((outcome, stored.unwrap_or_default()));
+        }
+        // No plugin judges the result: the shard writer computes it against
+        // the key's latest state, and keeps the result (or why there is
+        // none) here for the answer.
+        let limits = self.settings.limits.value_limits();
+        let result = Arc::new(std::sync::Mutex::new(None));
+        let derive: Derivation = {
+            let result = Arc::clone(&result);
+            Arc::new(move |current: Option<&[u8]>| {
+                let applied = update.apply(current, create, limits);
+                let value = applied.as_ref().ok().cloned();
+                *result.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
+                value
+            })
+        };
+        let outcome = self
+            .storage
+            .write(key.to_owned(), WriteOp::Derive(derive), expect)
+            .await?;
+        let applied = result.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (outcome, applied) {
+            (WriteOutcome::Conflict { .. }, _) => Ok((outcome, Bytes::new())),
+            (_, Some(Err(e))) => Err(e.into()),
+            (_, Some(Ok(stored))) => {
+                if let WriteOutcome::Created { .. } = outcome {
+                    self.note_explicit_id(key).await;
+                }
+                Ok((outcome, stored))
+            }
+            (outcome, None) => Err(ApiError::unexpected(outcome)),
+        }
+    }
+
     /// The one write path: plugins (when any match), then the shard writer.
     /// Returns the outcome and the value written (`None` for deletes).
     async fn write(
@@ -207,11 +270,24 @@ impl App {
                 .await?;
             return Ok((outcome, value));
         }
+        self.write_through_chain(&chain, key, Incoming::Value(value), expect)
+            .await
+    }
+
+    /// A write whose key plugins match: under the key's lock, read, judge,
+    /// write if unchanged since the read, again while other writes win.
+    async fn write_through_chain(
+        &self,
+        chain: &SharedChain,
+        key: &str,
+        incoming: Incoming,
+        expect: Expect,
+    ) -> Result<(WriteOutcome, Option<Bytes>), ApiError> {
         let hash = KeyHash::of(key);
         let _key_lock = self.key_locks[hash.shard(KEY_LOCKS)].lock().await;
         for _ in 0..MAX_CHAIN_ATTEMPTS {
             let judged = self
-                .judge(&chain, key, hash, value.clone(), &expect, Record::Yes)
+                .judge(chain, key, hash, incoming.clone(), &expect, Record::Yes)
                 .await?;
             let (outcome, output) = match judged {
                 Judgement::Conflict(seen) => {
@@ -244,7 +320,7 @@ impl App {
                 &chain,
                 key,
                 KeyHash::of(key),
-                Some(json),
+                Incoming::Value(Some(json)),
                 &Expect::Any,
                 Record::No,
             )
@@ -295,6 +371,14 @@ impl App {
             self.storage.skip_ids_past(id).await;
         }
     }
+}
+
+/// What a write through the chain stores: a value (`None`: delete), or
+/// what an update makes of the current one.
+#[derive(Clone)]
+enum Incoming {
+    Value(Option<Bytes>),
+    Update { update: Arc<Update>, create: bool },
 }
 
 /// What reading the current value and running the chain found.

@@ -15,6 +15,7 @@ use crate::ijson::Violation;
 use crate::plugin::managed::ManagedError;
 use crate::plugin::FailureKind;
 use crate::storage::{StoreError, WriteOutcome};
+use crate::update::UpdateError;
 
 /// A request that cannot be answered with success.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,9 @@ pub enum ApiError {
     /// A change to the managed plugins was refused or failed.
     #[error(transparent)]
     Managed(#[from] ManagedError),
+    /// An update (patch, increment) cannot apply to the current value.
+    #[error(transparent)]
+    Update(#[from] UpdateError),
 }
 
 impl From<Violation> for ApiError {
@@ -172,6 +176,15 @@ impl ApiError {
                     (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
                 }
             },
+            Self::Update(e) => match e {
+                UpdateError::Missing => (StatusCode::NOT_FOUND, "not_found"),
+                UpdateError::Result(Violation::TooLarge { .. }) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, e.code())
+                }
+                UpdateError::Stored(_) => (StatusCode::INTERNAL_SERVER_ERROR, e.code()),
+                e if e.is_conflict() => (StatusCode::CONFLICT, e.code()),
+                e => (StatusCode::UNPROCESSABLE_ENTITY, e.code()),
+            },
             Self::Store(e) => match e {
                 StoreError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
                 StoreError::Poisoned(_) => (StatusCode::SERVICE_UNAVAILABLE, "shard_unavailable"),
@@ -214,6 +227,16 @@ impl ApiError {
             Self::PluginFailed { plugin, kind, .. } => {
                 body.insert("plugin".into(), Value::from(plugin.as_str()));
                 body.insert("kind".into(), Value::from(kind.as_str()));
+            }
+            Self::Update(e) => {
+                if let Some(pointer) = e.pointer() {
+                    body.insert("pointer".into(), Value::from(capped(pointer)));
+                }
+                if let UpdateError::TestFailed { index, .. } | UpdateError::BadPath { index, .. } =
+                    e
+                {
+                    body.insert("operation".into(), Value::from(*index));
+                }
             }
             _ => {}
         }

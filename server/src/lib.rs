@@ -13,6 +13,7 @@
 //! - [`metrics`]: request, storage and plugin metrics in Prometheus format;
 //! - [`http`]: hyper server, routing, request parsing, handlers;
 //! - [`ijson`]: the I-JSON rules every stored value must meet;
+//! - [`update`]: values computed from the current one (patches, increments);
 //! - [`logsafe`]: escaping and capping client text bound for logs;
 //! - [`error`]: request errors and the one place they become HTTP answers;
 //! - [`server`]: start-up and shutdown sequence used by the binary;
@@ -43,3 +44,4 @@ pub mod server;
 pub mod storage;
 #[cfg(test)]
 mod testgen;
+pub mod update;

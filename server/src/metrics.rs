@@ -36,6 +36,12 @@ pub enum Route {
     KvPut,
     /// DELETE /v1/kv/{key}
     KvDelete,
+    /// PATCH /v1/kv/{key}
+    KvPatch,
+    /// POST /v1/kv/{key}?op=incr
+    KvIncr,
+    /// POST /v1/kv/get
+    KvGetMany,
     /// POST /v1/kv
     KvCreate,
     /// GET /v1/kv
@@ -67,6 +73,9 @@ impl Route {
             Op::KvGet => Route::KvGet,
             Op::KvPut => Route::KvPut,
             Op::KvDelete => Route::KvDelete,
+            Op::KvPatch => Route::KvPatch,
+            Op::KvIncr => Route::KvIncr,
+            Op::KvGetMany => Route::KvGetMany,
             Op::KvCreate => Route::KvCreate,
             Op::KvList => Route::KvList,
             Op::ApiRead | Op::ApiWrite => Route::Api,
@@ -86,10 +95,13 @@ impl Route {
         }
     }
 
-    const ALL: [Route; 12] = [
+    const ALL: [Route; 15] = [
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
+        Route::KvPatch,
+        Route::KvIncr,
+        Route::KvGetMany,
         Route::KvCreate,
         Route::KvList,
         Route::Api,
@@ -106,6 +118,9 @@ impl Route {
             Route::KvGet => "kv_get",
             Route::KvPut => "kv_put",
             Route::KvDelete => "kv_delete",
+            Route::KvPatch => "kv_patch",
+            Route::KvIncr => "kv_incr",
+            Route::KvGetMany => "kv_get_many",
             Route::KvCreate => "kv_create",
             Route::KvList => "kv_list",
             Route::Api => "api",

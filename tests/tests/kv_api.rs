@@ -378,6 +378,14 @@ async fn bad_input_is_refused_with_clear_errors() {
             "/v1/kv/k",
             vec![ct],
             b"1".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "OPTIONS",
+            "/v1/kv/k",
+            vec![],
+            vec![],
             405,
             "method_not_allowed",
         ),
@@ -406,8 +414,11 @@ async fn bad_input_is_refused_with_clear_errors() {
             assert!(!r.json()["error"]["message"].as_str().unwrap().is_empty());
         }
     }
-    let r = c.send("PATCH", "/v1/kv/k", &[ct], b"1").await.unwrap();
-    assert_eq!(r.header("allow").unwrap(), "GET, HEAD, PUT, DELETE");
+    let r = c.send("OPTIONS", "/v1/kv/k", &[], b"").await.unwrap();
+    assert_eq!(
+        r.header("allow").unwrap(),
+        "GET, HEAD, PUT, PATCH, POST, DELETE"
+    );
 
     // Nothing above was stored.
     let r = c.get("/v1/kv").await;

@@ -31,14 +31,21 @@ async fn the_served_document_and_the_router_agree_both_ways() {
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 12, "{paths:?}");
-    for (template, item) in paths {
-        let documented: BTreeSet<String> = item
-            .as_object()
+    let methods = |item: &serde_json::Value| -> BTreeSet<String> {
+        item.as_object()
             .unwrap()
             .keys()
             .filter(|k| *k != "parameters")
             .map(|m| m.to_uppercase())
-            .collect();
+            .collect()
+    };
+    for (template, item) in paths {
+        let mut documented = methods(item);
+        // A fixed path under /v1/kv/ is also a key: the key's methods
+        // serve it too (`/v1/kv/get`).
+        if template.starts_with("/v1/kv/") && !template.contains('{') {
+            documented.extend(methods(&paths["/v1/kv/{key}"]));
+        }
         let path = concrete(template);
         for method in METHODS {
             let (headers, body): (&[(&str, &str)], &[u8]) = match method {

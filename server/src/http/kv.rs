@@ -22,7 +22,7 @@ const MAX_LIMIT: usize = 1000;
 /// large values would otherwise be gigabytes; `next` continues after it.
 const MAX_PAGE_VALUE_BYTES: usize = 8 * 1024 * 1024;
 
-fn with_etag(mut response: HttpResponse, version: u64) -> HttpResponse {
+pub(super) fn with_etag(mut response: HttpResponse, version: u64) -> HttpResponse {
     if let Ok(v) = HeaderValue::from_str(&etag(version)) {
         response.headers_mut().insert(ETAG, v);
     }
@@ -52,11 +52,11 @@ pub async fn get(app: &App, req: &Request<Incoming>, key: &str) -> Result<HttpRe
 }
 
 /// The write condition a request's `If-Match` / `If-None-Match` asks for.
-fn write_expect(req: &Request<Incoming>) -> Result<Expect, ApiError> {
+pub(super) fn write_expect(req: &Request<Incoming>) -> Result<Expect, ApiError> {
     Ok(Preconditions::from_headers(req.headers())?.to_expect())
 }
 
-fn precondition_failed(current: Option<u64>) -> ApiError {
+pub(super) fn precondition_failed(current: Option<u64>) -> ApiError {
     ApiError::PreconditionFailed(match current {
         Some(v) => format!("precondition failed: the current version is {v}"),
         None => "precondition failed: the key does not exist".to_owned(),
@@ -77,14 +77,14 @@ async fn json_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ApiError>
 /// writes: the revision that wrote the state the response reports.
 const X_REVISION: &str = "x-exdaas-revision";
 
-fn with_revision(mut response: HttpResponse, revision: u64) -> HttpResponse {
+pub(super) fn with_revision(mut response: HttpResponse, revision: u64) -> HttpResponse {
     response
         .headers_mut()
         .insert(X_REVISION, HeaderValue::from(revision));
     response
 }
 
-fn key_version(status: StatusCode, key: &str, version: u64) -> HttpResponse {
+pub(super) fn key_version(status: StatusCode, key: &str, version: u64) -> HttpResponse {
     let response = with_etag(
         json_response(status, &json!({"key": key, "version": version})),
         version,

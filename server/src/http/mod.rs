@@ -17,6 +17,8 @@ pub mod body_budget;
 mod compat;
 mod conditional;
 mod kv;
+mod kv_many;
+mod kv_update;
 mod managed_plugins;
 mod nested_params;
 mod openapi;
@@ -79,7 +81,7 @@ async fn dispatch(
     // Decoded and checked here, before the request moves into its handler.
     let raw = req.uri().path().get(param).unwrap_or("");
     let param = match op {
-        Op::KvGet | Op::KvPut | Op::KvDelete | Op::PluginDryRun => {
+        Op::KvGet | Op::KvPut | Op::KvDelete | Op::KvPatch | Op::KvIncr | Op::PluginDryRun => {
             request::parse_key(raw, app.settings.limits.max_key_bytes)?
         }
         Op::PluginShadow
@@ -98,6 +100,9 @@ async fn dispatch(
         Op::KvGet => kv::get(app, &req, &param).await?,
         Op::KvPut => kv::put(app, req, &param).await?,
         Op::KvDelete => kv::delete(app, &req, &param).await?,
+        Op::KvPatch => kv_update::patch(app, req, &param).await?,
+        Op::KvIncr => kv_update::increment(app, &req, &param).await?,
+        Op::KvGetMany => kv_many::get_many(app, req).await?,
         Op::ApiRead => compat::read(app, &req).await?,
         Op::ApiWrite => compat::create_or_update(app, req).await?,
         Op::ApiCmd => compat::command(app, &req).await?,

@@ -21,6 +21,12 @@ pub enum Op {
     KvPut,
     /// `DELETE /v1/kv/{key}`.
     KvDelete,
+    /// `PATCH /v1/kv/{key}`: a merge patch or JSON patch.
+    KvPatch,
+    /// `POST /v1/kv/{key}?op=incr`: an increment.
+    KvIncr,
+    /// `POST /v1/kv/get`: many keys at one revision.
+    KvGetMany,
     /// `GET /api`: an ExDaas record.
     ApiRead,
     /// `POST /api`: an ExDaas create or update.
@@ -90,12 +96,20 @@ pub static ROUTES: &[Route] = &[
             (Method::POST, Op::KvCreate),
         ],
     },
+    // Before `/v1/kv/{key}`, which still serves every other method on the
+    // key "get" (see `resolve`).
+    Route {
+        template: "/v1/kv/get",
+        ops: &[(Method::POST, Op::KvGetMany)],
+    },
     Route {
         template: "/v1/kv/{key}",
         ops: &[
             (Method::GET, Op::KvGet),
             (Method::HEAD, Op::KvGet),
             (Method::PUT, Op::KvPut),
+            (Method::PATCH, Op::KvPatch),
+            (Method::POST, Op::KvIncr),
             (Method::DELETE, Op::KvDelete),
         ],
     },
@@ -202,15 +216,23 @@ impl Route {
 }
 
 /// Finds what `method` on `path` does. `/v1/kv/` (trailing slash) is the
-/// collection, as clients of the first version used it.
+/// collection, as clients of the first version used it. A fixed path that
+/// is also a key (`/v1/kv/get`) answers its own methods; the key's route
+/// answers the rest.
 pub fn resolve(method: &Method, path: &str) -> Resolved {
     let path = if path == "/v1/kv/" { "/v1/kv" } else { path };
-    for route in ROUTES {
-        if let Some(param) = route.matches(path) {
-            return match route.ops.iter().find(|(m, _)| m == method) {
-                Some((_, op)) => Resolved::Op(*op, param),
-                None => Resolved::MethodNotAllowed(route),
-            };
+    for (i, route) in ROUTES.iter().enumerate() {
+        let Some(param) = route.matches(path) else {
+            continue;
+        };
+        if let Some((_, op)) = route.ops.iter().find(|(m, _)| m == method) {
+            return Resolved::Op(*op, param);
+        }
+        let also_a_key = ROUTES[i + 1..]
+            .iter()
+            .any(|r| r.template.ends_with(KEY_PARAM) && r.matches(path).is_some());
+        if !also_a_key {
+            return Resolved::MethodNotAllowed(route);
         }
     }
     Resolved::NotFound
@@ -265,10 +287,18 @@ mod tests {
             op(&Method::HEAD, "/v1/admin/backup"),
             Some((Op::BackupHead, ""))
         );
-        let Resolved::MethodNotAllowed(route) = resolve(&Method::PATCH, "/v1/kv/x") else {
-            panic!("PATCH on a key must be 405");
+        let Resolved::MethodNotAllowed(route) = resolve(&Method::OPTIONS, "/v1/kv/x") else {
+            panic!("OPTIONS on a key must be 405");
         };
-        assert_eq!(route.allow(), "GET, HEAD, PUT, DELETE");
+        assert_eq!(route.allow(), "GET, HEAD, PUT, PATCH, POST, DELETE");
+        // The key "get" is a key like any other, but for POST.
+        assert_eq!(op(&Method::POST, "/v1/kv/get"), Some((Op::KvGetMany, "")));
+        assert_eq!(op(&Method::GET, "/v1/kv/get"), Some((Op::KvGet, "get")));
+        assert_eq!(op(&Method::POST, "/v1/kv/gets"), Some((Op::KvIncr, "gets")));
+        let Resolved::MethodNotAllowed(route) = resolve(&Method::OPTIONS, "/v1/kv/get") else {
+            panic!("OPTIONS on the key get must be 405");
+        };
+        assert_eq!(route.template, "/v1/kv/{key}");
         // A plugin named "reload" could never shadow the reload route.
         assert_eq!(
             op(&Method::POST, "/v1/admin/plugins/reload"),

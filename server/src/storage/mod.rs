@@ -55,7 +55,7 @@ pub use snapshot::Snapshot;
 use store::ScanPage;
 use store::ShardStore;
 pub use store::{ListedKey, PageLimits, StoredValue};
-pub use writer::{Expect, Reply, WriteOp, WriteOutcome};
+pub use writer::{Derivation, Expect, Reply, WriteOp, WriteOutcome};
 use writer::{ShardWriter, WriteCommand, WriterMsg};
 
 /// Storage failures. Mapped to HTTP answers in `crate::error`.
@@ -752,6 +752,35 @@ impl Storage {
                 }
             }
         }
+    }
+
+    /// The states of `keys` (`None`: absent) all at one revision R, the
+    /// newest: every write up to R shows and none after. Each key is read
+    /// once first, to bring it into the cache; then writers pause (the
+    /// publish gate, as a cut takes it) while every key is read again,
+    /// which is now mostly from the cache.
+    pub async fn get_many(
+        self: &Arc<Self>,
+        keys: Vec<String>,
+    ) -> Result<(u64, Vec<Option<Arc<StoredValue>>>), StoreError> {
+        for key in &keys {
+            self.get(key).await?;
+        }
+        let storage = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _gate = storage
+                .publish_gate
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let revision = storage.last_seq()?;
+            let values = keys
+                .iter()
+                .map(|key| storage.get_blocking(key, hash::KeyHash::of(key)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((revision, values))
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
     }
 
     /// A consistent cut of every shard at the newest revision (see

@@ -36,13 +36,34 @@ use super::store::{ShardStore, StoredValue};
 use super::StoreError;
 
 /// What a write does to its key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum WriteOp {
     /// Store this JSON document (already validated).
     Put(Bytes),
     /// Remove the key.
     Delete,
+    /// Store what this computes from the key's latest state (`None`:
+    /// absent). Computed by the shard writer itself, so nothing can come
+    /// between the state it reads and the value it writes, and many
+    /// derivations of one key (a hot counter) share one commit.
+    Derive(Derivation),
 }
+
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Put(json) => f.debug_tuple("Put").field(&json.len()).finish(),
+            Self::Delete => f.write_str("Delete"),
+            Self::Derive(_) => f.write_str("Derive"),
+        }
+    }
+}
+
+/// A new value computed from the current one: `None` declines the write
+/// (the derivation keeps its own account of why). Called once per
+/// decision, on the shard writer, so it must be quick: it is bounded by the
+/// value size limits like every parse of a value.
+pub type Derivation = Arc<dyn Fn(Option<&[u8]>) -> Option<Bytes> + Send + Sync>;
 
 /// The state the key must be in for the write to apply; checked by the
 /// writer against the latest state, so it is race-free.
@@ -118,6 +139,11 @@ pub enum WriteOutcome {
     /// The `Expect` did not hold; nothing was written.
     Conflict {
         /// The version found (`None`: absent).
+        current: Option<u64>,
+    },
+    /// A derivation declined to write; nothing was written.
+    Declined {
+        /// The version it saw (`None`: absent).
         current: Option<u64>,
     },
 }
@@ -206,6 +232,7 @@ enum Decision {
     Unchanged(Ver),
     Deleted { removed: Ver, by: usize },
     Missing,
+    Declined(Option<Ver>),
 }
 
 impl Decision {
@@ -225,6 +252,9 @@ impl Decision {
                 revision: new(by),
             },
             Self::Missing => WriteOutcome::Missing,
+            Self::Declined(v) => WriteOutcome::Declined {
+                current: v.map(|v| v.resolve(first)),
+            },
         }
     }
 }
@@ -425,9 +455,21 @@ impl ShardWriter {
                 decisions.push(Decision::Conflict(current.map(|(v, _)| v)));
                 continue;
             }
-            let decision = match (&cmd.op, current) {
-                (WriteOp::Put(json), Some((ver, cur))) if cur == *json => Decision::Unchanged(ver),
-                (WriteOp::Put(json), current) => {
+            // The value to store (`None`: remove the key).
+            let new = match &cmd.op {
+                WriteOp::Put(json) => Some(json.clone()),
+                WriteOp::Delete => None,
+                WriteOp::Derive(derive) => match derive(current.as_ref().map(|(_, v)| &v[..])) {
+                    Some(json) => Some(json),
+                    None => {
+                        decisions.push(Decision::Declined(current.map(|(v, _)| v)));
+                        continue;
+                    }
+                },
+            };
+            let decision = match (new, current) {
+                (Some(json), Some((ver, cur))) if cur == json => Decision::Unchanged(ver),
+                (Some(json), current) => {
                     let i = records.len();
                     records.push(LogRecord {
                         key: cmd.key.clone(),
@@ -435,14 +477,14 @@ impl ShardWriter {
                     });
                     not_in_store.push(fresh);
                     self.filter.insert(&cmd.key);
-                    latest.insert(&cmd.key, Some((Ver::New(i), json.clone())));
+                    latest.insert(&cmd.key, Some((Ver::New(i), json)));
                     match current {
                         Some(_) => Decision::Replaced(i),
                         None => Decision::Created(i),
                     }
                 }
-                (WriteOp::Delete, None) => Decision::Missing,
-                (WriteOp::Delete, Some((removed, _))) => {
+                (None, None) => Decision::Missing,
+                (None, Some((removed, _))) => {
                     let by = records.len();
                     records.push(LogRecord {
                         key: cmd.key.clone(),
