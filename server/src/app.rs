@@ -307,6 +307,34 @@ impl App {
         )))
     }
 
+    /// The plugin path's locks of `keys` (deduplicated, in lock order, so
+    /// two holders of several never wait for each other in a cycle).
+    pub(crate) async fn lock_keys(&self, keys: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut slots: Vec<usize> = keys
+            .iter()
+            .map(|k| KeyHash::of(k).shard(KEY_LOCKS))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut guards = Vec::with_capacity(slots.len());
+        for slot in slots {
+            guards.push(self.key_locks[slot].lock().await);
+        }
+        guards
+    }
+
+    /// Runs `work` on the plugin pipeline's threads; `None` if it panicked.
+    pub(crate) async fn on_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.workers.spawn(move || {
+            let _ = tx.send(work());
+        });
+        rx.await.ok()
+    }
+
     /// What the chain would do to a put of `json` under `key` right now,
     /// without writing or counting anything.
     pub async fn dry_run(

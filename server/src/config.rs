@@ -98,6 +98,10 @@ impl PluginCompileSettings {
     }
 }
 
+/// Ceiling of `limits.max_txn_ops`: a transaction holds the decision
+/// locks of its shards while it decides, so its size bounds that pause.
+pub const MAX_TXN_OPS: usize = 10_000;
+
 /// Least `plugin_compile.max_memory_bytes`: the compile process itself
 /// (the binary, its threads and allocator arenas) needs this much address
 /// space before it compiles anything.
@@ -283,6 +287,10 @@ pub struct LimitSettings {
     /// Deepest nesting of arrays and objects in a stored value (at most
     /// `crate::ijson::MAX_DEPTH_CEILING`).
     pub max_json_depth: usize,
+    /// Most compares and operations in one transaction, both branches.
+    pub max_txn_ops: usize,
+    /// Largest transaction request body, in bytes.
+    pub max_txn_bytes: usize,
 }
 
 impl LimitSettings {
@@ -301,6 +309,8 @@ impl Default for LimitSettings {
             max_key_bytes: 512,
             max_value_bytes: 1024 * 1024,
             max_json_depth: 64,
+            max_txn_ops: 128,
+            max_txn_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -576,7 +586,9 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 20] = [
+    let positive: [(u64, &str); 22] = [
+        (s.limits.max_txn_ops as u64, "limits.max_txn_ops"),
+        (s.limits.max_txn_bytes as u64, "limits.max_txn_bytes"),
         (s.plugin_compile.timeout_ms, "plugin_compile.timeout_ms"),
         (
             s.plugin_compile.max_functions.into(),
@@ -666,6 +678,11 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         s.server.max_body_bytes_in_flight >= s.server.max_body_bytes,
         "server.max_body_bytes_in_flight",
         "must be at least server.max_body_bytes",
+    )?;
+    check(
+        s.limits.max_txn_ops <= MAX_TXN_OPS,
+        "limits.max_txn_ops",
+        &format!("must be at most {MAX_TXN_OPS}"),
     )?;
     check(
         s.storage.shards <= 1024,

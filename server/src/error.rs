@@ -106,6 +106,18 @@ pub enum ApiError {
     /// An update (patch, increment) cannot apply to the current value.
     #[error(transparent)]
     Update(#[from] UpdateError),
+    /// One operation of a transaction failed; nothing was written.
+    #[error("{branch}[{index}] ({op}): {error}")]
+    TxnOperation {
+        /// `success` or `failure`.
+        branch: &'static str,
+        /// The operation's index in its branch.
+        index: usize,
+        /// Its kind.
+        op: &'static str,
+        /// Why.
+        error: Box<ApiError>,
+    },
 }
 
 impl From<Violation> for ApiError {
@@ -143,6 +155,7 @@ impl ApiError {
     /// The status and stable code of this error.
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
+            Self::TxnOperation { error, .. } => error.status_and_code(),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -211,7 +224,19 @@ impl ApiError {
         let mut body = Map::new();
         body.insert("code".into(), Value::from(code));
         body.insert("message".into(), Value::from(message));
-        match &self {
+        let mut inner = &self;
+        if let Self::TxnOperation {
+            branch,
+            index,
+            error,
+            ..
+        } = &self
+        {
+            body.insert("branch".into(), Value::from(*branch));
+            body.insert("operation".into(), Value::from(*index));
+            inner = error;
+        }
+        match inner {
             Self::Rejected {
                 plugin,
                 reason,
@@ -235,7 +260,13 @@ impl ApiError {
                 if let UpdateError::TestFailed { index, .. } | UpdateError::BadPath { index, .. } =
                     e
                 {
-                    body.insert("operation".into(), Value::from(*index));
+                    // Inside a transaction, `operation` is the transaction's.
+                    let name = if body.contains_key("operation") {
+                        "patch_operation"
+                    } else {
+                        "operation"
+                    };
+                    body.insert(name.into(), Value::from(*index));
                 }
             }
             _ => {}

@@ -322,6 +322,13 @@ pub fn present_raw<'de, D: Deserializer<'de>>(
     serde::Deserialize::deserialize(d).map(Some)
 }
 
+/// Like [`present_raw`], for an owned `Option<Box<RawValue>>` field.
+pub fn present_raw_owned<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<serde_json::value::RawValue>>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
 /// A client string shortened for an error message.
 pub fn quote(text: &str) -> String {
     if text.len() <= QUOTE_BYTES {

@@ -14,6 +14,7 @@
 //! - [`http`]: hyper server, routing, request parsing, handlers;
 //! - [`ijson`]: the I-JSON rules every stored value must meet;
 //! - [`update`]: values computed from the current one (patches, increments);
+//! - [`txn`]: transactions as clients ask for them, through the plugins;
 //! - [`logsafe`]: escaping and capping client text bound for logs;
 //! - [`error`]: request errors and the one place they become HTTP answers;
 //! - [`server`]: start-up and shutdown sequence used by the binary;
@@ -44,4 +45,5 @@ pub mod server;
 pub mod storage;
 #[cfg(test)]
 mod testgen;
+pub mod txn;
 pub mod update;

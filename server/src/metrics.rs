@@ -42,6 +42,8 @@ pub enum Route {
     KvIncr,
     /// POST /v1/kv/get
     KvGetMany,
+    /// POST /v1/txn
+    Txn,
     /// POST /v1/kv
     KvCreate,
     /// GET /v1/kv
@@ -76,6 +78,7 @@ impl Route {
             Op::KvPatch => Route::KvPatch,
             Op::KvIncr => Route::KvIncr,
             Op::KvGetMany => Route::KvGetMany,
+            Op::Txn => Route::Txn,
             Op::KvCreate => Route::KvCreate,
             Op::KvList => Route::KvList,
             Op::ApiRead | Op::ApiWrite => Route::Api,
@@ -95,7 +98,8 @@ impl Route {
         }
     }
 
-    const ALL: [Route; 15] = [
+    const ALL: [Route; 16] = [
+        Route::Txn,
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
@@ -121,6 +125,7 @@ impl Route {
             Route::KvPatch => "kv_patch",
             Route::KvIncr => "kv_incr",
             Route::KvGetMany => "kv_get_many",
+            Route::Txn => "txn",
             Route::KvCreate => "kv_create",
             Route::KvList => "kv_list",
             Route::Api => "api",

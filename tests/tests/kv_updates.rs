@@ -8,9 +8,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{
-    example_plugin, plugin_toml, temp_data_dir, test_plugin, Client, Options, Resp, Server,
-};
+use common::{plugin_toml, temp_data_dir, test_plugin, Client, Options, Resp, Server};
 
 const MERGE: &str = "application/merge-patch+json";
 const JSON_PATCH: &str = "application/json-patch+json";
@@ -200,12 +198,7 @@ async fn concurrent_increments_lose_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn plugins_judge_the_patched_value() {
     let (_root, data) = temp_data_dir();
-    let config = plugin_toml(
-        "users",
-        &example_plugin("require_fields"),
-        "prefixes = [\"users/\"]\nconfig = { required = { name = \"string\" } }",
-    );
-    let server = Server::start_with(&data, Options::default().config(&config));
+    let server = Server::start_with(&data, Options::default().config(&common::users_schema()));
     let c = server.client();
     assert_eq!(
         c.put_json("/v1/kv/users/1", r#"{"name":"ada"}"#)

@@ -26,6 +26,7 @@ mod plugins;
 pub mod request;
 pub mod routes;
 mod stall_guard;
+mod txn;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -103,6 +104,7 @@ async fn dispatch(
         Op::KvPatch => kv_update::patch(app, req, &param).await?,
         Op::KvIncr => kv_update::increment(app, &req, &param).await?,
         Op::KvGetMany => kv_many::get_many(app, req).await?,
+        Op::Txn => txn::transact(app, req).await?,
         Op::ApiRead => compat::read(app, &req).await?,
         Op::ApiWrite => compat::create_or_update(app, req).await?,
         Op::ApiCmd => compat::command(app, &req).await?,

@@ -27,6 +27,8 @@ pub enum Op {
     KvIncr,
     /// `POST /v1/kv/get`: many keys at one revision.
     KvGetMany,
+    /// `POST /v1/txn`: a transaction.
+    Txn,
     /// `GET /api`: an ExDaas record.
     ApiRead,
     /// `POST /api`: an ExDaas create or update.
@@ -112,6 +114,10 @@ pub static ROUTES: &[Route] = &[
             (Method::POST, Op::KvIncr),
             (Method::DELETE, Op::KvDelete),
         ],
+    },
+    Route {
+        template: "/v1/txn",
+        ops: &[(Method::POST, Op::Txn)],
     },
     Route {
         template: "/api",

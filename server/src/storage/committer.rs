@@ -17,7 +17,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use super::log::{CommitLog, LogRecord};
+use super::log::{CommitLog, FrameParts, LogRecord};
 use super::StoreError;
 
 /// Appends between two attempts to delete applied segments.
@@ -31,13 +31,19 @@ const APPEND_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// records, handed back so it can publish them without copying them first.
 type Appended = Result<(u64, Vec<LogRecord>), StoreError>;
 
-/// A batch waiting for the log, and where its answer goes.
+/// Each shard's records of one frame (one part for a shard's batch, one
+/// per shard for a transaction).
+pub type Parts = Vec<(u16, Vec<LogRecord>)>;
+
+/// What a transaction gets back: its first revision and its parts.
+type AppendedParts = Result<(u64, Parts), StoreError>;
+
+/// A frame waiting for the log, and where its answer goes.
 struct Request {
-    shard: u16,
-    records: Vec<LogRecord>,
-    /// Key and value bytes of `records`.
+    parts: Parts,
+    /// Key and value bytes of all parts.
     bytes: usize,
-    reply: SyncSender<Appended>,
+    reply: SyncSender<AppendedParts>,
 }
 
 /// How far each shard's writes have gone: logged by this thread, applied
@@ -83,11 +89,21 @@ impl LogHandle {
     /// Makes `records` durable; returns the revision of the first (the rest
     /// follow in order) and the records. Blocks until the log is synced.
     pub fn append(&self, shard: usize, records: Vec<LogRecord>) -> Appended {
+        let (first, mut parts) = self.append_parts(vec![(shard as u16, records)])?;
+        Ok((first, parts.pop().map(|(_, r)| r).unwrap_or_default()))
+    }
+
+    /// Makes a transaction's records durable as one frame, all or none:
+    /// `parts` in ascending shard order, each shard once. Returns the first
+    /// revision (they run on through the parts in order) and the parts.
+    pub fn append_parts(&self, parts: Parts) -> AppendedParts {
         let (reply, answer) = sync_channel(1);
-        let bytes = super::log::payload_bytes(&records);
+        let bytes = parts
+            .iter()
+            .map(|(_, records)| super::log::payload_bytes(records))
+            .sum();
         let request = Request {
-            shard: shard as u16,
-            records,
+            parts,
             bytes,
             reply,
         };
@@ -112,6 +128,20 @@ pub fn start(
         .spawn(move || run(log, requests, progress, failure))
         .map_err(|e| StoreError::Io(format!("cannot start the log writer: {e}")))?;
     Ok((LogHandle { queue }, handle))
+}
+
+/// Raises each shard's logged revision to its last record in a frame whose
+/// first revision is `first`.
+fn note_logged(progress: &[Arc<Progress>], first: u64, parts: &Parts) {
+    let mut revision = first;
+    for (shard, records) in parts {
+        revision += records.len() as u64;
+        if let (Some(p), Some(last)) = (progress.get(*shard as usize), revision.checked_sub(1)) {
+            if !records.is_empty() {
+                p.logged.fetch_max(last, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 fn run(
@@ -140,18 +170,20 @@ fn run(
             }
             continue;
         }
-        let frames: Vec<(u16, &[LogRecord])> = batch
+        let frames: Vec<FrameParts<'_>> = batch
             .iter()
-            .map(|r| (r.shard, r.records.as_slice()))
+            .map(|r| {
+                r.parts
+                    .iter()
+                    .map(|(s, recs)| (*s, recs.as_slice()))
+                    .collect()
+            })
             .collect();
-        match log.append(&frames) {
+        match log.append_frames(&frames) {
             Ok(firsts) => {
                 for (request, first) in batch.into_iter().zip(firsts) {
-                    let last = first + request.records.len() as u64 - 1;
-                    if let Some(p) = progress.get(request.shard as usize) {
-                        p.logged.fetch_max(last, Ordering::AcqRel);
-                    }
-                    let _ = request.reply.send(Ok((first, request.records)));
+                    note_logged(&progress, first, &request.parts);
+                    let _ = request.reply.send(Ok((first, request.parts)));
                 }
             }
             Err(e) if e.wrote_nothing() => {

@@ -52,7 +52,12 @@ pub fn write(
             key: key.clone(),
             value: state.value.as_ref().map(|v| v.json.clone()),
         };
-        log::encode_frame(&mut buf, state.revision, shard as u16, true, &[record])?;
+        log::encode_frame(
+            &mut buf,
+            state.revision,
+            &[(shard as u16, &[record][..])],
+            true,
+        )?;
     }
     let target = path(data_dir, shard);
     let temp = target.with_extension("tmp");
@@ -91,13 +96,13 @@ pub fn read_all(dir: &Path) -> Result<(Vec<Frame>, Vec<PathBuf>), StoreError> {
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let mut at = 0;
         while at < bytes.len() {
-            let Some((frame, len)) = log::decode_frame(&bytes[at..]) else {
+            let Some((decoded, len)) = log::decode_frame(&bytes[at..]) else {
                 return Err(StoreError::Corrupt(format!(
                     "{}: damaged at byte {at}",
                     path.display()
                 )));
             };
-            frames.push(frame);
+            frames.extend(decoded);
             at += len;
         }
         files.push(path);

@@ -59,6 +59,11 @@ const MAX_VALUE_BYTES: usize = u32::MAX as usize;
 /// Shard numbers stay far below it (`storage.shards` is at most 1024).
 const APPEND_START: u16 = 0x8000;
 
+/// The shard field of a transaction frame, whose parts name their shards
+/// (see "Transaction frames" in the design note). Below `APPEND_START`,
+/// far above any shard.
+const TXN_FRAME: u16 = 0x7fff;
+
 const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
 
@@ -107,27 +112,61 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Appends the encoding of one frame to `out`.
+/// One frame's records: one shard's batch, or a transaction's records on
+/// several shards (ascending, each shard once).
+pub type FrameParts<'a> = Vec<(u16, &'a [LogRecord])>;
+
+/// Appends the encoding of one frame to `out`: an ordinary frame for one
+/// part, a transaction frame for more.
 ///
 /// Refuses (writing nothing) a record whose key or value is longer than
 /// its length field can say.
 pub fn encode_frame(
     out: &mut Vec<u8>,
     first_revision: u64,
-    shard: u16,
+    parts: &[(u16, &[LogRecord])],
     starts_append: bool,
-    records: &[LogRecord],
 ) -> Result<(), StoreError> {
-    if shard >= APPEND_START {
-        return Err(StoreError::Corrupt(format!(
-            "shard {shard} cannot be logged"
-        )));
+    for (shard, records) in parts {
+        if *shard >= TXN_FRAME {
+            return Err(StoreError::Corrupt(format!(
+                "shard {shard} cannot be logged"
+            )));
+        }
+        check_lengths(records)?;
     }
+    let (shard, head_count) = match parts {
+        [(shard, records)] => (*shard, records.len()),
+        _ => (TXN_FRAME, parts.len()),
+    };
     let shard = if starts_append {
         shard | APPEND_START
     } else {
         shard
     };
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER]);
+    out.extend_from_slice(&first_revision.to_le_bytes());
+    out.extend_from_slice(&shard.to_le_bytes());
+    out.extend_from_slice(&(head_count as u32).to_le_bytes());
+    match parts {
+        [(_, records)] => encode_records(out, records),
+        _ => {
+            for (shard, records) in parts {
+                out.extend_from_slice(&shard.to_le_bytes());
+                out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+                encode_records(out, records);
+            }
+        }
+    }
+    let payload_len = (out.len() - start - FRAME_HEADER) as u32;
+    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+fn check_lengths(records: &[LogRecord]) -> Result<(), StoreError> {
     for record in records {
         if record.key.len() > MAX_KEY_BYTES {
             return Err(StoreError::KeyTooLong(record.key.len()));
@@ -142,11 +181,10 @@ pub fn encode_frame(
             ));
         }
     }
-    let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME_HEADER]);
-    out.extend_from_slice(&first_revision.to_le_bytes());
-    out.extend_from_slice(&shard.to_le_bytes());
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    Ok(())
+}
+
+fn encode_records(out: &mut Vec<u8>, records: &[LogRecord]) {
     for record in records {
         out.push(if record.value.is_some() {
             OP_PUT
@@ -160,11 +198,6 @@ pub fn encode_frame(
             out.extend_from_slice(value);
         }
     }
-    let payload_len = (out.len() - start - FRAME_HEADER) as u32;
-    let crc = crc32fast::hash(&out[start + FRAME_HEADER..]);
-    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
 }
 
 /// A cursor over bytes that refuses to read past the end.
@@ -190,9 +223,10 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes the frame at the start of `bytes`: the frame and its encoded
-/// length, or `None` when it is short or damaged (a torn tail).
-pub fn decode_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
+/// Decodes the frame at the start of `bytes`: its records as one frame
+/// per shard (a transaction frame has several) and its encoded length, or
+/// `None` when it is short or damaged (a torn tail).
+pub fn decode_frame(bytes: &[u8]) -> Option<(Vec<Frame>, usize)> {
     let mut c = Cursor { bytes, at: 0 };
     let len = c.u32()? as usize;
     let crc = c.u32()?;
@@ -207,7 +241,40 @@ pub fn decode_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
     let first_revision = p.u64()?;
     let shard_field = p.u16()?;
     let count = p.u32()? as usize;
-    let mut records = Vec::with_capacity(count.min(payload.len()));
+    let starts_append = shard_field & APPEND_START != 0;
+    let shard = shard_field & !APPEND_START;
+    let mut frames = Vec::new();
+    let mut revision = first_revision;
+    if shard == TXN_FRAME {
+        for _ in 0..count {
+            let shard = p.u16()?;
+            let records = p.u32().and_then(|n| decode_records(&mut p, n as usize))?;
+            let next = revision.checked_add(records.len() as u64)?;
+            frames.push(Frame {
+                first_revision: revision,
+                shard,
+                starts_append: starts_append && frames.is_empty(),
+                records,
+            });
+            revision = next;
+        }
+    } else {
+        frames.push(Frame {
+            first_revision,
+            shard,
+            starts_append,
+            records: decode_records(&mut p, count)?,
+        });
+    }
+    if p.at != payload.len() {
+        return None;
+    }
+    Some((frames, FRAME_HEADER + len))
+}
+
+/// `count` records at the cursor.
+fn decode_records(p: &mut Cursor<'_>, count: usize) -> Option<Vec<LogRecord>> {
+    let mut records = Vec::with_capacity(count.min(p.bytes.len()));
     for _ in 0..count {
         let op = p.take(1)?[0];
         let key_len = p.u16()? as usize;
@@ -222,16 +289,7 @@ pub fn decode_frame(bytes: &[u8]) -> Option<(Frame, usize)> {
         };
         records.push(LogRecord { key, value });
     }
-    if p.at != payload.len() {
-        return None;
-    }
-    let frame = Frame {
-        first_revision,
-        shard: shard_field & !APPEND_START,
-        starts_append: shard_field & APPEND_START != 0,
-        records,
-    };
-    Some((frame, FRAME_HEADER + len))
+    Some(records)
 }
 
 /// Deletes what a crash or a failed fill left in the log directory of
@@ -289,8 +347,8 @@ fn read_segment(path: &Path) -> Result<ReadSegment, StoreError> {
         .map_err(io(path))?;
     let mut frames = Vec::new();
     let mut at = 0;
-    while let Some((frame, len)) = decode_frame(&bytes[at..]) {
-        frames.push(frame);
+    while let Some((decoded, len)) = decode_frame(&bytes[at..]) {
+        frames.extend(decoded);
         at += len;
     }
     let dirty_end = segment::dirty_end(&bytes[at..]).map(|d| at + d);
@@ -317,8 +375,8 @@ fn intact_frames_in(rest: &[u8], last: u64) -> Vec<(usize, Frame)> {
         let head = &rest[at + FRAME_HEADER..at + FRAME_HEADER + 8];
         let revision = u64::from_le_bytes(head.try_into().unwrap_or([0; 8]));
         if revision > last && revision <= highest {
-            if let Some((frame, len)) = decode_frame(&rest[at..]) {
-                found.push((at, frame));
+            if let Some((frames, len)) = decode_frame(&rest[at..]) {
+                found.extend(frames.into_iter().map(|frame| (at, frame)));
                 at += len;
                 continue;
             }
@@ -472,13 +530,20 @@ impl CommitLog {
     /// (a batch it cannot frame, a new segment it could not make): the log
     /// takes appends again. Any other error is a failed write or sync.
     pub fn append(&mut self, batches: &[(u16, &[LogRecord])]) -> Result<Vec<u64>, StoreError> {
+        let frames: Vec<FrameParts<'_>> = batches.iter().map(|b| vec![*b]).collect();
+        self.append_frames(&frames)
+    }
+
+    /// Appends `frames` (each one shard's batch or one transaction) with
+    /// one write and one sync; returns each frame's first revision.
+    pub fn append_frames(&mut self, frames: &[FrameParts<'_>]) -> Result<Vec<u64>, StoreError> {
         let mut buf = Vec::new();
-        let mut firsts = Vec::with_capacity(batches.len());
+        let mut firsts = Vec::with_capacity(frames.len());
         let mut revision = self.next_revision;
-        for (i, (shard, records)) in batches.iter().enumerate() {
-            encode_frame(&mut buf, revision, *shard, i == 0, records)?;
+        for (i, parts) in frames.iter().enumerate() {
+            encode_frame(&mut buf, revision, parts, i == 0)?;
             firsts.push(revision);
-            revision += records.len() as u64;
+            revision += parts.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
         }
         if self.file_bytes > 0 && self.file_bytes + buf.len() as u64 > self.capacity {
             self.roll().map_err(not_written)?;
@@ -632,8 +697,9 @@ mod tests {
             },
         ];
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 7, 3, true, &records).unwrap();
-        let (frame, len) = decode_frame(&buf).unwrap();
+        encode_frame(&mut buf, 7, &[(3, &records[..])], true).unwrap();
+        let (mut frames, len) = decode_frame(&buf).unwrap();
+        let frame = frames.remove(0);
         assert_eq!(len, buf.len());
         assert_eq!(
             (frame.first_revision, frame.shard, frame.records),
@@ -645,10 +711,59 @@ mod tests {
         for flip in 0..buf.len() {
             let mut bad = buf.clone();
             bad[flip] ^= 0x40;
-            if let Some((frame, _)) = decode_frame(&bad) {
-                panic!("byte {flip} flipped, still decoded {frame:?}");
+            if let Some((frames, _)) = decode_frame(&bad) {
+                panic!("byte {flip} flipped, still decoded {frames:?}");
             }
         }
+    }
+
+    /// A transaction frame reads back as one frame per shard, revisions
+    /// running on through its parts; any damage loses all of it.
+    #[test]
+    fn transaction_frames_read_back_per_shard_and_whole_or_not_at_all() {
+        let a = [put("a", "1"), put("b", "2")];
+        let b = [LogRecord {
+            key: "c".into(),
+            value: None,
+        }];
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, 10, &[(0, &a[..]), (3, &b[..])], true).unwrap();
+        let (frames, len) = decode_frame(&buf).unwrap();
+        assert_eq!(len, buf.len());
+        let read: Vec<(u64, u16, bool, usize)> = frames
+            .iter()
+            .map(|f| (f.first_revision, f.shard, f.starts_append, f.records.len()))
+            .collect();
+        assert_eq!(read, [(10, 0, true, 2), (12, 3, false, 1)]);
+        assert_eq!(frames[1].records, b);
+        for cut in 0..buf.len() {
+            assert!(decode_frame(&buf[..cut]).is_none(), "cut at {cut}");
+        }
+        for flip in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[flip] ^= 0x40;
+            assert!(decode_frame(&bad).is_none(), "byte {flip} flipped");
+        }
+        // Through the log: with ordinary frames around it, and reopened.
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
+        let firsts = log
+            .append_frames(&[
+                vec![(1, &b[..])],
+                vec![(0, &a[..]), (2, &b[..])],
+                vec![(2, &a[..])],
+            ])
+            .unwrap();
+        assert_eq!(firsts, [1, 2, 5]);
+        drop(log);
+        let recovered = CommitLog::open(dir.path(), 1).unwrap();
+        let read: Vec<(u64, u16)> = recovered
+            .frames
+            .iter()
+            .map(|f| (f.first_revision, f.shard))
+            .collect();
+        assert_eq!(read, [(1, 1), (2, 0), (4, 2), (5, 2)]);
+        assert_eq!(recovered.log.next_revision(), 7);
     }
 
     /// Writes `bytes` where the next frame of `log`'s newest segment goes,
@@ -675,7 +790,7 @@ mod tests {
         assert_eq!(log.append(&[(2, &b)]).unwrap(), [4]);
         // A crash in the middle of the next append.
         let mut torn = Vec::new();
-        encode_frame(&mut torn, 5, 0, true, &[put("d", "4")]).unwrap();
+        encode_frame(&mut torn, 5, &[(0, &[put("d", "4")][..])], true).unwrap();
         leave_behind(&log, &torn[..torn.len() - 3]);
         drop(log);
         let recovered = CommitLog::open(dir.path(), 1).unwrap();
@@ -725,10 +840,10 @@ mod tests {
         // A two-frame batch of which only the second reached the disk
         // whole: the first is damaged, the second intact.
         let mut lost = Vec::new();
-        encode_frame(&mut lost, 2, 0, true, &[put("b", "2")]).unwrap();
+        encode_frame(&mut lost, 2, &[(0, &[put("b", "2")][..])], true).unwrap();
         let damaged = lost.len();
         lost[damaged - 1] ^= 1;
-        encode_frame(&mut lost, 3, 1, false, &[put("c", "3")]).unwrap();
+        encode_frame(&mut lost, 3, &[(1, &[put("c", "3")][..])], false).unwrap();
         leave_behind(&log, &lost);
         drop(log);
         let mut log = CommitLog::open(dir.path(), 1).unwrap().log;

@@ -35,6 +35,7 @@ mod recovery;
 mod segment;
 mod snapshot;
 pub mod store;
+pub mod txn;
 pub mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{CacheSettings, StorageSettings};
 use applier::ApplyHealth;
 use cache::{new_cache, Cached, ShardCache};
-use committer::{LogFailure, Progress};
+use committer::{LogFailure, LogHandle, Progress};
 use ids::IdAllocator;
 use keyfilter::KeyFilter;
 use memtable::Memtable;
@@ -125,6 +126,9 @@ struct Shard {
     apply_health: Arc<ApplyHealth>,
     progress: Arc<Progress>,
     metrics: Arc<ShardMetrics>,
+    /// Held by the writer for each batch, by a transaction while it
+    /// decides on this shard's keys (`txn`).
+    decision: Arc<Mutex<()>>,
 }
 
 /// All shards of one data directory, and the commit log in front of them.
@@ -140,6 +144,9 @@ pub struct Storage {
     publish_gate: Arc<RwLock<()>>,
     /// Set once the commit log failed.
     log_failure: LogFailure,
+    /// The log writer, for transactions (each shard writer has its own);
+    /// taken at close, so the log writer can stop.
+    log: RwLock<Option<LogHandle>>,
 }
 
 /// Keys, and bytes of keys and values, a shard's memtable holds before its
@@ -355,6 +362,7 @@ impl Storage {
             let poisoned = Arc::new(AtomicBool::new(false));
             let metrics = Arc::new(ShardMetrics::default());
             let apply_health = Arc::new(ApplyHealth::default());
+            let decision = Arc::new(Mutex::new(()));
             let writer = ShardWriter {
                 shard: index,
                 store: store.clone(),
@@ -364,6 +372,7 @@ impl Storage {
                 log: log.clone(),
                 publish_gate: publish_gate.clone(),
                 apply_health: apply_health.clone(),
+                decision: decision.clone(),
                 rx,
                 max_batch: settings.max_batch,
                 poisoned: poisoned.clone(),
@@ -394,6 +403,7 @@ impl Storage {
                 apply_health,
                 progress: progress[index].clone(),
                 metrics,
+                decision,
             });
         }
         Ok(Self {
@@ -403,6 +413,7 @@ impl Storage {
             warming: AtomicUsize::new(0),
             publish_gate,
             log_failure,
+            log: RwLock::new(Some(log)),
         })
     }
 
@@ -868,13 +879,14 @@ impl Storage {
         for shard in &self.shards {
             join(&shard.writer);
         }
+        drop(self.log.write().map(|mut log| log.take()));
         for shard in &self.shards {
             shard.memtable.stop();
         }
         for shard in &self.shards {
             join(&shard.applier);
         }
-        // The writers held the only handles to the log writer.
+        // The writers and transactions held the only handles to the log writer.
         join(&self.log_thread);
     }
 }

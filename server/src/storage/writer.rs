@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -182,6 +182,9 @@ pub(crate) struct ShardWriter {
     pub publish_gate: Arc<RwLock<()>>,
     /// Set while the shard's applies fail (see `applier`).
     pub apply_health: Arc<ApplyHealth>,
+    /// Held from deciding a batch to publishing it; a transaction takes
+    /// it to decide on this shard's keys itself (see `txn`).
+    pub decision: Arc<Mutex<()>>,
     pub rx: mpsc::Receiver<WriterMsg>,
     pub max_batch: usize,
     /// Set after a failed commit; shared so the HTTP layer can report it.
@@ -259,6 +262,72 @@ impl Decision {
     }
 }
 
+/// Makes committed records visible: memtable first (it must hold every
+/// committed state the store lacks), then the cache. `first` is the
+/// revision of the first record; the rest follow in order.
+pub(super) fn publish(
+    memtable: &Memtable,
+    cache: &ShardCache,
+    records: Vec<LogRecord>,
+    not_in_store: Vec<bool>,
+    first: u64,
+) {
+    let committed: Vec<(String, Pending)> = records
+        .into_iter()
+        .zip(not_in_store)
+        .enumerate()
+        .map(|(i, (record, not_in_store))| {
+            let revision = first + i as u64;
+            let value = record.value.map(|json| {
+                Arc::new(StoredValue {
+                    version: revision,
+                    json,
+                })
+            });
+            (
+                record.key,
+                Pending {
+                    revision,
+                    value,
+                    not_in_store,
+                },
+            )
+        })
+        .collect();
+    let for_cache: Vec<(String, Option<Arc<StoredValue>>)> = committed
+        .iter()
+        .map(|(k, p)| (k.clone(), p.value.clone()))
+        .collect();
+    memtable.insert(committed);
+    // A deleted key is cached as absent, so the next read or create of it
+    // needs no lookup.
+    for (key, value) in for_cache {
+        let entry = Cached::of(cache, &key, value);
+        cache.insert(key, entry);
+    }
+}
+
+/// A key's latest committed state (memtable, cache, then store), and
+/// whether it came from the memtable (a state the store lacks).
+pub(super) fn committed(
+    memtable: &Memtable,
+    cache: &ShardCache,
+    filter: &KeyFilter,
+    store: &ShardStore,
+    key: &str,
+) -> Result<(Option<Arc<StoredValue>>, bool), StoreError> {
+    if let Some(state) = memtable.get(key) {
+        return Ok((state, true));
+    }
+    if let Some(state) = cache.peek(key).and_then(|c| c.known()) {
+        return Ok((state, false));
+    }
+    if !filter.may_contain(key) {
+        return Ok((None, false));
+    }
+    Ok((store.get(key)?, false))
+}
+
 /// Answers every command of `batch` with `e`.
 fn refuse(batch: &mut Vec<WriteCommand>, e: StoreError) {
     for cmd in batch.drain(..) {
@@ -320,6 +389,8 @@ impl ShardWriter {
             return refuse(batch, StoreError::Poisoned(self.shard));
         }
         let started = std::time::Instant::now();
+        let decision = Arc::clone(&self.decision);
+        let _deciding = decision.lock().unwrap_or_else(|p| p.into_inner());
         let Decided {
             decisions,
             records,
@@ -366,42 +437,8 @@ impl ShardWriter {
         Ok(first)
     }
 
-    /// Makes committed records visible: memtable first (it must hold every
-    /// committed state the store lacks), then the cache.
     fn publish(&self, records: Vec<LogRecord>, not_in_store: Vec<bool>, first: u64) {
-        let committed: Vec<(String, Pending)> = records
-            .into_iter()
-            .zip(not_in_store)
-            .enumerate()
-            .map(|(i, (record, not_in_store))| {
-                let revision = first + i as u64;
-                let value = record.value.map(|json| {
-                    Arc::new(StoredValue {
-                        version: revision,
-                        json,
-                    })
-                });
-                (
-                    record.key,
-                    Pending {
-                        revision,
-                        value,
-                        not_in_store,
-                    },
-                )
-            })
-            .collect();
-        let for_cache: Vec<(String, Option<Arc<StoredValue>>)> = committed
-            .iter()
-            .map(|(k, p)| (k.clone(), p.value.clone()))
-            .collect();
-        self.memtable.insert(committed);
-        // A deleted key is cached as absent, so the next read or create of
-        // it needs no lookup.
-        for (key, value) in for_cache {
-            let entry = Cached::of(&self.cache, &key, value);
-            self.cache.insert(key, entry);
-        }
+        publish(&self.memtable, &self.cache, records, not_in_store, first);
     }
 
     fn poison(&mut self, batch: &mut Vec<WriteCommand>, e: StoreError) {
@@ -414,19 +451,8 @@ impl ShardWriter {
         }
     }
 
-    /// The key's latest committed state (memtable, cache, then store), and
-    /// whether it came from the memtable (a state the store lacks).
     fn committed(&self, key: &str) -> Result<(Option<Arc<StoredValue>>, bool), StoreError> {
-        if let Some(state) = self.memtable.get(key) {
-            return Ok((state, true));
-        }
-        if let Some(state) = self.cache.peek(key).and_then(|c| c.known()) {
-            return Ok((state, false));
-        }
-        if !self.filter.may_contain(key) {
-            return Ok((None, false));
-        }
-        Ok((self.store.get(key)?, false))
+        committed(&self.memtable, &self.cache, &self.filter, &self.store, key)
     }
 
     /// Decides every command against the latest state (committed plus the
@@ -530,6 +556,7 @@ mod tests {
             log,
             publish_gate: Arc::default(),
             apply_health: Arc::default(),
+            decision: Arc::default(),
             rx,
             max_batch: 8,
             poisoned: Arc::default(),

@@ -424,6 +424,16 @@ pub fn plugin_toml(name: &str, path: &Path, extra: &str) -> String {
     )
 }
 
+/// A `[[plugins]]` table requiring a string `name` in every value under
+/// `users/` (the `require_fields` example).
+pub fn users_schema() -> String {
+    plugin_toml(
+        "users",
+        &example_plugin("require_fields"),
+        "prefixes = [\"users/\"]\nconfig = { required = { name = \"string\" } }",
+    )
+}
+
 /// Uploads `module` bytes as the managed plugin `name` (a server without
 /// tokens: loopback clients administer).
 pub async fn upload_module(c: &Client, name: &str, module: &[u8]) -> Resp {
