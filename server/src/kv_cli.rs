@@ -1,7 +1,7 @@
 //! `exdaas kv`: the command-line client for the key-value API, in the
 //! manner of `etcdctl get/put` and `consul kv`: one command per request,
 //! JSON on stdout, the server's error on stderr, and an exit code a script
-//! can branch on. `watch` and `txn` join here when those routes exist.
+//! can branch on. `watch` joins here when that route exists.
 
 use bytes::Bytes;
 use clap::Subcommand;
@@ -60,6 +60,49 @@ pub enum KvCommand {
         /// Only if the key is at this version.
         #[arg(long, value_name = "VERSION")]
         if_version: Option<u64>,
+    },
+    /// Patch a key's value: a merge patch (RFC 7396), or with --json-patch
+    /// a JSON patch (RFC 6902); `-` reads it from standard input. Prints
+    /// the value as stored.
+    Patch {
+        /// The key.
+        key: String,
+        /// The patch, or `-` for standard input.
+        patch: String,
+        /// The patch is a JSON patch (an array of operations).
+        #[arg(long)]
+        json_patch: bool,
+        /// Only if the key is at this version.
+        #[arg(long, value_name = "VERSION", conflicts_with = "create")]
+        if_version: Option<u64>,
+        /// Create the key from the patch if it does not exist (and only then).
+        #[arg(long)]
+        create: bool,
+    },
+    /// Add to the integer at a JSON pointer in a key's value, creating it
+    /// as 0 when absent; prints `{"key","version","path","value"}`.
+    Incr {
+        /// The key.
+        key: String,
+        /// JSON pointer to the number (default: the whole value).
+        #[arg(long, default_value = "")]
+        path: String,
+        /// What to add (negative subtracts).
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Print several keys, all as of one revision.
+    Mget {
+        /// The keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Run a transaction from a JSON file (`-`: standard input), as
+    /// `POST /v1/txn` takes it. Exits 0 when its compares held, 4 when the
+    /// failure branch ran.
+    Txn {
+        /// The file.
+        file: String,
     },
     /// List keys in order (`--raw`: one key per line).
     List {
@@ -152,6 +195,59 @@ pub async fn run(
             }
             (Method::DELETE, key_path(key), Bytes::new(), false)
         }
+        KvCommand::Patch {
+            key,
+            patch,
+            json_patch,
+            if_version,
+            create,
+        } => {
+            let patch = if patch == "-" {
+                stdin()?
+            } else {
+                patch.clone()
+            };
+            let media = if *json_patch {
+                "application/json-patch+json"
+            } else {
+                "application/merge-patch+json"
+            };
+            headers.push(("content-type", media.into()));
+            if let Some(v) = if_version {
+                headers.push(("if-match", format!("\"{v}\"")));
+            }
+            if *create {
+                headers.push(("if-none-match", "*".into()));
+            }
+            (Method::PATCH, key_path(key), Bytes::from(patch), false)
+        }
+        KvCommand::Incr { key, path, by } => {
+            let q = query(&[
+                ("op", "incr".into()),
+                ("path", path.clone()),
+                ("by", by.to_string()),
+            ]);
+            (
+                Method::POST,
+                format!("{}?{q}", key_path(key)),
+                Bytes::new(),
+                false,
+            )
+        }
+        KvCommand::Mget { keys } => {
+            headers.push(("content-type", "application/json".into()));
+            let body = serde_json::json!({ "keys": keys }).to_string();
+            (Method::POST, "/v1/kv/get".into(), Bytes::from(body), false)
+        }
+        KvCommand::Txn { file } => {
+            let body = if file == "-" {
+                stdin()?
+            } else {
+                std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?
+            };
+            headers.push(("content-type", "application/json".into()));
+            (Method::POST, "/v1/txn".into(), Bytes::from(body), false)
+        }
         KvCommand::List {
             prefix,
             limit,
@@ -184,6 +280,19 @@ pub async fn run(
         });
     }
     let text = String::from_utf8_lossy(&answer.body).into_owned();
+    if let KvCommand::Txn { .. } = command {
+        let answer: serde_json::Value = serde_json::from_str(&text)?;
+        let code = if answer["succeeded"] == true {
+            0
+        } else {
+            exit::CONFLICT
+        };
+        return Ok(Outcome {
+            code,
+            stdout: text,
+            stderr: String::new(),
+        });
+    }
     let stdout = match command {
         KvCommand::Get { key, .. } if !raw => {
             let version = answer

@@ -117,3 +117,78 @@ async fn kv_commands_speak_the_api_with_useful_exit_codes() {
         1
     );
 }
+
+/// `exdaas kv patch`, `incr`, `mget` and `txn`: the computed writes and
+/// transactions from the command line, with the same exit codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_updates_and_transactions_from_the_command_line() {
+    let (root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let dir = root.path();
+    let kv = |args: &[&str]| {
+        let mut all = vec!["kv", "--server", server.addr.as_str()];
+        all.extend_from_slice(args);
+        run_cli(dir, &all, &[])
+    };
+    let json = |out: &str| serde_json::from_str::<serde_json::Value>(out).unwrap();
+
+    assert_eq!(kv(&["patch", "doc", r#"{"a":1}"#]).0, 3);
+    let (code, out, err) = kv(&["patch", "--create", "doc", r#"{"a":1,"b":null}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out), serde_json::json!({"a": 1}));
+    let (code, out, _) = kv(&[
+        "patch",
+        "--json-patch",
+        "doc",
+        r#"[{"op":"add","path":"/c","value":[1]}]"#,
+    ]);
+    assert_eq!(
+        (code, json(&out)),
+        (0, serde_json::json!({"a": 1, "c": [1]}))
+    );
+    let (code, _, err) = kv(&[
+        "patch",
+        "--json-patch",
+        "doc",
+        r#"[{"op":"test","path":"/a","value":2}]"#,
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("test_failed"), "{err}");
+
+    let (code, out, _) = kv(&["incr", "--path", "/hits", "--by", "-3", "counter"]);
+    assert_eq!(
+        (code, json(&out)["value"].clone()),
+        (0, serde_json::json!(-3))
+    );
+    assert_eq!(kv(&["incr", "--path", "/a", "doc"]).0, 0);
+    assert_eq!(kv(&["incr", "--path", "/c", "doc"]).0, 4);
+
+    let (code, out, _) = kv(&["mget", "doc", "counter", "none"]);
+    assert_eq!(code, 0);
+    let got = json(&out);
+    assert_eq!(got["missing"], serde_json::json!(["none"]));
+    assert_eq!(got["items"].as_array().unwrap().len(), 2);
+
+    let file = dir.join("txn.json");
+    std::fs::write(
+        &file,
+        r#"{"compare":[{"key":"counter","pointer":"/hits","equals":-3}],
+            "success":[{"op":"incr","key":"counter","path":"/hits","by":3},{"op":"delete","key":"doc"}],
+            "failure":[{"op":"put","key":"missed","value":true}]}"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out, err) = kv(&["txn", file]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["succeeded"], true);
+    // Again: the compare fails now, and the exit code says so.
+    let (code, out, _) = kv(&["txn", file]);
+    assert_eq!(
+        (code, json(&out)["succeeded"].clone()),
+        (4, serde_json::json!(false))
+    );
+    assert_eq!(kv(&["get", "missed"]).0, 0);
+    let (code, _, err) = kv(&["txn", "/no/such/file.json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/no/such/file.json"), "{err}");
+}

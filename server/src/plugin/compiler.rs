@@ -147,9 +147,12 @@ impl Compiler {
     }
 
     /// Compiles in a child process running this binary, keeping artifacts
-    /// in `dir` (created; temporary files a crash left are removed).
+    /// in `dir` (created; temporary files a crash left are removed). The
+    /// directory is created durably: it may be the first of the plugin
+    /// files' directories, whose later writes trust it to survive.
     pub fn isolated(limits: CompileLimits, dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::storage::manifest::create_dir_durably(dir)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         for entry in std::fs::read_dir(dir)?.flatten() {
             if entry.file_name().to_string_lossy().ends_with(".tmp") {
                 let _ = std::fs::remove_file(entry.path());
