@@ -2,8 +2,7 @@
 
 Plugin uploads take the module as `application/wasm`: generate the wasm
 magic number and version followed by random bytes, so the server's
-compiler sees something module-shaped (and refuses it, 422).
-"""
+compiler sees something module-shaped (and refuses it, 422)."""
 
 from hypothesis import strategies as st
 import schemathesis
@@ -12,3 +11,4 @@ schemathesis.openapi.media_type(
     "application/wasm",
     st.binary(max_size=512).map(lambda rest: b"\0asm\x01\0\0\0" + rest),
 )
+

@@ -227,10 +227,7 @@ fn commit_log(dir: &Path, batch: usize, run: Duration) -> Result<(u64, u64), Box
     let started = Instant::now();
     while started.elapsed() < run {
         let records: Vec<LogRecord> = (0..batch as u64)
-            .map(|i| LogRecord {
-                key: format!("k{}", writes + i),
-                value: Some(bytes::Bytes::from_static(VALUE)),
-            })
+            .map(|i| LogRecord::put(format!("k{}", writes + i), bytes::Bytes::from_static(VALUE)))
             .collect();
         log.append(&[(0, &records)])?;
         writes += batch as u64;

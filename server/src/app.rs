@@ -28,7 +28,9 @@ use crate::metrics::RequestMetrics;
 use crate::plugin::{ChainRun, ChainStop, PluginLoadError, Record, SharedChain, WorkerPool};
 use crate::plugin_host::PluginHost;
 use crate::storage::hash::KeyHash;
-use crate::storage::{Derivation, Expect, Reply, Storage, StoreError, WriteOp, WriteOutcome};
+use crate::storage::{
+    Derivation, Expect, Expiry, Reply, Storage, StoreError, WriteOp, WriteOutcome,
+};
 use crate::update::Update;
 
 /// How often a write through plugins is retried when other writes to the
@@ -135,10 +137,14 @@ impl App {
                 return drop(tx.send(Ok(Judgement::Conflict(seen))));
             }
             let old = current.as_ref().map(|v| &v.json[..]);
-            let value = match incoming {
-                Incoming::Value(value) => value,
-                Incoming::Update { update, create } => match update.apply(old, create, limits) {
-                    Ok(value) => Some(value),
+            let (value, expiry) = match incoming {
+                Incoming::Value(value, expiry) => (value, expiry),
+                Incoming::Update {
+                    update,
+                    create,
+                    expiry,
+                } => match update.apply(old, create, limits) {
+                    Ok(value) => (Some(value), expiry),
                     Err(e) => return drop(tx.send(Err(e.into()))),
                 },
             };
@@ -158,7 +164,8 @@ impl App {
                 let written = result.map(|outcome| Judgement::Written { outcome, output });
                 let _ = tx.send(written.map_err(ApiError::from));
             });
-            storage.submit_blocking(key, hash, op, Expect::unchanged_since(seen), reply);
+            let expect = Expect::unchanged_since(seen);
+            storage.submit_blocking(key, hash, op, expect, expiry, reply);
         });
         rx.await
             .map_err(|_| ApiError::Store(StoreError::Io("plugin pipeline job failed".into())))?
@@ -172,7 +179,18 @@ impl App {
         json: Bytes,
         expect: Expect,
     ) -> Result<WriteOutcome, ApiError> {
-        let outcome = self.write(key, Some(json), expect).await?.0;
+        self.put_expiring(key, json, expect, Expiry::Never).await
+    }
+
+    /// Like [`App::put`], with what the write does to the key's expiry.
+    pub async fn put_expiring(
+        &self,
+        key: &str,
+        json: Bytes,
+        expect: Expect,
+        expiry: Expiry,
+    ) -> Result<WriteOutcome, ApiError> {
+        let outcome = self.write(key, Some(json), expect, expiry).await?.0;
         if let WriteOutcome::Created { .. } = outcome {
             self.note_explicit_id(key).await;
         }
@@ -187,7 +205,7 @@ impl App {
         json: Bytes,
         expect: Expect,
     ) -> Result<(WriteOutcome, Bytes), ApiError> {
-        let (outcome, stored) = self.write(key, Some(json), expect).await?;
+        let (outcome, stored) = self.write(key, Some(json), expect, Expiry::Never).await?;
         if let WriteOutcome::Created { .. } = outcome {
             self.note_explicit_id(key).await;
         }
@@ -196,7 +214,7 @@ impl App {
 
     /// Removes `key` if `expect` holds, and waits until that is durable.
     pub async fn delete(&self, key: &str, expect: Expect) -> Result<WriteOutcome, ApiError> {
-        Ok(self.write(key, None, expect).await?.0)
+        Ok(self.write(key, None, expect, Expiry::Never).await?.0)
     }
 
     /// Stores what `update` makes of `key`'s current value, if `expect`
@@ -209,12 +227,14 @@ impl App {
         update: Update,
         create: bool,
         expect: Expect,
+        expiry: Expiry,
     ) -> Result<(WriteOutcome, Bytes), ApiError> {
         let chain = self.chain();
         if chain.applies(key, false) {
             let incoming = Incoming::Update {
                 update: Arc::new(update),
                 create,
+                expiry,
             };
             let (outcome, stored) = self
                 .write_through_chain(&chain, key, incoming, expect)
@@ -237,7 +257,7 @@ impl App {
         };
         let outcome = self
             .storage
-            .write(key.to_owned(), WriteOp::Derive(derive), expect)
+            .write_expiring(key.to_owned(), WriteOp::Derive(derive), expect, expiry)
             .await?;
         let applied = result.lock().unwrap_or_else(|p| p.into_inner()).take();
         match (outcome, applied) {
@@ -260,17 +280,19 @@ impl App {
         key: &str,
         value: Option<Bytes>,
         expect: Expect,
+        expiry: Expiry,
     ) -> Result<(WriteOutcome, Option<Bytes>), ApiError> {
         let op = |v: Option<Bytes>| v.map_or(WriteOp::Delete, WriteOp::Put);
         let chain = self.chain();
         if !chain.applies(key, value.is_none()) {
             let outcome = self
                 .storage
-                .write(key.to_owned(), op(value.clone()), expect)
+                .write_expiring(key.to_owned(), op(value.clone()), expect, expiry)
                 .await?;
             return Ok((outcome, value));
         }
-        self.write_through_chain(&chain, key, Incoming::Value(value), expect)
+        let incoming = Incoming::Value(value, expiry);
+        self.write_through_chain(&chain, key, incoming, expect)
             .await
     }
 
@@ -348,7 +370,7 @@ impl App {
                 &chain,
                 key,
                 KeyHash::of(key),
-                Incoming::Value(Some(json)),
+                Incoming::Value(Some(json), Expiry::Never),
                 &Expect::Any,
                 Record::No,
             )
@@ -365,11 +387,15 @@ impl App {
     /// as far as before, so even a long run of client-written numeric keys
     /// costs a few attempts, never one per key. Returns the id (the key is
     /// its decimal form), the version and the stored value.
-    pub async fn create_returning(&self, json: Bytes) -> Result<(u64, u64, Bytes), ApiError> {
+    pub async fn create_returning(
+        &self,
+        json: Bytes,
+        expiry: Expiry,
+    ) -> Result<(u64, u64, Bytes), ApiError> {
         for attempt in 0..MAX_ID_ATTEMPTS {
             let id = self.storage.next_id().await?;
             match self
-                .write(&id.to_string(), Some(json.clone()), Expect::Absent)
+                .write(&id.to_string(), Some(json.clone()), Expect::Absent, expiry)
                 .await?
             {
                 (WriteOutcome::Created { version }, stored) => {
@@ -405,8 +431,12 @@ impl App {
 /// what an update makes of the current one.
 #[derive(Clone)]
 enum Incoming {
-    Value(Option<Bytes>),
-    Update { update: Arc<Update>, create: bool },
+    Value(Option<Bytes>, Expiry),
+    Update {
+        update: Arc<Update>,
+        create: bool,
+        expiry: Expiry,
+    },
 }
 
 /// What reading the current value and running the chain found.

@@ -104,6 +104,9 @@ struct Record<'a> {
     value: Option<&'a RawValue>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
+    /// When the key expires (ms since the Unix epoch), if it does.
+    #[serde(default)]
+    expires_at: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -128,6 +131,9 @@ fn write_record(out: &mut dyn Write, key: &str, value: &StoredValue) -> std::io:
     out.write_all(b"{\"key\":")?;
     serde_json::to_writer(&mut *out, key)?;
     write!(out, ",\"version\":{},", value.version)?;
+    if let Some(at) = value.expires_at {
+        write!(out, "\"expires_at\":{at},")?;
+    }
     if fits_raw(&value.json) {
         out.write_all(b"\"value\":")?;
         out.write_all(&value.json)?;
@@ -180,14 +186,21 @@ pub fn write_backup(
     })?;
     let mut records = 0u64;
     let mut failed: Option<std::io::Error> = None;
-    snapshot.for_each(|key, value| match write_record(out, key, value) {
-        Ok(()) => {
-            records += 1;
-            Ok(true)
+    let now = crate::storage::now_ms();
+    snapshot.for_each(|key, value| {
+        // What has expired is absent to every read, and so to backups.
+        if value.is_expired(now) {
+            return Ok(true);
         }
-        Err(e) => {
-            failed = Some(e);
-            Ok(false)
+        match write_record(out, key, value) {
+            Ok(()) => {
+                records += 1;
+                Ok(true)
+            }
+            Err(e) => {
+                failed = Some(e);
+                Ok(false)
+            }
         }
     })?;
     if let Some(e) = failed {
@@ -295,7 +308,7 @@ pub struct BackupSummary {
 }
 
 /// Receives each record (key, version, value JSON) during a restore.
-type RecordSink<'a> = &'a mut dyn FnMut(&str, u64, &[u8]) -> Result<(), BackupError>;
+type RecordSink<'a> = &'a mut dyn FnMut(&str, &StoredValue) -> Result<(), BackupError>;
 
 /// A managed-plugin line of a backup, checked.
 enum PluginPart<'a> {
@@ -513,7 +526,12 @@ fn scan_reader(
             return Err(invalid(line_no, format!("key {key:?} appears twice")));
         }
         if let Some(each) = sinks.records.as_mut() {
-            each(key, record.version, json.as_bytes())?;
+            let value = StoredValue {
+                version: record.version,
+                json: bytes::Bytes::copy_from_slice(json.as_bytes()),
+                expires_at: record.expires_at,
+            };
+            each(key, &value)?;
         }
     }
     Err(invalid(
@@ -573,9 +591,8 @@ pub fn restore(
     let staging = data_dir.join(manifest::RESTORE_STAGING_DIR);
     let result = (|| {
         let mut loader = BulkLoader::create(&staging, shards, store_cache_bytes)?;
-        let mut add = |key: &str, version: u64, json: &[u8]| {
-            loader.add(key, version, json).map_err(BackupError::from)
-        };
+        let mut add =
+            |key: &str, value: &StoredValue| loader.add(key, value).map_err(BackupError::from);
         let files = ManagedFiles::at(&staging);
         let mut add_plugin = |part: PluginPart<'_>| {
             let done = match part {

@@ -98,6 +98,10 @@ impl PluginCompileSettings {
     }
 }
 
+/// Ceiling of `limits.max_ttl_seconds`: expiry instants stay far inside
+/// 64-bit milliseconds.
+pub const MAX_TTL_SECONDS: u64 = 100 * 365 * 86_400;
+
 /// Ceiling of `limits.max_txn_ops`: a transaction holds the decision
 /// locks of its shards while it decides, so its size bounds that pause.
 pub const MAX_TXN_OPS: usize = 10_000;
@@ -291,9 +295,16 @@ pub struct LimitSettings {
     pub max_txn_ops: usize,
     /// Largest transaction request body, in bytes.
     pub max_txn_bytes: usize,
+    /// Longest TTL a write may give, in seconds.
+    pub max_ttl_seconds: u64,
 }
 
 impl LimitSettings {
+    /// The longest TTL a write may give.
+    pub fn max_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.max_ttl_seconds)
+    }
+
     /// The rules a stored value is checked against.
     pub fn value_limits(&self) -> crate::ijson::ValueLimits {
         crate::ijson::ValueLimits {
@@ -311,6 +322,7 @@ impl Default for LimitSettings {
             max_json_depth: 64,
             max_txn_ops: 128,
             max_txn_bytes: 4 * 1024 * 1024,
+            max_ttl_seconds: 10 * 365 * 86_400,
         }
     }
 }
@@ -586,7 +598,8 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 22] = [
+    let positive: [(u64, &str); 23] = [
+        (s.limits.max_ttl_seconds, "limits.max_ttl_seconds"),
         (s.limits.max_txn_ops as u64, "limits.max_txn_ops"),
         (s.limits.max_txn_bytes as u64, "limits.max_txn_bytes"),
         (s.plugin_compile.timeout_ms, "plugin_compile.timeout_ms"),
@@ -678,6 +691,11 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         s.server.max_body_bytes_in_flight >= s.server.max_body_bytes,
         "server.max_body_bytes_in_flight",
         "must be at least server.max_body_bytes",
+    )?;
+    check(
+        s.limits.max_ttl_seconds <= MAX_TTL_SECONDS,
+        "limits.max_ttl_seconds",
+        &format!("must be at most {MAX_TTL_SECONDS} (a hundred years)"),
     )?;
     check(
         s.limits.max_txn_ops <= MAX_TXN_OPS,

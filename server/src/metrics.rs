@@ -434,6 +434,20 @@ fn register_storage(registry: &mut Registry, storage: &Storage) {
         "Committed writes (keys) not yet applied to the shard's store",
         shard_gauges(storage.unapplied().into_iter().map(|n| gauge(n as u64))),
     );
+    let expired = Counter::<u64>::default();
+    expired.inc_by(load(&storage.expiry_stats.expired));
+    registry.register(
+        "exdaas_expired_keys",
+        "Keys the expiry sweeper deleted once their TTL ran out",
+        expired,
+    );
+    let expiring = Gauge::<i64>::default();
+    expiring.set(gauge(storage.expiring_keys() as u64));
+    registry.register(
+        "exdaas_expiring_keys",
+        "Keys with an expiry the sweeper watches",
+        expiring,
+    );
     registry.register(
         "exdaas_cache_hits",
         "Reads served from the cache",

@@ -111,6 +111,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     if settings.cache.warm_on_start {
         storage.start_warming();
     }
+    storage.start_sweeper();
     reload_on_sighup(app.clone());
     let stop = termination();
     tracing::info!(

@@ -63,12 +63,51 @@ struct RawOp {
     key: String,
     #[serde(default, deserialize_with = "crate::ijson::present_raw_owned")]
     value: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "given")]
     return_old: Option<bool>,
+    #[serde(default, deserialize_with = "present_value")]
     merge: Option<Value>,
-    json_patch: Option<json_patch::Patch>,
+    #[serde(default, deserialize_with = "given")]
+    json_patch: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
     create: Option<bool>,
+    #[serde(default, deserialize_with = "given")]
     path: Option<String>,
+    #[serde(default, deserialize_with = "whole_i64")]
     by: Option<i64>,
+}
+
+/// A member that, when present, must hold its type: `null` is refused,
+/// not read as absent.
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// An integer, also when written with a zero fraction (`3.0`), as JSON
+/// Schema's `integer` allows; within the integers a double holds exactly.
+fn whole(n: f64) -> Option<i64> {
+    let safe = crate::update::MAX_SAFE_INTEGER as f64;
+    (n.fract() == 0.0 && n.abs() <= safe).then_some(n as i64)
+}
+
+fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_i64()
+        .or_else(|| n.as_f64().and_then(whole))
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("{n} is not an integer within +/-(2^53 - 1)"))
+        })
+}
+
+fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole_i64(d)?
+        .map(|n| {
+            u64::try_from(n).map_err(|_| serde::de::Error::custom("a version is not negative"))
+        })
+        .transpose()
 }
 
 impl RawOp {
@@ -110,7 +149,11 @@ impl RawOp {
             "patch" => OpSpec::Patch {
                 key,
                 merge: self.merge,
-                json_patch: self.json_patch,
+                json_patch: self
+                    .json_patch
+                    .map(crate::update::json_patch_from)
+                    .transpose()
+                    .map_err(|e| format!("json_patch: {e}"))?,
                 create: self.create.unwrap_or(false),
             },
             _ => OpSpec::Incr {
@@ -129,10 +172,13 @@ pub struct CompareSpec {
     /// The key.
     pub key: String,
     /// Holds when the key exists at this version.
+    #[serde(default, deserialize_with = "whole_u64")]
     pub version: Option<u64>,
     /// Holds when the key exists (`true`) or not (`false`).
+    #[serde(default, deserialize_with = "given")]
     pub exists: Option<bool>,
     /// With `equals`: holds when the value at this JSON pointer equals it.
+    #[serde(default, deserialize_with = "given")]
     pub pointer: Option<String>,
     /// See `pointer`.
     #[serde(default, deserialize_with = "present_value")]

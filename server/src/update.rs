@@ -163,6 +163,31 @@ impl Update {
     }
 }
 
+/// An RFC 6902 patch, held to its members: an operation naming a member
+/// its kind does not take (`from` on `add`), or one of the wrong type, is
+/// refused rather than ignored, as a typo would otherwise be.
+pub fn json_patch_from(value: Value) -> Result<json_patch::Patch, String> {
+    let Value::Array(ops) = &value else {
+        return Err("a JSON patch is an array of operations".into());
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let Value::Object(op) = op else {
+            return Err(format!("operation {i} is not an object"));
+        };
+        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
+        let takes: &[&str] = match kind {
+            "add" | "replace" | "test" => &["op", "path", "value"],
+            "remove" => &["op", "path"],
+            "move" | "copy" => &["op", "path", "from"],
+            _ => return Err(format!("operation {i}: unknown op {kind:?}")),
+        };
+        if let Some(extra) = op.keys().find(|k| !takes.contains(&k.as_str())) {
+            return Err(format!("operation {i} ({kind}) takes no member {extra:?}"));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// Applies `patch` operation by operation, bounding what `copy` can add:
 /// each copy may double the value, so thirty of them would otherwise build
 /// a gigabyte before the result's size is checked.

@@ -149,7 +149,9 @@ pub async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpR
             (id, stored)
         }
         None => {
-            let (id, _version, stored) = app.create_returning(json).await?;
+            let (id, _version, stored) = app
+                .create_returning(json, crate::storage::Expiry::Never)
+                .await?;
             (id, stored)
         }
     };

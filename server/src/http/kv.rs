@@ -11,7 +11,7 @@ use super::conditional::{Preconditions, ReadVerdict};
 use super::request::{self, etag};
 use crate::app::App;
 use crate::error::{json_response, raw_json_response, ApiError};
-use crate::storage::{Expect, PageLimits, WriteOutcome};
+use crate::storage::{Expect, Expiry, PageLimits, WriteOutcome};
 
 type HttpResponse = Response<Full<Bytes>>;
 
@@ -45,10 +45,26 @@ pub async fn get(app: &App, req: &Request<Incoming>, key: &str) -> Result<HttpRe
         }
         ReadVerdict::Failed => return Err(precondition_failed(Some(value.version))),
     }
-    Ok(with_etag(
+    let mut response = with_etag(
         raw_json_response(StatusCode::OK, value.json.clone()),
         value.version,
-    ))
+    );
+    if let Some(at) = value.expires_at.and_then(super::ttl::expires_at_header) {
+        response
+            .headers_mut()
+            .insert(super::ttl::EXPIRES_AT_HEADER, at);
+    }
+    Ok(response)
+}
+
+/// The expiry a write asks for (`?ttl=`, `?keep_ttl=`, `Exdaas-Ttl`).
+pub(super) fn write_expiry(
+    app: &App,
+    req: &Request<Incoming>,
+    default: Expiry,
+) -> Result<Expiry, ApiError> {
+    let max = app.settings.limits.max_ttl();
+    super::ttl::from_request(req.uri().query(), req.headers(), max, default)
 }
 
 /// The write condition a request's `If-Match` / `If-None-Match` asks for.
@@ -96,8 +112,9 @@ pub(super) fn key_version(status: StatusCode, key: &str, version: u64) -> HttpRe
 /// `PUT /v1/kv/{key}`.
 pub async fn put(app: &App, req: Request<Incoming>, key: &str) -> Result<HttpResponse, ApiError> {
     let expect = write_expect(&req)?;
+    let expiry = write_expiry(app, &req, Expiry::Never)?;
     let json = json_body(app, req).await?;
-    match app.put(key, json, expect).await? {
+    match app.put_expiring(key, json, expect, expiry).await? {
         WriteOutcome::Created { version } => Ok(key_version(StatusCode::CREATED, key, version)),
         WriteOutcome::Replaced { version } | WriteOutcome::Unchanged { version } => {
             Ok(key_version(StatusCode::OK, key, version))
@@ -129,8 +146,9 @@ pub async fn delete(
 
 /// `POST /v1/kv`: store under a new server-assigned key.
 pub async fn create(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let expiry = write_expiry(app, &req, Expiry::Never)?;
     let json = json_body(app, req).await?;
-    let (id, version, _) = app.create_returning(json).await?;
+    let (id, version, _) = app.create_returning(json, expiry).await?;
     let key = id.to_string();
     let mut response = key_version(StatusCode::CREATED, &key, version);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/kv/{key}")) {
@@ -207,6 +225,7 @@ pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Ap
         limit: q.limit,
         values: q.values,
         max_value_bytes: MAX_PAGE_VALUE_BYTES,
+        now_ms: crate::storage::now_ms(),
     };
     let page = app
         .storage

@@ -11,7 +11,10 @@ use super::kv::{precondition_failed, with_etag, with_revision, write_expect};
 use super::request;
 use crate::app::App;
 use crate::error::{json_response, raw_json_response, ApiError};
-use crate::storage::{Expect, WriteOutcome};
+use std::time::Duration;
+
+use super::ttl::TtlAsked;
+use crate::storage::{Expect, Expiry, WriteOutcome};
 use crate::update::{Update, MAX_SAFE_INTEGER};
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -24,6 +27,7 @@ const JSON_PATCH: &str = "application/json-patch+json";
 /// `201` when `If-None-Match: *` created the key).
 pub async fn patch(app: &App, req: Request<Incoming>, key: &str) -> Result<HttpResponse, ApiError> {
     let expect = write_expect(&req)?;
+    let expiry = super::kv::write_expiry(app, &req, Expiry::Keep)?;
     let media = request::media_type(req.headers()).unwrap_or_default();
     if media != MERGE_PATCH && media != JSON_PATCH {
         return Err(ApiError::UnsupportedMediaType(format!(
@@ -43,15 +47,13 @@ pub async fn patch(app: &App, req: Request<Incoming>, key: &str) -> Result<HttpR
     };
     // Only `If-None-Match: *` lets a patch make a key.
     let create = expect == Expect::Absent;
-    let (outcome, stored) = app.update(key, update, create, expect).await?;
+    let (outcome, stored) = app.update(key, update, create, expect, expiry).await?;
     let (status, version) = written(outcome)?;
     let response = with_etag(raw_json_response(status, stored), version);
     Ok(with_revision(response, version))
 }
 
-/// An RFC 6902 patch, held to its members: an operation naming a member
-/// its kind does not take (`from` on `add`), or one of the wrong type, is
-/// refused rather than ignored, as a typo would otherwise be.
+/// An RFC 6902 patch from a request body (see `update::json_patch_from`).
 fn parse_json_patch(bytes: &[u8]) -> Result<json_patch::Patch, ApiError> {
     let bad = |message: String| {
         ApiError::bad_request(
@@ -59,23 +61,8 @@ fn parse_json_patch(bytes: &[u8]) -> Result<json_patch::Patch, ApiError> {
             format!("not a JSON patch (an array of operations, RFC 6902): {message}"),
         )
     };
-    let ops: Vec<serde_json::Map<String, Value>> =
-        serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    for (i, op) in ops.iter().enumerate() {
-        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
-        let takes: &[&str] = match kind {
-            "add" | "replace" | "test" => &["op", "path", "value"],
-            "remove" => &["op", "path"],
-            "move" | "copy" => &["op", "path", "from"],
-            _ => return Err(bad(format!("operation {i}: unknown op {kind:?}"))),
-        };
-        if let Some(extra) = op.keys().find(|k| !takes.contains(&k.as_str())) {
-            return Err(bad(format!(
-                "operation {i} ({kind}) takes no member {extra:?}"
-            )));
-        }
-    }
-    serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    crate::update::json_patch_from(value).map_err(bad)
 }
 
 /// The status and version of a computed write's outcome.
@@ -95,12 +82,17 @@ fn written(outcome: WriteOutcome) -> Result<(StatusCode, u64), ApiError> {
 struct Increment {
     pointer: String,
     by: i64,
+    ttl: TtlAsked,
 }
 
-fn parse_increment(query: Option<&str>) -> Result<Increment, ApiError> {
+fn parse_increment(query: Option<&str>, max_ttl: Duration) -> Result<Increment, ApiError> {
     let bad = |message: String| ApiError::bad_request("invalid_query", message);
     let (mut op, mut pointer, mut by) = (None, String::new(), 1i64);
+    let mut ttl = TtlAsked::default();
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if ttl.take_query(&name, &value, max_ttl)? {
+            continue;
+        }
         match name.as_ref() {
             "op" => op = Some(value.into_owned()),
             "path" => pointer = value.into_owned(),
@@ -117,7 +109,7 @@ fn parse_increment(query: Option<&str>) -> Result<Increment, ApiError> {
             }
             other => {
                 return Err(bad(format!(
-                    "unknown query parameter {other:?}; use op, path, by"
+                    "unknown query parameter {other:?}; use op, path, by, ttl, keep_ttl"
                 )))
             }
         }
@@ -137,7 +129,7 @@ fn parse_increment(query: Option<&str>) -> Result<Increment, ApiError> {
             "path must be a JSON pointer (empty, or starting with \"/\"), got {pointer:?}"
         )));
     }
-    Ok(Increment { pointer, by })
+    Ok(Increment { pointer, by, ttl })
 }
 
 /// `POST /v1/kv/{key}?op=incr&path=/n&by=5`: adds `by` (default 1) to the
@@ -148,13 +140,20 @@ pub async fn increment(
     req: &Request<Incoming>,
     key: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let Increment { pointer, by } = parse_increment(req.uri().query())?;
+    let max_ttl = app.settings.limits.max_ttl();
+    let Increment {
+        pointer,
+        by,
+        mut ttl,
+    } = parse_increment(req.uri().query(), max_ttl)?;
+    ttl.take_header(req.headers(), max_ttl)?;
+    let expiry = ttl.expiry(Expiry::Keep)?;
     let expect = write_expect(req)?;
     let update = Update::Increment {
         pointer: pointer.clone(),
         by,
     };
-    let (outcome, stored) = app.update(key, update, true, expect).await?;
+    let (outcome, stored) = app.update(key, update, true, expect, expiry).await?;
     let (status, version) = written(outcome)?;
     let value = serde_json::from_slice::<Value>(&stored)
         .ok()
@@ -172,15 +171,11 @@ mod tests {
 
     #[test]
     fn increment_queries() {
-        let parsed = parse_increment(Some("op=incr&path=%2Fa%2Fb&by=-3")).unwrap();
-        assert_eq!(
-            parsed,
-            Increment {
-                pointer: "/a/b".into(),
-                by: -3
-            }
-        );
-        assert_eq!(parse_increment(Some("op=incr")).unwrap().by, 1);
+        let year = Duration::from_secs(365 * 86_400);
+        let parsed = parse_increment(Some("op=incr&path=%2Fa%2Fb&by=-3&ttl=1m"), year).unwrap();
+        assert_eq!((parsed.pointer.as_str(), parsed.by), ("/a/b", -3));
+        assert_eq!(parsed.ttl.ttl, Some(Duration::from_secs(60)));
+        assert_eq!(parse_increment(Some("op=incr"), year).unwrap().by, 1);
         for bad in [
             "",
             "op=decr",
@@ -188,8 +183,9 @@ mod tests {
             "op=incr&by=9007199254740992",
             "op=incr&path=n",
             "op=incr&x=1",
+            "op=incr&ttl=0",
         ] {
-            assert!(parse_increment(Some(bad)).is_err(), "{bad}");
+            assert!(parse_increment(Some(bad), year).is_err(), "{bad}");
         }
     }
 }

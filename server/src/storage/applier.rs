@@ -27,12 +27,19 @@ const APPLY_WAIT: Duration = Duration::from_millis(200);
 /// applied revision, in one transaction.
 pub fn apply(store: &ShardStore, batch: &ApplyBatch) -> Result<(), StoreError> {
     let mut tx = store.begin()?;
+    let expiring = batch
+        .entries
+        .iter()
+        .any(|(_, p)| p.value.as_ref().is_some_and(|v| v.expires_at.is_some()));
+    if expiring {
+        tx.mark_expiring()?;
+    }
     for (key, pending) in &batch.entries {
         match &pending.value {
             Some(value) if pending.not_in_store => {
-                tx.insert(key, value.version, &value.json)?;
+                tx.insert(key, value)?;
             }
-            Some(value) => tx.upsert(key, value.version, &value.json)?,
+            Some(value) => tx.upsert(key, value)?,
             None => tx.remove(key)?,
         }
     }

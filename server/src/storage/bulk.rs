@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::ids::IdAllocator;
 use super::manifest;
+use super::store::StoredValue;
 use super::store::{ShardStore, WriteTx};
 use super::{hash, StoreError};
 
@@ -44,13 +45,17 @@ impl BulkLoader {
     }
 
     /// Adds one record (keys must be unique).
-    pub fn add(&mut self, key: &str, version: u64, json: &[u8]) -> Result<(), StoreError> {
+    pub fn add(&mut self, key: &str, value: &StoredValue) -> Result<(), StoreError> {
+        let version = value.version;
         let shard = hash::shard_for(key, self.stores.len());
         if self.txs[shard].is_none() {
             self.txs[shard] = Some(self.stores[shard].begin()?);
         }
         if let Some(tx) = self.txs[shard].as_mut() {
-            tx.insert(key, version, json)?;
+            if value.expires_at.is_some() {
+                tx.mark_expiring()?;
+            }
+            tx.insert(key, value)?;
         }
         self.max_version[shard] = self.max_version[shard].max(version);
         self.pending[shard] += 1;

@@ -120,10 +120,7 @@ mod tests {
     use bytes::Bytes;
 
     fn value(len: usize, version: u64) -> Arc<StoredValue> {
-        Arc::new(StoredValue {
-            version,
-            json: Bytes::from(vec![b'1'; len]),
-        })
+        Arc::new(StoredValue::lasting(version, Bytes::from(vec![b'1'; len])))
     }
 
     /// The reported bug: a reader misses, loads version 1 from disk, the

@@ -51,6 +51,7 @@ pub fn write(
         let record = LogRecord {
             key: key.clone(),
             value: state.value.as_ref().map(|v| v.json.clone()),
+            expires_at: state.value.as_ref().and_then(|v| v.expires_at),
         };
         log::encode_frame(
             &mut buf,
@@ -122,10 +123,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join(LOG_DIR)).unwrap();
         let value = |v: u64| {
-            Some(Arc::new(StoredValue {
-                version: v,
-                json: bytes::Bytes::from_static(b"1"),
-            }))
+            Some(Arc::new(StoredValue::lasting(
+                v,
+                bytes::Bytes::from_static(b"1"),
+            )))
         };
         let pending = vec![
             (

@@ -66,6 +66,8 @@ const TXN_FRAME: u16 = 0x7fff;
 
 const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
+/// A put whose value expires: `[u64 expires at]` follows the value.
+const OP_PUT_EXPIRING: u8 = 2;
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,28 @@ pub struct LogRecord {
     pub key: String,
     /// The new value; `None` deletes the key.
     pub value: Option<Bytes>,
+    /// When the value expires (ms since the Unix epoch), if it does.
+    pub expires_at: Option<u64>,
+}
+
+impl LogRecord {
+    /// A put of `value` that does not expire.
+    pub fn put(key: String, value: Bytes) -> Self {
+        Self {
+            key,
+            value: Some(value),
+            expires_at: None,
+        }
+    }
+
+    /// A delete of `key`.
+    pub fn delete(key: String) -> Self {
+        Self {
+            key,
+            value: None,
+            expires_at: None,
+        }
+    }
 }
 
 /// Key and value bytes of `records`: what the memtable's and an append's
@@ -186,16 +210,19 @@ fn check_lengths(records: &[LogRecord]) -> Result<(), StoreError> {
 
 fn encode_records(out: &mut Vec<u8>, records: &[LogRecord]) {
     for record in records {
-        out.push(if record.value.is_some() {
-            OP_PUT
-        } else {
-            OP_DELETE
+        out.push(match (&record.value, record.expires_at) {
+            (Some(_), None) => OP_PUT,
+            (Some(_), Some(_)) => OP_PUT_EXPIRING,
+            (None, _) => OP_DELETE,
         });
         out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
         out.extend_from_slice(record.key.as_bytes());
         if let Some(value) = &record.value {
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());
             out.extend_from_slice(value);
+            if let Some(at) = record.expires_at {
+                out.extend_from_slice(&at.to_le_bytes());
+            }
         }
     }
 }
@@ -279,15 +306,24 @@ fn decode_records(p: &mut Cursor<'_>, count: usize) -> Option<Vec<LogRecord>> {
         let op = p.take(1)?[0];
         let key_len = p.u16()? as usize;
         let key = String::from_utf8(p.take(key_len)?.to_vec()).ok()?;
-        let value = match op {
-            OP_PUT => {
+        let (value, expires_at) = match op {
+            OP_PUT | OP_PUT_EXPIRING => {
                 let value_len = p.u32()? as usize;
-                Some(Bytes::copy_from_slice(p.take(value_len)?))
+                let value = Bytes::copy_from_slice(p.take(value_len)?);
+                let expires_at = match op {
+                    OP_PUT_EXPIRING => Some(p.u64()?),
+                    _ => None,
+                };
+                (Some(value), expires_at)
             }
-            OP_DELETE => None,
+            OP_DELETE => (None, None),
             _ => return None,
         };
-        records.push(LogRecord { key, value });
+        records.push(LogRecord {
+            key,
+            value,
+            expires_at,
+        });
     }
     Some(records)
 }
@@ -661,10 +697,7 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value: &str) -> LogRecord {
-        LogRecord {
-            key: key.into(),
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-        }
+        LogRecord::put(key.into(), Bytes::copy_from_slice(value.as_bytes()))
     }
 
     /// A key whose length a record's u16 cannot say is refused before
@@ -691,9 +724,10 @@ mod tests {
     fn frames_round_trip_and_damage_is_detected() {
         let records = vec![
             put("a", "1"),
+            LogRecord::delete("é".into()),
             LogRecord {
-                key: "é".into(),
-                value: None,
+                expires_at: Some(1_800_000_000_000),
+                ..put("ttl", "1")
             },
         ];
         let mut buf = Vec::new();
@@ -722,10 +756,7 @@ mod tests {
     #[test]
     fn transaction_frames_read_back_per_shard_and_whole_or_not_at_all() {
         let a = [put("a", "1"), put("b", "2")];
-        let b = [LogRecord {
-            key: "c".into(),
-            value: None,
-        }];
+        let b = [LogRecord::delete("c".into())];
         let mut buf = Vec::new();
         encode_frame(&mut buf, 10, &[(0, &a[..]), (3, &b[..])], true).unwrap();
         let (frames, len) = decode_frame(&buf).unwrap();

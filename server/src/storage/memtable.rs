@@ -254,10 +254,10 @@ mod tests {
             revision,
             not_in_store: false,
             value: (!deleted).then(|| {
-                Arc::new(StoredValue {
-                    version: revision,
-                    json: bytes::Bytes::from_static(b"1"),
-                })
+                Arc::new(StoredValue::lasting(
+                    revision,
+                    bytes::Bytes::from_static(b"1"),
+                ))
             }),
         }
     }
@@ -297,10 +297,10 @@ mod tests {
         let big = |revision| Pending {
             revision,
             not_in_store: false,
-            value: Some(Arc::new(StoredValue {
-                version: revision,
-                json: bytes::Bytes::from(vec![b'1'; 60]),
-            })),
+            value: Some(Arc::new(StoredValue::lasting(
+                revision,
+                bytes::Bytes::from(vec![b'1'; 60]),
+            ))),
         };
         table.insert([("a".to_owned(), big(1))]);
         // Past half the bytes: the applier does not wait for more.

@@ -23,6 +23,7 @@ mod applier;
 pub mod bulk;
 mod cache;
 mod committer;
+pub mod expiry;
 pub mod hash;
 mod held;
 pub mod ids;
@@ -48,15 +49,16 @@ use crate::config::{CacheSettings, StorageSettings};
 use applier::ApplyHealth;
 use cache::{new_cache, Cached, ShardCache};
 use committer::{LogFailure, LogHandle, Progress};
+pub use expiry::now_ms;
 use ids::IdAllocator;
 use keyfilter::KeyFilter;
-use memtable::Memtable;
+use memtable::{Memtable, Pending};
 use metrics::ShardMetrics;
 pub use snapshot::Snapshot;
 use store::ScanPage;
 use store::ShardStore;
 pub use store::{ListedKey, PageLimits, StoredValue};
-pub use writer::{Derivation, Expect, Reply, WriteOp, WriteOutcome};
+pub use writer::{Derivation, Expect, Expiry, Reply, WriteOp, WriteOutcome};
 use writer::{ShardWriter, WriteCommand, WriterMsg};
 
 /// Storage failures. Mapped to HTTP answers in `crate::error`.
@@ -129,6 +131,8 @@ struct Shard {
     /// Held by the writer for each batch, by a transaction while it
     /// decides on this shard's keys (`txn`).
     decision: Arc<Mutex<()>>,
+    /// Keys with an expiry, by instant, for the sweeper.
+    expiries: Arc<expiry::ExpiryIndex>,
 }
 
 /// All shards of one data directory, and the commit log in front of them.
@@ -147,6 +151,12 @@ pub struct Storage {
     /// The log writer, for transactions (each shard writer has its own);
     /// taken at close, so the log writer can stop.
     log: RwLock<Option<LogHandle>>,
+    /// Stops the expiry sweeper.
+    sweep_stop: expiry::SweepStop,
+    /// The expiry sweeper, once started.
+    sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// Keys the sweeper deleted.
+    pub expiry_stats: expiry::ExpiryStats,
 }
 
 /// Keys, and bytes of keys and values, a shard's memtable holds before its
@@ -184,6 +194,11 @@ fn fill_filter(
     .map(|_| ())
 }
 
+/// A state as readers see it: none once it has expired.
+fn live(state: Option<Arc<StoredValue>>) -> Option<Arc<StoredValue>> {
+    state.filter(|v| !v.is_expired(now_ms()))
+}
+
 /// Starts a named storage thread.
 fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
     std::thread::Builder::new()
@@ -208,7 +223,9 @@ fn shard_page(
         _ => std::ops::Bound::Included(prefix.to_owned()),
     };
     let pending = memtable.range(prefix, start);
-    let deletes = pending.iter().filter(|(_, p)| p.value.is_none()).count();
+    // An expired state lists as a delete does.
+    let live = |p: &Pending| p.value.clone().filter(|v| !v.is_expired(page.now_ms));
+    let deletes = pending.iter().filter(|(_, p)| live(p).is_none()).count();
     // One more than asked, to learn whether another page follows, plus room
     // for keys the memtable deletes.
     let limits = PageLimits {
@@ -232,7 +249,7 @@ fn shard_page(
         if !newer {
             continue;
         }
-        match state.value {
+        match live(&state) {
             Some(value) => {
                 let json = page.values.then(|| value.json.clone());
                 merged.insert(
@@ -363,6 +380,7 @@ impl Storage {
             let metrics = Arc::new(ShardMetrics::default());
             let apply_health = Arc::new(ApplyHealth::default());
             let decision = Arc::new(Mutex::new(()));
+            let expiries = Arc::new(expiry::ExpiryIndex::default());
             let writer = ShardWriter {
                 shard: index,
                 store: store.clone(),
@@ -373,6 +391,7 @@ impl Storage {
                 publish_gate: publish_gate.clone(),
                 apply_health: apply_health.clone(),
                 decision: decision.clone(),
+                expiries: expiries.clone(),
                 rx,
                 max_batch: settings.max_batch,
                 poisoned: poisoned.clone(),
@@ -404,6 +423,7 @@ impl Storage {
                 progress: progress[index].clone(),
                 metrics,
                 decision,
+                expiries,
             });
         }
         Ok(Self {
@@ -414,6 +434,9 @@ impl Storage {
             publish_gate,
             log_failure,
             log: RwLock::new(Some(log)),
+            sweep_stop: expiry::SweepStop::default(),
+            sweeper: Mutex::new(None),
+            expiry_stats: expiry::ExpiryStats::default(),
         })
     }
 
@@ -429,6 +452,11 @@ impl Storage {
     /// The committed value of `key`: from the cache, else from disk (off the
     /// async workers), filling the cache.
     pub async fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        self.get_any(key).await.map(live)
+    }
+
+    /// [`Storage::get`], expired states included.
+    async fn get_any(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
         let shard = self.shard(key);
         // Hits, the common case, skip the placeholder machinery.
         let cached = match shard.cache.get(key) {
@@ -488,6 +516,15 @@ impl Storage {
         key: &str,
         hash: hash::KeyHash,
     ) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        self.get_any_blocking(key, hash).map(live)
+    }
+
+    /// [`Storage::get_blocking`], expired states included.
+    fn get_any_blocking(
+        &self,
+        key: &str,
+        hash: hash::KeyHash,
+    ) -> Result<Option<Arc<StoredValue>>, StoreError> {
         let shard = &self.shards[hash.shard(self.shards.len())];
         match shard.cache.get_value_or_guard(key, None) {
             quick_cache::sync::GuardResult::Value(cached) => match cached.known() {
@@ -511,11 +548,25 @@ impl Storage {
         op: WriteOp,
         expect: Expect,
     ) -> Result<WriteOutcome, StoreError> {
+        let expiry = Expiry::default_for(&op);
+        self.write_expiring(key, op, expect, expiry).await
+    }
+
+    /// Like [`Storage::write`], with what the write does to the key's expiry.
+    pub async fn write_expiring(
+        &self,
+        key: String,
+        op: WriteOp,
+        expect: Expect,
+        expiry: Expiry,
+    ) -> Result<WriteOutcome, StoreError> {
         let index = self.refusal(hash::KeyHash::of(&key))?;
-        if let Some(version) = self.already_stored(index, &key, &op, &expect) {
-            return Ok(WriteOutcome::Unchanged { version });
+        if expiry == Expiry::Never {
+            if let Some(version) = self.already_stored(index, &key, &op, &expect) {
+                return Ok(WriteOutcome::Unchanged { version });
+            }
         }
-        let (cmd, answer) = Self::command(key, op, expect);
+        let (cmd, answer) = Self::command(key, op, expect, expiry);
         let shard = &self.shards[index];
         shard
             .queue
@@ -544,7 +595,9 @@ impl Storage {
             Some(pending) => pending?,
             None => shard.cache.peek(key)?.known()??,
         };
-        (current.json == *json && expect.holds(Some(current.version))).then_some(current.version)
+        // Only a lasting value is the same as a put that does not expire.
+        let same = current.json == *json && current.expires_at.is_none();
+        (same && expect.holds(Some(current.version))).then_some(current.version)
     }
 
     /// The key's shard, unless it takes no writes now: the log failed, or
@@ -574,6 +627,7 @@ impl Storage {
         hash: hash::KeyHash,
         op: WriteOp,
         expect: Expect,
+        expiry: Expiry,
         reply: Reply,
     ) {
         let index = match self.refusal(hash) {
@@ -584,6 +638,7 @@ impl Storage {
             key,
             op,
             expect,
+            expiry,
             reply,
         };
         if let Err(mpsc::error::SendError(WriterMsg::Write(cmd))) = self.shards[index]
@@ -594,7 +649,12 @@ impl Storage {
         }
     }
 
-    fn command(key: String, op: WriteOp, expect: Expect) -> (WriteCommand, WriteAnswer) {
+    fn command(
+        key: String,
+        op: WriteOp,
+        expect: Expect,
+        expiry: Expiry,
+    ) -> (WriteCommand, WriteAnswer) {
         let (tx, answer) = oneshot::channel();
         let reply: Reply = Box::new(move |result| {
             let _ = tx.send(result);
@@ -603,6 +663,7 @@ impl Storage {
             key,
             op,
             expect,
+            expiry,
             reply,
         };
         (cmd, answer)
@@ -741,6 +802,8 @@ impl Storage {
                 limit: 1024,
                 values: false,
                 max_value_bytes: 0,
+                // Expired keys are cached too: reads leave them out.
+                now_ms: 0,
             };
             let page = shard.store.scan("", after.as_deref(), keys_only)?;
             let Some(last) = page.items.last() else {
@@ -867,6 +930,11 @@ impl Storage {
     /// threads, the log writer last. Writes arriving afterwards get
     /// `ShuttingDown`.
     pub fn close(&self) {
+        // The sweeper first: it writes through the shard writers.
+        self.sweep_stop.stop();
+        if let Some(sweeper) = self.sweeper.lock().ok().and_then(|mut h| h.take()) {
+            let _ = sweeper.join();
+        }
         for shard in &self.shards {
             // try_send would drop Stop when the queue is full; block instead.
             let _ = shard.queue.blocking_send(WriterMsg::Stop);
@@ -1139,6 +1207,7 @@ mod tests {
             limit,
             values: true,
             max_value_bytes,
+            now_ms: 0,
         };
         // Shard 0 stopped early at "c" (its budget): "d" from shard 1 may not
         // follow, since shard 0 may hold keys between "c" and "d".

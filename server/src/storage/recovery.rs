@@ -36,10 +36,12 @@ pub fn replay(
             if revision <= applied[shard] {
                 continue;
             }
+            let expires_at = record.expires_at;
             let value = record.value.map(|json| {
                 Arc::new(StoredValue {
                     version: revision,
                     json,
+                    expires_at,
                 })
             });
             // Held frames (`held`) come with the log's: the highest
@@ -92,6 +94,7 @@ mod tests {
                 .map(|(k, v)| LogRecord {
                     key: (*k).into(),
                     value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                    expires_at: None,
                 })
                 .collect(),
         }
@@ -113,8 +116,9 @@ mod tests {
         ];
         // Shard 0 had applied up to revision 2 before the crash, shard 1 nothing.
         let mut tx = stores[0].begin().unwrap();
-        tx.upsert("a", 1, b"1").unwrap();
-        tx.upsert("b", 2, b"1").unwrap();
+        let one = |v| StoredValue::lasting(v, Bytes::from_static(b"1"));
+        tx.upsert("a", &one(1)).unwrap();
+        tx.upsert("b", &one(2)).unwrap();
         tx.set_seq(2).unwrap();
         tx.commit().unwrap();
         for _ in 0..2 {

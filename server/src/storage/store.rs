@@ -25,16 +25,43 @@ const VALUES: &str = "values";
 const KEYS: &str = "kv";
 const META: &str = "meta";
 const SEQ: &str = "seq";
+/// Set (in `META`) once the store holds its first expiring value, so a
+/// start walks for expiring keys only where there can be some.
+const EXPIRING_MARK: &str = "expiring";
 
 /// A committed value as readers see it. Shared (`Arc`) between the cache
 /// and responses so a cached read copies nothing.
 #[derive(Debug, PartialEq, Eq)]
 pub struct StoredValue {
-    /// The key's version: the shard sequence number of the write that stored it.
+    /// The key's version: the revision of the write that stored it.
     pub version: u64,
     /// The JSON document, exactly as stored.
     pub json: Bytes,
+    /// When the key expires (milliseconds since the Unix epoch); from then
+    /// on every read finds it absent.
+    pub expires_at: Option<u64>,
 }
+
+impl StoredValue {
+    /// A value that does not expire.
+    pub fn lasting(version: u64, json: Bytes) -> Self {
+        Self {
+            version,
+            json,
+            expires_at: None,
+        }
+    }
+
+    /// Whether the value has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// Marks a value record that carries an expiry: the byte after the
+/// version, where a JSON text (which never starts with a NUL) begins in a
+/// record without one.
+const EXPIRING: u8 = 0x00;
 
 /// Handle to one shard's store file.
 #[derive(Clone)]
@@ -49,41 +76,47 @@ fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Io(format!("{what}: {e}"))
 }
 
-/// Encodes a value record.
-fn encode(version: u64, json: &[u8]) -> Vec<u8> {
-    let mut rec = Vec::with_capacity(8 + json.len());
-    rec.extend_from_slice(&version.to_le_bytes());
-    rec.extend_from_slice(json);
+/// Encodes a value record: `[u64 version][json]`, or with an expiry
+/// `[u64 version][0x00][u64 expires at][json]`.
+fn encode(value: &StoredValue) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(17 + value.json.len());
+    rec.extend_from_slice(&value.version.to_le_bytes());
+    if let Some(at) = value.expires_at {
+        rec.push(EXPIRING);
+        rec.extend_from_slice(&at.to_le_bytes());
+    }
+    rec.extend_from_slice(&value.json);
     rec
+}
+
+/// The version and expiry at the head of a value record, and where its
+/// JSON starts.
+fn decode_head(record: PersyId, bytes: &[u8]) -> Result<(u64, Option<u64>, usize), StoreError> {
+    let short = || StoreError::Corrupt(format!("value record {record} is {} bytes", bytes.len()));
+    let u64_at = |at: usize| -> Result<u64, StoreError> {
+        let b: [u8; 8] = bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(short)?;
+        Ok(u64::from_le_bytes(b))
+    };
+    let version = u64_at(0)?;
+    if bytes.get(8) == Some(&EXPIRING) {
+        return Ok((version, Some(u64_at(9)?), 17));
+    }
+    Ok((version, None, 8))
 }
 
 /// Decodes a value record.
 fn decode(record: PersyId, bytes: Vec<u8>) -> Result<StoredValue, StoreError> {
-    if bytes.len() < 8 {
-        return Err(StoreError::Corrupt(format!(
-            "value record {record} is {} bytes",
-            bytes.len()
-        )));
-    }
-    let mut version = [0u8; 8];
-    version.copy_from_slice(&bytes[..8]);
+    let (version, expires_at, start) = decode_head(record, &bytes)?;
     // An exact-size copy: the buffer persy returns may be larger than the
     // record, and cached values should cost what they weigh.
     Ok(StoredValue {
-        version: u64::from_le_bytes(version),
-        json: Bytes::copy_from_slice(&bytes[8..]),
+        version,
+        json: Bytes::copy_from_slice(&bytes[start..]),
+        expires_at,
     })
-}
-
-/// The version at the head of a value record.
-fn decode_version(record: PersyId, bytes: &[u8]) -> Result<u64, StoreError> {
-    let head: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!("value record {record} is {} bytes", bytes.len()))
-        })?;
-    Ok(u64::from_le_bytes(head))
 }
 
 /// How much one page of a listing may hold.
@@ -95,6 +128,8 @@ pub struct PageLimits {
     pub values: bool,
     /// With values: stop adding keys once this many value bytes are in.
     pub max_value_bytes: usize,
+    /// The time expired keys are left out at (ms since the Unix epoch).
+    pub now_ms: u64,
 }
 
 /// One key of a listing.
@@ -166,6 +201,15 @@ impl ShardStore {
             .unwrap_or(0))
     }
 
+    /// Whether the store has ever held an expiring value.
+    pub fn has_expiring(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .persy
+            .one::<String, u64>(META, &EXPIRING_MARK.to_owned())
+            .map_err(err("reading the expiry mark"))?
+            .is_some())
+    }
+
     /// The committed value of `key`, if any.
     pub fn get(&self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
         // One lookup in one snapshot: absent keys mostly never get here (the
@@ -212,11 +256,13 @@ impl ShardStore {
                 out.complete = false;
                 return Ok(false);
             }
-            let version = decode_version(id, &record)?;
+            let (version, expires_at, start) = decode_head(id, &record)?;
+            if expires_at.is_some_and(|at| at <= page.now_ms) {
+                return Ok(true);
+            }
             let json = if page.values {
-                let value = decode(id, record)?;
-                bytes += value.json.len();
-                Some(value.json)
+                bytes += record.len() - start;
+                Some(Bytes::copy_from_slice(&record[start..]))
             } else {
                 None
             };
@@ -336,10 +382,10 @@ pub(crate) struct WriteTx {
 
 impl WriteTx {
     /// Stores a new value; returns where it lives.
-    pub fn insert(&mut self, key: &str, version: u64, json: &[u8]) -> Result<PersyId, StoreError> {
+    pub fn insert(&mut self, key: &str, value: &StoredValue) -> Result<PersyId, StoreError> {
         let id = self
             .tx
-            .insert(VALUES, &encode(version, json))
+            .insert(VALUES, &encode(value))
             .map_err(err("insert"))?;
         self.tx
             .put::<String, PersyId>(KEYS, key.to_owned(), id)
@@ -348,14 +394,14 @@ impl WriteTx {
     }
 
     /// Sets `key` to a value at `version`, whether or not it exists.
-    pub fn upsert(&mut self, key: &str, version: u64, json: &[u8]) -> Result<(), StoreError> {
+    pub fn upsert(&mut self, key: &str, value: &StoredValue) -> Result<(), StoreError> {
         let owned = key.to_owned();
         match self.existing(&owned)? {
             Some(record) => self
                 .tx
-                .update(VALUES, &record, &encode(version, json))
+                .update(VALUES, &record, &encode(value))
                 .map_err(err("update")),
-            None => self.insert(key, version, json).map(|_| ()),
+            None => self.insert(key, value).map(|_| ()),
         }
     }
 
@@ -376,6 +422,13 @@ impl WriteTx {
         self.tx
             .one::<String, PersyId>(KEYS, key)
             .map_err(err("index lookup"))
+    }
+
+    /// Marks the store as holding expiring values (see `has_expiring`).
+    pub fn mark_expiring(&mut self) -> Result<(), StoreError> {
+        self.tx
+            .put::<String, u64>(META, EXPIRING_MARK.to_owned(), 1)
+            .map_err(err("expiry mark put"))
     }
 
     /// Records the highest revision this store holds every write up to
@@ -408,15 +461,68 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn value(version: u64, json: &'static [u8]) -> StoredValue {
+        StoredValue::lasting(version, Bytes::from_static(json))
+    }
+
+    /// A value's expiry goes into its record and comes back, and a listing
+    /// leaves out what has expired; a record without one reads as before.
+    #[test]
+    fn expiring_values_round_trip_and_list_only_while_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(&dir.path().join("s.persy"), 1 << 20).unwrap();
+        assert!(!store.has_expiring().unwrap());
+        let mut tx = store.begin().unwrap();
+        tx.insert(
+            "soon",
+            &StoredValue {
+                expires_at: Some(1_000),
+                ..value(1, b"1")
+            },
+        )
+        .unwrap();
+        tx.insert(
+            "later",
+            &StoredValue {
+                expires_at: Some(5_000),
+                ..value(2, b" [2]")
+            },
+        )
+        .unwrap();
+        tx.insert("never", &value(3, b"3")).unwrap();
+        tx.mark_expiring().unwrap();
+        tx.commit().unwrap();
+        assert!(store.has_expiring().unwrap());
+        let later = store.get("later").unwrap().unwrap();
+        assert_eq!(
+            (later.expires_at, &later.json[..]),
+            (Some(5_000), &b" [2]"[..])
+        );
+        assert_eq!(store.get("never").unwrap().unwrap().expires_at, None);
+        let at = |now_ms| PageLimits {
+            limit: 10,
+            values: true,
+            max_value_bytes: 1 << 20,
+            now_ms,
+        };
+        let keys = |now| -> Vec<String> {
+            let page = store.scan("", None, at(now)).unwrap();
+            page.items.into_iter().map(|i| i.key).collect()
+        };
+        assert_eq!(keys(999), ["later", "never", "soon"]);
+        assert_eq!(keys(1_000), ["later", "never"]);
+        assert_eq!(keys(9_000), ["never"]);
+    }
+
     #[test]
     fn write_read_scan_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.persy");
         let store = ShardStore::open(&path, 1 << 20).unwrap();
         let mut tx = store.begin().unwrap();
-        tx.insert("a", 1, b"{\"x\":1}").unwrap();
-        tx.insert("ab", 2, b"2").unwrap();
-        tx.insert("b", 3, b"3").unwrap();
+        tx.insert("a", &value(1, b"{\"x\":1}")).unwrap();
+        tx.insert("ab", &value(2, b"2")).unwrap();
+        tx.insert("b", &value(3, b"3")).unwrap();
         tx.set_seq(3).unwrap();
         tx.commit().unwrap();
         let got = store.get("a").unwrap().unwrap();
@@ -425,6 +531,7 @@ mod tests {
             limit,
             values,
             max_value_bytes,
+            now_ms: 0,
         };
         let found = store.scan("a", None, page(false, 10, 0)).unwrap();
         let keys: Vec<&str> = found.items.iter().map(|i| i.key.as_str()).collect();
@@ -441,8 +548,8 @@ mod tests {
         assert!(!found.complete);
 
         let mut tx = store.begin().unwrap();
-        tx.upsert("a", 4, b"4").unwrap();
-        tx.upsert("new", 4, b"5").unwrap();
+        tx.upsert("a", &value(4, b"4")).unwrap();
+        tx.upsert("new", &value(4, b"5")).unwrap();
         tx.set_seq(4).unwrap();
         tx.commit().unwrap();
         drop(store);

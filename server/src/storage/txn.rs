@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::log::LogRecord;
 use super::store::StoredValue;
-use super::writer::{committed, publish};
+use super::writer::{committed, publish, Published};
 use super::{hash, Expect, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// A compare: whether a key's committed state (`None`: absent) passes.
@@ -83,8 +83,13 @@ pub enum TxnOutcome {
 /// of this transaction.
 #[derive(Clone)]
 enum State {
+    /// Committed and not expired (`None`: absent).
     Committed(Option<Arc<StoredValue>>),
-    Written { record: usize, json: Option<Bytes> },
+    Written {
+        record: usize,
+        json: Option<Bytes>,
+        expires_at: Option<u64>,
+    },
 }
 
 impl State {
@@ -92,6 +97,13 @@ impl State {
         match self {
             Self::Committed(v) => v.as_ref().map(|v| &v.json[..]),
             Self::Written { json, .. } => json.as_deref(),
+        }
+    }
+
+    fn expires_at(&self) -> Option<u64> {
+        match self {
+            Self::Committed(v) => v.as_ref().and_then(|v| v.expires_at),
+            Self::Written { expires_at, .. } => *expires_at,
         }
     }
 }
@@ -264,7 +276,12 @@ impl Storage {
             let s = &self.shards[shard as usize];
             let n = records.len();
             let not_in_store = vec![false; n];
-            publish(&s.memtable, &s.cache, records, not_in_store, revision);
+            let shard = Published {
+                memtable: &s.memtable,
+                cache: &s.cache,
+                expiries: &s.expiries,
+            };
+            publish(&shard, records, not_in_store, revision);
             revision += n as u64;
         }
         for (offset, i) in order.into_iter().enumerate() {
@@ -294,7 +311,9 @@ impl Deciding<'_> {
             &shard.store,
             key,
         )?;
-        let state = State::Committed(value);
+        // An expired state is absent to a transaction as to every read.
+        let now = super::expiry::now_ms();
+        let state = State::Committed(value.filter(|v| !v.is_expired(now)));
         self.states.insert(key.to_owned(), state.clone());
         Ok(state)
     }
@@ -318,28 +337,27 @@ impl Deciding<'_> {
     /// Decides one operation; `None` when a derivation declines.
     fn decide(&mut self, key: &str, op: &WriteOp) -> Result<Option<Decided>, StoreError> {
         let state = self.state(key)?;
-        let new = match op {
-            WriteOp::Put(json) => Some(json.clone()),
-            WriteOp::Delete => None,
+        // A put's value lasts; a computed one keeps its key's expiry.
+        let (new, expires_at) = match op {
+            WriteOp::Put(json) => (Some(json.clone()), None),
+            WriteOp::Delete | WriteOp::Expire => (None, None),
             WriteOp::Derive(derive) => match derive(state.json()) {
-                Some(json) => Some(json),
+                Some(json) => (Some(json), state.expires_at()),
                 None => return Ok(None),
             },
         };
-        let exists = state.json().is_some();
+        let unchanged =
+            |json: &Bytes| state.json() == Some(&json[..]) && state.expires_at() == expires_at;
         let decided = match (&state, new) {
-            (State::Committed(Some(v)), Some(json)) if v.json == json => {
+            (State::Committed(Some(v)), Some(json)) if unchanged(&json) => {
                 Decided::Unchanged(v.version)
             }
-            (
-                State::Written {
-                    record,
-                    json: Some(cur),
-                },
-                Some(json),
-            ) if *cur == json => Decided::UnchangedNew(*record),
+            (State::Written { record, .. }, Some(json)) if unchanged(&json) => {
+                Decided::UnchangedNew(*record)
+            }
             (_, Some(json)) => {
-                let i = self.push(key, Some(json));
+                let exists = state.json().is_some();
+                let i = self.push(key, Some(json), expires_at);
                 if exists {
                     Decided::Replaced(i)
                 } else {
@@ -348,18 +366,19 @@ impl Deciding<'_> {
             }
             (State::Committed(Some(v)), None) => {
                 let removed = Removed::Known(v.version);
-                let by = self.push(key, None);
+                let by = self.push(key, None, None);
                 Decided::Deleted { removed, by }
             }
             (
                 State::Written {
                     record,
                     json: Some(_),
+                    ..
                 },
                 None,
             ) => {
                 let removed = Removed::New(*record);
-                let by = self.push(key, None);
+                let by = self.push(key, None, None);
                 Decided::Deleted { removed, by }
             }
             (_, None) => Decided::Missing,
@@ -367,14 +386,19 @@ impl Deciding<'_> {
         Ok(Some(decided))
     }
 
-    fn push(&mut self, key: &str, json: Option<Bytes>) -> usize {
+    fn push(&mut self, key: &str, json: Option<Bytes>, expires_at: Option<u64>) -> usize {
         let record = self.records.len();
         self.records.push(LogRecord {
             key: key.to_owned(),
             value: json.clone(),
+            expires_at,
         });
-        self.states
-            .insert(key.to_owned(), State::Written { record, json });
+        let state = State::Written {
+            record,
+            json,
+            expires_at,
+        };
+        self.states.insert(key.to_owned(), state);
         record
     }
 }

@@ -47,6 +47,35 @@ pub enum WriteOp {
     /// between the state it reads and the value it writes, and many
     /// derivations of one key (a hot counter) share one commit.
     Derive(Derivation),
+    /// Remove the key if its state has expired (the sweeper's delete):
+    /// to every other write an expired key is already absent.
+    Expire,
+}
+
+/// What a write does to the key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// The new value does not expire.
+    Never,
+    /// The new value expires when the one it replaces did.
+    Keep,
+    /// The new value expires at this instant (ms since the Unix epoch).
+    At(u64),
+    /// As `Keep` when the value replaced expires, else as `At`: a window
+    /// that starts with its first write (a rate limiter's counter).
+    KeepOrAt(u64),
+}
+
+impl Expiry {
+    /// A write's expiry when it names none: a value given whole does not
+    /// expire (as a PUT without `ttl` clears it); a computed one keeps its
+    /// key's.
+    pub fn default_for(op: &WriteOp) -> Self {
+        match op {
+            WriteOp::Derive(_) => Self::Keep,
+            _ => Self::Never,
+        }
+    }
 }
 
 impl std::fmt::Debug for WriteOp {
@@ -55,6 +84,7 @@ impl std::fmt::Debug for WriteOp {
             Self::Put(json) => f.debug_tuple("Put").field(&json.len()).finish(),
             Self::Delete => f.write_str("Delete"),
             Self::Derive(_) => f.write_str("Derive"),
+            Self::Expire => f.write_str("Expire"),
         }
     }
 }
@@ -158,6 +188,7 @@ pub(crate) struct WriteCommand {
     pub key: String,
     pub op: WriteOp,
     pub expect: Expect,
+    pub expiry: Expiry,
     pub reply: Reply,
 }
 
@@ -185,6 +216,8 @@ pub(crate) struct ShardWriter {
     /// Held from deciding a batch to publishing it; a transaction takes
     /// it to decide on this shard's keys itself (see `txn`).
     pub decision: Arc<Mutex<()>>,
+    /// Keys with an expiry, by instant, for the sweeper.
+    pub expiries: Arc<super::expiry::ExpiryIndex>,
     pub rx: mpsc::Receiver<WriterMsg>,
     pub max_batch: usize,
     /// Set after a failed commit; shared so the HTTP layer can report it.
@@ -266,22 +299,33 @@ impl Decision {
 /// committed state the store lacks), then the cache. `first` is the
 /// revision of the first record; the rest follow in order.
 pub(super) fn publish(
-    memtable: &Memtable,
-    cache: &ShardCache,
+    shard: &Published<'_>,
     records: Vec<LogRecord>,
     not_in_store: Vec<bool>,
     first: u64,
 ) {
+    let Published {
+        memtable,
+        cache,
+        expiries,
+    } = *shard;
+    for record in &records {
+        if let (Some(at), Some(_)) = (record.expires_at, &record.value) {
+            expiries.insert(at, &record.key);
+        }
+    }
     let committed: Vec<(String, Pending)> = records
         .into_iter()
         .zip(not_in_store)
         .enumerate()
         .map(|(i, (record, not_in_store))| {
             let revision = first + i as u64;
+            let expires_at = record.expires_at;
             let value = record.value.map(|json| {
                 Arc::new(StoredValue {
                     version: revision,
                     json,
+                    expires_at,
                 })
             });
             (
@@ -305,6 +349,14 @@ pub(super) fn publish(
         let entry = Cached::of(cache, &key, value);
         cache.insert(key, entry);
     }
+}
+
+/// Where a shard's committed records become visible.
+#[derive(Clone, Copy)]
+pub(super) struct Published<'a> {
+    pub memtable: &'a Memtable,
+    pub cache: &'a ShardCache,
+    pub expiries: &'a super::expiry::ExpiryIndex,
 }
 
 /// A key's latest committed state (memtable, cache, then store), and
@@ -438,7 +490,12 @@ impl ShardWriter {
     }
 
     fn publish(&self, records: Vec<LogRecord>, not_in_store: Vec<bool>, first: u64) {
-        publish(&self.memtable, &self.cache, records, not_in_store, first);
+        let shard = Published {
+            memtable: &self.memtable,
+            cache: &self.cache,
+            expiries: &self.expiries,
+        };
+        publish(&shard, records, not_in_store, first);
     }
 
     fn poison(&mut self, batch: &mut Vec<WriteCommand>, e: StoreError) {
@@ -456,78 +513,131 @@ impl ShardWriter {
     }
 
     /// Decides every command against the latest state (committed plus the
-    /// batch's earlier commands) and collects the records to log.
+    /// batch's earlier commands) and collects the records to log. A state
+    /// past its expiry is absent to every command but `Expire`.
     fn decide(&self, batch: &[WriteCommand]) -> Result<Decided, StoreError> {
-        let mut decisions = Vec::with_capacity(batch.len());
-        let mut records: Vec<LogRecord> = Vec::new();
-        let mut not_in_store: Vec<bool> = Vec::new();
-        let mut latest: HashMap<&str, Option<(Ver, Bytes)>> = HashMap::new();
+        let now = super::expiry::now_ms();
+        let mut decided = Deciding::default();
+        let mut latest: HashMap<&str, Option<KeyState>> = HashMap::new();
         for cmd in batch {
-            let (current, fresh) = match latest.get(cmd.key.as_str()) {
+            let (raw, fresh) = match latest.get(cmd.key.as_str()) {
                 Some(state) => (state.clone(), false),
                 None => {
                     let (state, pending) = self.committed(&cmd.key)?;
                     let fresh = state.is_none() && !pending;
-                    (
-                        state.map(|v| (Ver::Known(v.version), v.json.clone())),
-                        fresh,
-                    )
+                    (state.map(|v| KeyState::committed(&v)), fresh)
                 }
             };
-            if !cmd
-                .expect
-                .holds(current.as_ref().map(|(v, _)| v.for_check()))
-            {
-                decisions.push(Decision::Conflict(current.map(|(v, _)| v)));
+            let expiring = matches!(cmd.op, WriteOp::Expire);
+            let in_store = !fresh || raw.is_some();
+            let current = if expiring {
+                raw.filter(|s| s.expires_at.is_some_and(|at| at <= now))
+            } else {
+                raw.filter(|s| s.expires_at.is_none_or(|at| at > now))
+            };
+            let seen = current.as_ref().map(|s| s.ver);
+            if !cmd.expect.holds(seen.map(Ver::for_check)) {
+                decided.decisions.push(Decision::Conflict(seen));
                 continue;
             }
             // The value to store (`None`: remove the key).
             let new = match &cmd.op {
                 WriteOp::Put(json) => Some(json.clone()),
-                WriteOp::Delete => None,
-                WriteOp::Derive(derive) => match derive(current.as_ref().map(|(_, v)| &v[..])) {
+                WriteOp::Delete | WriteOp::Expire => None,
+                WriteOp::Derive(derive) => match derive(current.as_ref().map(|s| &s.json[..])) {
                     Some(json) => Some(json),
                     None => {
-                        decisions.push(Decision::Declined(current.map(|(v, _)| v)));
+                        decided.decisions.push(Decision::Declined(seen));
                         continue;
                     }
                 },
             };
+            let expires_at = match cmd.expiry {
+                Expiry::Never => None,
+                Expiry::Keep => current.as_ref().and_then(|s| s.expires_at),
+                Expiry::At(at) => Some(at),
+                Expiry::KeepOrAt(at) => current.as_ref().and_then(|s| s.expires_at).or(Some(at)),
+            };
             let decision = match (new, current) {
-                (Some(json), Some((ver, cur))) if cur == json => Decision::Unchanged(ver),
+                (Some(json), Some(cur)) if cur.json == json && cur.expires_at == expires_at => {
+                    Decision::Unchanged(cur.ver)
+                }
                 (Some(json), current) => {
-                    let i = records.len();
-                    records.push(LogRecord {
+                    let record = LogRecord {
                         key: cmd.key.clone(),
                         value: Some(json.clone()),
-                    });
-                    not_in_store.push(fresh);
+                        expires_at,
+                    };
+                    // A key present only expired is still in the store.
+                    let i = decided.push(record, !in_store);
                     self.filter.insert(&cmd.key);
-                    latest.insert(&cmd.key, Some((Ver::New(i), json)));
+                    let state = KeyState {
+                        ver: Ver::New(i),
+                        json,
+                        expires_at,
+                    };
+                    latest.insert(&cmd.key, Some(state));
                     match current {
                         Some(_) => Decision::Replaced(i),
                         None => Decision::Created(i),
                     }
                 }
                 (None, None) => Decision::Missing,
-                (None, Some((removed, _))) => {
-                    let by = records.len();
-                    records.push(LogRecord {
-                        key: cmd.key.clone(),
-                        value: None,
-                    });
-                    not_in_store.push(false);
+                (None, Some(removed)) => {
+                    let by = decided.push(LogRecord::delete(cmd.key.clone()), false);
                     latest.insert(&cmd.key, None);
-                    Decision::Deleted { removed, by }
+                    Decision::Deleted {
+                        removed: removed.ver,
+                        by,
+                    }
                 }
             };
-            decisions.push(decision);
+            decided.decisions.push(decision);
         }
-        Ok(Decided {
-            decisions,
-            records,
-            not_in_store,
-        })
+        Ok(decided.done())
+    }
+}
+
+/// A key's state while a batch is decided.
+#[derive(Clone)]
+struct KeyState {
+    ver: Ver,
+    json: Bytes,
+    expires_at: Option<u64>,
+}
+
+impl KeyState {
+    fn committed(value: &StoredValue) -> Self {
+        Self {
+            ver: Ver::Known(value.version),
+            json: value.json.clone(),
+            expires_at: value.expires_at,
+        }
+    }
+}
+
+/// A batch's decisions and records as they are made.
+#[derive(Default)]
+struct Deciding {
+    decisions: Vec<Decision>,
+    records: Vec<LogRecord>,
+    not_in_store: Vec<bool>,
+}
+
+impl Deciding {
+    /// Adds a record; returns its index.
+    fn push(&mut self, record: LogRecord, not_in_store: bool) -> usize {
+        self.records.push(record);
+        self.not_in_store.push(not_in_store);
+        self.records.len() - 1
+    }
+
+    fn done(self) -> Decided {
+        Decided {
+            decisions: self.decisions,
+            records: self.records,
+            not_in_store: self.not_in_store,
+        }
     }
 }
 
@@ -557,6 +667,7 @@ mod tests {
             publish_gate: Arc::default(),
             apply_health: Arc::default(),
             decision: Arc::default(),
+            expiries: Arc::default(),
             rx,
             max_batch: 8,
             poisoned: Arc::default(),
@@ -577,6 +688,7 @@ mod tests {
             });
             WriteCommand {
                 key: key.into(),
+                expiry: Expiry::default_for(&op),
                 op,
                 expect,
                 reply,
