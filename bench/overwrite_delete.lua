@@ -4,17 +4,14 @@
 -- RANGE keys of each thread, round robin; MODE=delete deletes keys
 -- 1, 2, 3... of each thread once (run it without a warm-up).
 -- STYLE: exdaas (/v1/kv/k) or webdis (/SET/k, /DEL/k).
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 local style = os.getenv("STYLE") or "exdaas"
 local mode = os.getenv("MODE") or "overwrite"
 local prefix = os.getenv("PREFIX") or "bench"
 local range = tonumber(os.getenv("RANGE") or "20000")
 local headers = { ["Content-Type"] = "application/json" }
 
-local threads = 0
-function setup(thread)
-  thread:set("tid", threads)
-  threads = threads + 1
-end
+setup = common.number_threads
 
 local n = 0
 function request()

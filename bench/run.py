@@ -112,6 +112,21 @@ def start_exdaas(name, port, extra_env=None, config="", data_dir=None):
     return proc
 
 
+def start_etcd(name):
+    """A one-member etcd on loopback with its JSON gateway; (process, port)."""
+    cport, pport = free_port(), free_port()
+    etcd = start(name, ["etcd", "--name", "bench", "--data-dir", os.path.join(WORK, name),
+                        "--listen-client-urls", f"http://127.0.0.1:{cport}",
+                        "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+                        "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                        "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                        "--initial-cluster", f"bench=http://127.0.0.1:{pport}", "--log-level", "error"],
+                 {"ETCD_UNSUPPORTED_ARCH": ""})
+    wait_port(cport)
+    time.sleep(1)  # the gateway answers a moment after the port opens
+    return etcd, cport
+
+
 def parse_latency(text):
     m = re.match(r"([\d.]+)(us|ms|s)", text or "")
     if not m:
@@ -364,16 +379,7 @@ def main():
         stop(redis)
 
         print("etcd (JSON gateway)", flush=True)
-        cport, pport = free_port(), free_port()
-        etcd = start("etcd", ["etcd", "--name", "bench", "--data-dir", os.path.join(WORK, "etcd"),
-                              "--listen-client-urls", f"http://127.0.0.1:{cport}",
-                              "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-                              "--listen-peer-urls", f"http://127.0.0.1:{pport}",
-                              "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-                              "--initial-cluster", f"bench=http://127.0.0.1:{pport}", "--log-level", "error"],
-                      {"ETCD_UNSUPPORTED_ARCH": ""})
-        wait_port(cport)
-        time.sleep(1)
+        etcd, cport = start_etcd("etcd")
         key = "YmVuY2gtaG90"  # base64("bench-hot")
         request(cport, "POST", "/v3/kv/put", json.dumps({"key": key, "value": "aG90"}), {"Content-Type": "application/json"})
         record("get_cached", "etcd", wrk(cport, "fixed.lua", d, {

@@ -38,12 +38,17 @@ pub type Parts = Vec<(u16, Vec<LogRecord>)>;
 /// What a transaction gets back: its first revision and its parts.
 type AppendedParts = Result<(u64, Parts), StoreError>;
 
-/// A frame waiting for the log, and where its answer goes.
+/// What a batch of transactions gets back: each frame's first revision,
+/// and the frames.
+type AppendedFrames = Result<(Vec<u64>, Vec<Parts>), StoreError>;
+
+/// Frames waiting for the log (one for a shard's batch, one per
+/// transaction for a batch of them), and where their answer goes.
 struct Request {
-    parts: Parts,
-    /// Key and value bytes of all parts.
+    frames: Vec<Parts>,
+    /// Key and value bytes of all frames.
     bytes: usize,
-    reply: SyncSender<AppendedParts>,
+    reply: SyncSender<AppendedFrames>,
 }
 
 /// How far each shard's writes have gone: logged by this thread, applied
@@ -97,13 +102,24 @@ impl LogHandle {
     /// `parts` in ascending shard order, each shard once. Returns the first
     /// revision (they run on through the parts in order) and the parts.
     pub fn append_parts(&self, parts: Parts) -> AppendedParts {
+        let (firsts, mut frames) = self.append_frames(vec![parts])?;
+        match (firsts.first(), frames.pop()) {
+            (Some(first), Some(parts)) => Ok((*first, parts)),
+            _ => Err(StoreError::Corrupt("the log answered no frame".into())),
+        }
+    }
+
+    /// Makes several frames durable with one append (each whole or not
+    /// at all); returns each frame's first revision and the frames.
+    pub fn append_frames(&self, frames: Vec<Parts>) -> AppendedFrames {
         let (reply, answer) = sync_channel(1);
-        let bytes = parts
+        let bytes = frames
             .iter()
+            .flatten()
             .map(|(_, records)| super::log::payload_bytes(records))
             .sum();
         let request = Request {
-            parts,
+            frames,
             bytes,
             reply,
         };
@@ -172,8 +188,9 @@ fn run(
         }
         let frames: Vec<FrameParts<'_>> = batch
             .iter()
-            .map(|r| {
-                r.parts
+            .flat_map(|r| &r.frames)
+            .map(|parts| {
+                parts
                     .iter()
                     .map(|(s, recs)| (*s, recs.as_slice()))
                     .collect()
@@ -181,9 +198,13 @@ fn run(
             .collect();
         match log.append_frames(&frames) {
             Ok(firsts) => {
-                for (request, first) in batch.into_iter().zip(firsts) {
-                    note_logged(&progress, first, &request.parts);
-                    let _ = request.reply.send(Ok((first, request.parts)));
+                let mut firsts = firsts.into_iter();
+                for request in batch {
+                    let mine: Vec<u64> = firsts.by_ref().take(request.frames.len()).collect();
+                    for (first, parts) in mine.iter().zip(&request.frames) {
+                        note_logged(&progress, *first, parts);
+                    }
+                    let _ = request.reply.send(Ok((mine, request.frames)));
                 }
             }
             Err(e) if e.wrote_nothing() => {

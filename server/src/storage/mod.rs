@@ -157,6 +157,8 @@ pub struct Storage {
     sweeper: Mutex<Option<JoinHandle<()>>>,
     /// Keys the sweeper deleted.
     pub expiry_stats: expiry::ExpiryStats,
+    /// Transactions waiting to be decided together (`txn`).
+    txns: txn::TxnQueue,
 }
 
 /// Keys, and bytes of keys and values, a shard's memtable holds before its
@@ -437,6 +439,7 @@ impl Storage {
             sweep_stop: expiry::SweepStop::default(),
             sweeper: Mutex::new(None),
             expiry_stats: expiry::ExpiryStats::default(),
+            txns: txn::TxnQueue::default(),
         })
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
@@ -128,21 +128,105 @@ enum Removed {
     New(usize),
 }
 
+/// Most transactions decided and logged together.
+const MAX_BATCH: usize = 64;
+
+/// Transactions waiting for their turn. Whoever finds no leader leads: it
+/// takes every waiting transaction (up to `MAX_BATCH`), decides them in
+/// order under one set of decision locks, logs them with one append (one
+/// sync, each its own frame), and hands each its outcome. Transactions
+/// then share syncs as single writes do, instead of each holding its
+/// shards for a sync of its own.
+#[derive(Default)]
+pub(super) struct TxnQueue {
+    state: Mutex<QueueState>,
+    turn: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    next_id: u64,
+    waiting: Vec<(u64, TxnPlan)>,
+    done: HashMap<u64, Result<TxnOutcome, StoreError>>,
+    leading: bool,
+}
+
+impl TxnQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `plan` and returns its outcome once a batch (perhaps led by
+    /// this thread) has decided it.
+    fn run(
+        &self,
+        plan: TxnPlan,
+        batch: impl Fn(Vec<TxnPlan>) -> Vec<Result<TxnOutcome, StoreError>>,
+    ) -> Result<TxnOutcome, StoreError> {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.waiting.push((id, plan));
+        loop {
+            if let Some(outcome) = state.done.remove(&id) {
+                return outcome;
+            }
+            if state.leading {
+                state = self.turn.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.leading = true;
+            let n = state.waiting.len().min(MAX_BATCH);
+            let (ids, plans): (Vec<u64>, Vec<TxnPlan>) = state.waiting.drain(..n).unzip();
+            drop(state);
+            let count = ids.len();
+            let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch(plans)))
+                .unwrap_or_else(|_| {
+                    let failed = || Err(StoreError::Engine("a transaction batch panicked".into()));
+                    (0..count).map(|_| failed()).collect()
+                });
+            state = self.lock();
+            state.done.extend(ids.into_iter().zip(outcomes));
+            state.leading = false;
+            self.turn.notify_all();
+        }
+    }
+}
+
+/// One transaction of a batch, decided: its frame's records are
+/// `records[start..end]` of the batch.
+struct DecidedTxn {
+    succeeded: bool,
+    start: usize,
+    end: usize,
+    ops: Vec<(Decided, Option<Arc<StoredValue>>)>,
+}
+
 impl Storage {
     /// Runs `plan` as one atomic, durable unit (see the module doc).
     /// Blocking: call it off the async workers.
     pub fn commit_txn(&self, plan: TxnPlan) -> Result<TxnOutcome, StoreError> {
-        let mut shards: Vec<usize> = plan
-            .keys()
-            .map(|k| hash::KeyHash::of(k).shard(self.shards.len()))
-            .collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for &shard in &shards {
-            self.refuse_if_out_of_service(shard)?;
-        }
-        // Ascending order: two transactions never wait for each other.
-        let _locks: Vec<MutexGuard<'_, ()>> = shards
+        self.txns.run(plan, |plans| self.commit_batch(plans))
+    }
+
+    /// Decides `plans` in order under the decision locks of every shard
+    /// they touch (each seeing the ones before it), logs the ones that
+    /// write with one append, publishes them, and answers each.
+    fn commit_batch(&self, plans: Vec<TxnPlan>) -> Vec<Result<TxnOutcome, StoreError>> {
+        let shards_of = |plan: &TxnPlan| {
+            let mut shards: Vec<usize> = plan
+                .keys()
+                .map(|k| hash::KeyHash::of(k).shard(self.shards.len()))
+                .collect();
+            shards.sort_unstable();
+            shards.dedup();
+            shards
+        };
+        let mut all: Vec<usize> = plans.iter().flat_map(shards_of).collect();
+        all.sort_unstable();
+        all.dedup();
+        // Ascending order: two holders of several never wait in a cycle.
+        let _locks: Vec<MutexGuard<'_, ()>> = all
             .iter()
             .map(|&s| {
                 self.shards[s]
@@ -156,56 +240,65 @@ impl Storage {
             states: HashMap::new(),
             records: Vec::new(),
         };
-        for (key, expect) in &plan.expect {
-            let current = deciding.committed_version(key)?;
-            if !expect.holds(current) {
-                return Ok(TxnOutcome::Stale {
-                    key: key.clone(),
-                    current,
-                });
+        let mut outcomes: Vec<Option<Result<TxnOutcome, StoreError>>> = Vec::new();
+        let mut decided = Vec::new();
+        for plan in &plans {
+            let refused = shards_of(plan)
+                .into_iter()
+                .find_map(|s| self.refuse_if_out_of_service(s).err());
+            if let Some(e) = refused {
+                outcomes.push(Some(Err(e)));
+                continue;
             }
-        }
-        let mut succeeded = true;
-        for (key, compare) in &plan.compares {
-            // Nothing is written before the compares: every state is committed.
-            let value = match deciding.state(key)? {
-                State::Committed(value) => value,
-                State::Written { .. } => None,
+            let saved = (deciding.states.clone(), deciding.records.len());
+            let ended = match deciding.decide_txn(plan) {
+                Ok(Ok(txn)) => {
+                    decided.push((outcomes.len(), txn));
+                    outcomes.push(None);
+                    continue;
+                }
+                Ok(Err(outcome)) => Ok(outcome),
+                Err(e) => Err(e),
             };
-            if !compare(value.as_deref()) {
-                succeeded = false;
-                break;
+            // Nothing of it is written: forget what it changed.
+            deciding.states = saved.0;
+            deciding.records.truncate(saved.1);
+            outcomes.push(Some(ended));
+        }
+        let frames: Vec<(usize, usize)> = decided.iter().map(|(_, t)| (t.start, t.end)).collect();
+        match self.log_and_publish(&all, deciding.records, &frames) {
+            Ok(revisions) => {
+                for (slot, txn) in decided {
+                    let revision = revisions[txn.start..txn.end].iter().max().copied();
+                    let ops = txn
+                        .ops
+                        .into_iter()
+                        .map(|(d, previous)| OpResult {
+                            outcome: d.outcome(&revisions),
+                            previous,
+                        })
+                        .collect();
+                    outcomes[slot] = Some(Ok(TxnOutcome::Done {
+                        succeeded: txn.succeeded,
+                        revision,
+                        ops,
+                    }));
+                }
+            }
+            Err(e) => {
+                for (slot, _) in decided {
+                    outcomes[slot] = Some(Err(e.clone()));
+                }
             }
         }
-        let branch = if succeeded {
-            &plan.success
-        } else {
-            &plan.failure
-        };
-        let mut decided = Vec::with_capacity(branch.len());
-        let mut previous = Vec::with_capacity(branch.len());
-        for (index, (key, op)) in branch.iter().enumerate() {
-            previous.push(deciding.previous(key)?);
-            match deciding.decide(key, op)? {
-                Some(d) => decided.push(d),
-                None => return Ok(TxnOutcome::Declined { succeeded, index }),
-            }
-        }
-        let revisions = self.log_and_publish(&shards, deciding.records)?;
-        let revision = revisions.iter().max().copied();
-        let ops = decided
+        outcomes
             .into_iter()
-            .zip(previous)
-            .map(|(d, previous)| OpResult {
-                outcome: d.outcome(&revisions),
-                previous,
+            .map(|o| {
+                o.unwrap_or(Err(StoreError::Engine(
+                    "a transaction was not decided".into(),
+                )))
             })
-            .collect();
-        Ok(TxnOutcome::Done {
-            succeeded,
-            revision,
-            ops,
-        })
+            .collect()
     }
 
     fn refuse_if_out_of_service(&self, shard: usize) -> Result<(), StoreError> {
@@ -222,41 +315,48 @@ impl Storage {
         }
     }
 
-    /// Logs `records` as one frame and publishes them; returns each
-    /// record's revision (none when there is nothing to log). The decision
-    /// locks of `shards` are held.
+    /// Logs `records`, one frame per range of `frames` (transactions
+    /// that write nothing have none), with one append, and publishes them;
+    /// returns each record's revision. The decision locks of `shards` are
+    /// held.
     fn log_and_publish(
         &self,
         shards: &[usize],
         records: Vec<LogRecord>,
+        frames: &[(usize, usize)],
     ) -> Result<Vec<u64>, StoreError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Parts in ascending shard order; remember where each record went.
-        let mut parts: BTreeMap<usize, Vec<(usize, LogRecord)>> = BTreeMap::new();
-        for (i, record) in records.into_iter().enumerate() {
-            let shard = hash::KeyHash::of(&record.key).shard(self.shards.len());
-            parts.entry(shard).or_default().push((i, record));
-        }
-        let mut order = Vec::new();
-        let mut log_parts = Vec::with_capacity(parts.len());
-        for (shard, part) in parts {
-            let s = &self.shards[shard];
-            let bytes = part
-                .iter()
-                .map(|(_, r)| r.key.len() + r.value.as_ref().map_or(0, Bytes::len))
-                .sum();
-            s.memtable.wait_for_room(part.len(), bytes);
-            let mut recs = Vec::with_capacity(part.len());
-            for (i, record) in part {
-                if record.value.is_some() {
+        let mut revisions = vec![0; records.len()];
+        let mut records: Vec<Option<LogRecord>> = records.into_iter().map(Some).collect();
+        // Each frame's parts in ascending shard order; remember where each
+        // record went.
+        let mut order: Vec<Vec<usize>> = Vec::new();
+        let mut log_frames = Vec::new();
+        for &(start, end) in frames.iter().filter(|(s, e)| s < e) {
+            let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (i, record) in records.iter().enumerate().take(end).skip(start) {
+                let key = record.as_ref().map_or("", |r| r.key.as_str());
+                let shard = hash::KeyHash::of(key).shard(self.shards.len());
+                parts.entry(shard).or_default().push(i);
+            }
+            let mut placed = Vec::new();
+            let mut frame = Vec::new();
+            for (shard, indexes) in parts {
+                let s = &self.shards[shard];
+                let part: Vec<LogRecord> =
+                    indexes.iter().filter_map(|&i| records[i].take()).collect();
+                s.memtable
+                    .wait_for_room(part.len(), super::log::payload_bytes(&part));
+                for record in part.iter().filter(|r| r.value.is_some()) {
                     s.filter.insert(&record.key);
                 }
-                order.push(i);
-                recs.push(record);
+                placed.extend(indexes);
+                frame.push((shard as u16, part));
             }
-            log_parts.push((shard as u16, recs));
+            order.push(placed);
+            log_frames.push(frame);
+        }
+        if log_frames.is_empty() {
+            return Ok(revisions);
         }
         let _gate = self.publish_gate.read().unwrap_or_else(|p| p.into_inner());
         // As a writer checks under the gate (see `ShardWriter::commit`).
@@ -269,23 +369,23 @@ impl Storage {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(StoreError::ShuttingDown)?;
-        let (first, parts) = log.append_parts(log_parts)?;
-        let mut revisions = vec![0; order.len()];
-        let mut revision = first;
-        for (shard, records) in parts {
-            let s = &self.shards[shard as usize];
-            let n = records.len();
-            let not_in_store = vec![false; n];
-            let shard = Published {
-                memtable: &s.memtable,
-                cache: &s.cache,
-                expiries: &s.expiries,
-            };
-            publish(&shard, records, not_in_store, revision);
-            revision += n as u64;
-        }
-        for (offset, i) in order.into_iter().enumerate() {
-            revisions[i] = first + offset as u64;
+        let (firsts, logged) = log.append_frames(log_frames)?;
+        for ((first, frame), placed) in firsts.into_iter().zip(logged).zip(order) {
+            let mut revision = first;
+            for (shard, records) in frame {
+                let s = &self.shards[shard as usize];
+                let n = records.len();
+                let shard = Published {
+                    memtable: &s.memtable,
+                    cache: &s.cache,
+                    expiries: &s.expiries,
+                };
+                publish(&shard, records, vec![false; n], revision);
+                revision += n as u64;
+            }
+            for (offset, i) in placed.into_iter().enumerate() {
+                revisions[i] = first + offset as u64;
+            }
         }
         Ok(revisions)
     }
@@ -318,20 +418,67 @@ impl Deciding<'_> {
         Ok(state)
     }
 
+    /// The key's version as conditions see it: one written in this batch
+    /// has none a client can hold yet (`u64::MAX`, as in the writers).
     fn committed_version(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
-        match self.state(key)? {
-            State::Committed(v) => Ok(v.map(|v| v.version)),
-            State::Written { .. } => Ok(None),
-        }
+        Ok(self.previous(key)?.map(|v| v.version))
     }
 
-    /// The committed state an operation replaces (`None` if this
-    /// transaction wrote the key before: it had no version yet).
+    /// The state an operation or a compare sees, as a value (one written
+    /// in this batch with the version no client holds).
     fn previous(&mut self, key: &str) -> Result<Option<Arc<StoredValue>>, StoreError> {
-        match self.state(key)? {
-            State::Committed(v) => Ok(v),
-            State::Written { .. } => Ok(None),
+        Ok(match self.state(key)? {
+            State::Committed(v) => v,
+            State::Written {
+                json, expires_at, ..
+            } => json.map(|json| {
+                Arc::new(StoredValue {
+                    version: u64::MAX,
+                    json,
+                    expires_at,
+                })
+            }),
+        })
+    }
+
+    /// Decides one transaction against the states so far: its operations
+    /// and where its records start and end, or the outcome that ends it
+    /// without writing (the caller then forgets what it changed).
+    fn decide_txn(&mut self, plan: &TxnPlan) -> Result<Result<DecidedTxn, TxnOutcome>, StoreError> {
+        let start = self.records.len();
+        for (key, expect) in &plan.expect {
+            let current = self.committed_version(key)?;
+            if !expect.holds(current) {
+                let key = key.clone();
+                return Ok(Err(TxnOutcome::Stale { key, current }));
+            }
         }
+        let mut succeeded = true;
+        for (key, compare) in &plan.compares {
+            if !compare(self.previous(key)?.as_deref()) {
+                succeeded = false;
+                break;
+            }
+        }
+        let branch = if succeeded {
+            &plan.success
+        } else {
+            &plan.failure
+        };
+        let mut ops = Vec::with_capacity(branch.len());
+        for (index, (key, op)) in branch.iter().enumerate() {
+            let previous = self.previous(key)?;
+            match self.decide(key, op)? {
+                Some(d) => ops.push((d, previous)),
+                None => return Ok(Err(TxnOutcome::Declined { succeeded, index })),
+            }
+        }
+        Ok(Ok(DecidedTxn {
+            succeeded,
+            start,
+            end: self.records.len(),
+            ops,
+        }))
     }
 
     /// Decides one operation; `None` when a derivation declines.
@@ -577,6 +724,67 @@ mod tests {
         assert!(matches!(ops[2].outcome, WriteOutcome::Replaced { .. }));
         let v = rt.block_on(storage.get(&keys[3])).unwrap().unwrap();
         assert_eq!((&v.json[..], Some(v.version)), (&b"3"[..], revision));
+        storage.close();
+    }
+
+    /// Transactions from many threads are decided in batches, each seeing
+    /// the ones before it; one that declines changes nothing, the others
+    /// go on; every one gets its own answer.
+    #[test]
+    fn concurrent_transactions_share_batches_and_each_sees_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(open(dir.path()));
+        let keys = spread(&storage);
+        let incr: crate::storage::Derivation = Arc::new(|cur| {
+            let n: i64 = cur.map_or(0, |c| std::str::from_utf8(c).unwrap().parse().unwrap());
+            Some(Bytes::from((n + 1).to_string()))
+        });
+        let decline: crate::storage::Derivation = Arc::new(|_| None);
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                let (storage, keys) = (Arc::clone(&storage), keys.clone());
+                let (incr, decline) = (incr.clone(), decline.clone());
+                std::thread::spawn(move || {
+                    let mut success: Vec<(String, WriteOp)> = keys
+                        .iter()
+                        .map(|k| (k.clone(), WriteOp::Derive(incr.clone())))
+                        .collect();
+                    if t % 4 == 0 {
+                        success.push((keys[0].clone(), WriteOp::Derive(decline)));
+                    }
+                    let plan = TxnPlan {
+                        success,
+                        ..TxnPlan::default()
+                    };
+                    (t, storage.commit_txn(plan).unwrap())
+                })
+            })
+            .collect();
+        let mut revisions = Vec::new();
+        for thread in threads {
+            match thread.join().unwrap() {
+                (t, TxnOutcome::Declined { index, .. }) => {
+                    assert_eq!((t % 4, index), (0, 4));
+                }
+                (t, TxnOutcome::Done { revision, .. }) => {
+                    assert_ne!(t % 4, 0);
+                    revisions.push(revision.unwrap());
+                }
+                (_, other) => panic!("{other:?}"),
+            }
+        }
+        revisions.sort_unstable();
+        revisions.dedup();
+        assert_eq!(
+            revisions.len(),
+            24,
+            "each transaction has revisions of its own"
+        );
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for key in &keys {
+            let v = rt.block_on(storage.get(key)).unwrap().unwrap();
+            assert_eq!(&v.json[..], b"24", "{key}");
+        }
         storage.close();
     }
 }

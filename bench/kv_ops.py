@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""The KV operations beside a plain durable PUT, side by side in one run:
+PUT with a TTL, PATCH (merge patch) of existing keys, increments of
+counters, and a 4-key transaction across shards; and, when `etcd` is on
+PATH, etcd's PUT and 4-key Txn through its JSON gateway as the reference.
+
+    python3 bench/kv_ops.py [--binary target/release/exdaas] [--rounds 3] [--duration 10]
+
+Scenarios alternate order round by round so the machine's drift hits all
+alike; each line of the summary is the median over rounds and its ratio to
+the same round's plain PUT (for etcd: to etcd's PUT). Servers run on
+loopback with fresh data directories and are stopped by PID.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the shared helpers: start, stop, wrk, free_port)
+
+SCENARIOS = ["put", "put_ttl", "patch", "incr", "txn4"]
+KEYS = 1000
+
+
+def exdaas_round(binary, label, duration, order):
+    run.EXDAAS = binary
+    port = run.free_port()
+    server = run.start_exdaas(label, port)
+    doc = '{"name":"benchmark user","email":"user@example.com","age":42}'
+    for i in range(KEYS):
+        run.request(port, "PUT", f"/v1/kv/{label}/doc/{i}", doc, {"Content-Type": "application/json"})
+    out = {}
+    for op in order:
+        env = {"OP": op, "PREFIX": f"{label}", "KEYS": str(KEYS)}
+        out[op] = run.wrk(port, "kv_ops.lua", duration, env)
+    run.stop(server)
+    return out
+
+
+def etcd_round(label, duration):
+    etcd, cport = run.start_etcd(label)
+    out = {}
+    for op in ["etcd_put", "etcd_txn4"]:
+        out[op] = run.wrk(cport, "kv_ops.lua", duration, {"OP": op, "PREFIX": label})
+    run.stop(etcd)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", default=os.path.join(run.ROOT, "target/release/exdaas"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    args = parser.parse_args()
+    rounds = []
+    with_etcd = shutil.which("etcd") is not None
+    for r in range(args.rounds):
+        order = SCENARIOS if r % 2 == 0 else list(reversed(SCENARIOS))
+        got = exdaas_round(args.binary, f"ops{r}", args.duration, order)
+        if with_etcd:
+            got.update(etcd_round(f"etcd{r}", args.duration))
+        rounds.append(got)
+        print(f"round {r}: " + ", ".join(f"{k} {v['rps']:.0f}/s" for k, v in got.items()), flush=True)
+    print()
+    print("| operation | req/s (median) | p99 ms (median) | ratio to its PUT (median of rounds) |")
+    print("|---|---:|---:|---:|")
+    for op in rounds[0]:
+        base = "etcd_put" if op.startswith("etcd") else "put"
+        rps = statistics.median(x[op]["rps"] for x in rounds)
+        p99 = statistics.median(x[op]["p99_ms"] for x in rounds)
+        ratio = statistics.median(x[op]["rps"] / x[base]["rps"] for x in rounds)
+        print(f"| {op} | {rps:.0f} | {p99} | {ratio:.3f} |")
+    if with_etcd:
+        ratio = statistics.median(x["txn4"]["rps"] / x["etcd_txn4"]["rps"] for x in rounds)
+        print(f"\n4-key transaction, exdaas / etcd, median of rounds: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
