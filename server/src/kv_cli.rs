@@ -52,6 +52,9 @@ pub enum KvCommand {
         /// Only if the key does not exist yet.
         #[arg(long)]
         if_absent: bool,
+        /// Expire the key this long after the write (30s, 15m, 2h, 7d).
+        #[arg(long, value_name = "TTL")]
+        ttl: Option<String>,
     },
     /// Delete a key.
     Delete {
@@ -78,6 +81,9 @@ pub enum KvCommand {
         /// Create the key from the patch if it does not exist (and only then).
         #[arg(long)]
         create: bool,
+        /// Expire the key this long after the write (default: keep its expiry).
+        #[arg(long, value_name = "TTL")]
+        ttl: Option<String>,
     },
     /// Add to the integer at a JSON pointer in a key's value, creating it
     /// as 0 when absent; prints `{"key","version","path","value"}`.
@@ -90,6 +96,13 @@ pub enum KvCommand {
         /// What to add (negative subtracts).
         #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         by: i64,
+        /// Expire the key this long after the write (default: keep its expiry).
+        #[arg(long, value_name = "TTL")]
+        ttl: Option<String>,
+        /// With --ttl: only where the key has no expiry yet (a window that
+        /// starts with its first increment).
+        #[arg(long, requires = "ttl")]
+        keep_ttl: bool,
     },
     /// Print several keys, all as of one revision.
     Mget {
@@ -147,6 +160,13 @@ fn query(pairs: &[(&str, String)]) -> String {
     q.finish()
 }
 
+/// `?ttl=...` for a write, or nothing.
+fn ttl_query(ttl: Option<&str>) -> String {
+    ttl.map_or_else(String::new, |ttl| {
+        format!("?{}", query(&[("ttl", ttl.to_owned())]))
+    })
+}
+
 /// The exit code for a status.
 pub fn exit_code(status: u16) -> u8 {
     match status {
@@ -174,6 +194,7 @@ pub async fn run(
             value,
             if_version,
             if_absent,
+            ttl,
         } => {
             let value = if value == "-" {
                 stdin()?
@@ -187,7 +208,8 @@ pub async fn run(
             if *if_absent {
                 headers.push(("if-none-match", "*".into()));
             }
-            (Method::PUT, key_path(key), Bytes::from(value), false)
+            let path = key_path(key) + &ttl_query(ttl.as_deref());
+            (Method::PUT, path, Bytes::from(value), false)
         }
         KvCommand::Delete { key, if_version } => {
             if let Some(v) = if_version {
@@ -201,6 +223,7 @@ pub async fn run(
             json_patch,
             if_version,
             create,
+            ttl,
         } => {
             let patch = if patch == "-" {
                 stdin()?
@@ -219,14 +242,28 @@ pub async fn run(
             if *create {
                 headers.push(("if-none-match", "*".into()));
             }
-            (Method::PATCH, key_path(key), Bytes::from(patch), false)
+            let path = key_path(key) + &ttl_query(ttl.as_deref());
+            (Method::PATCH, path, Bytes::from(patch), false)
         }
-        KvCommand::Incr { key, path, by } => {
-            let q = query(&[
+        KvCommand::Incr {
+            key,
+            path,
+            by,
+            ttl,
+            keep_ttl,
+        } => {
+            let mut pairs = vec![
                 ("op", "incr".into()),
                 ("path", path.clone()),
                 ("by", by.to_string()),
-            ]);
+            ];
+            if let Some(ttl) = ttl {
+                pairs.push(("ttl", ttl.clone()));
+            }
+            if *keep_ttl {
+                pairs.push(("keep_ttl", "true".into()));
+            }
+            let q = query(&pairs);
             (
                 Method::POST,
                 format!("{}?{q}", key_path(key)),

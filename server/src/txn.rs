@@ -20,11 +20,13 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::app::{now_ms, App};
+use crate::config::LimitSettings;
 use crate::error::ApiError;
+use crate::http::ttl::TtlAsked;
 use crate::ijson::ValueLimits;
 use crate::plugin::{ChainStop, Record, SharedChain};
-use crate::storage::txn::{Compare, OpResult, TxnOutcome, TxnPlan};
-use crate::storage::{Derivation, Expect, StoreError, StoredValue, WriteOp, WriteOutcome};
+use crate::storage::txn::{Compare, OpResult, TxnOp, TxnOutcome, TxnPlan};
+use crate::storage::{Derivation, Expect, Expiry, StoreError, StoredValue, WriteOp, WriteOutcome};
 use crate::update::{Update, UpdateError};
 
 /// Attempts of a transaction through plugins while other writes keep
@@ -75,6 +77,10 @@ struct RawOp {
     path: Option<String>,
     #[serde(default, deserialize_with = "whole_i64")]
     by: Option<i64>,
+    #[serde(default, deserialize_with = "given")]
+    ttl: Option<String>,
+    #[serde(default, deserialize_with = "given")]
+    keep_ttl: Option<bool>,
 }
 
 /// A member that, when present, must hold its type: `null` is refused,
@@ -95,6 +101,7 @@ fn whole(n: f64) -> Option<i64> {
 fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
     n.as_i64()
+        .filter(|i| i.abs() <= crate::update::MAX_SAFE_INTEGER)
         .or_else(|| n.as_f64().and_then(whole))
         .map(Some)
         .ok_or_else(|| {
@@ -112,7 +119,7 @@ fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 
 impl RawOp {
     /// The operation, if it gives exactly the members its kind takes.
-    fn into_op(self) -> Result<OpSpec, String> {
+    fn into_op(self, max_ttl: std::time::Duration) -> Result<OpSpec, String> {
         let given = [
             ("value", self.value.is_some()),
             ("return_old", self.return_old.is_some()),
@@ -121,12 +128,14 @@ impl RawOp {
             ("create", self.create.is_some()),
             ("path", self.path.is_some()),
             ("by", self.by.is_some()),
+            ("ttl", self.ttl.is_some()),
+            ("keep_ttl", self.keep_ttl.is_some()),
         ];
         let takes: &[&str] = match self.op.as_str() {
-            "put" => &["value"],
+            "put" => &["value", "ttl", "keep_ttl"],
             "delete" => &["return_old"],
-            "patch" => &["merge", "json_patch", "create"],
-            "incr" => &["path", "by"],
+            "patch" => &["merge", "json_patch", "create", "ttl", "keep_ttl"],
+            "incr" => &["path", "by", "ttl", "keep_ttl"],
             other => {
                 return Err(format!(
                     "unknown op {other:?}; ops are put, delete, patch, incr"
@@ -136,11 +145,19 @@ impl RawOp {
         if let Some((name, _)) = given.iter().find(|(n, g)| *g && !takes.contains(n)) {
             return Err(format!("{} takes no {name}", self.op));
         }
+        let ttl = TtlAsked {
+            ttl: self
+                .ttl
+                .map(|t| crate::http::ttl::parse(&t, max_ttl).map_err(|e| format!("ttl: {e}")))
+                .transpose()?,
+            keep: self.keep_ttl.unwrap_or(false),
+        };
         let key = self.key;
         Ok(match self.op.as_str() {
             "put" => OpSpec::Put {
                 key,
                 value: self.value.ok_or("a put needs a value")?,
+                ttl,
             },
             "delete" => OpSpec::Delete {
                 key,
@@ -155,11 +172,13 @@ impl RawOp {
                     .transpose()
                     .map_err(|e| format!("json_patch: {e}"))?,
                 create: self.create.unwrap_or(false),
+                ttl,
             },
             _ => OpSpec::Incr {
                 key,
                 path: self.path.unwrap_or_default(),
                 by: self.by.unwrap_or(1),
+                ttl,
             },
         })
     }
@@ -199,6 +218,8 @@ pub enum OpSpec {
         key: String,
         /// The value, stored as sent.
         value: Box<RawValue>,
+        /// Its expiry (`ttl`, `keep_ttl`).
+        ttl: TtlAsked,
     },
     /// Remove `key`.
     Delete {
@@ -217,6 +238,8 @@ pub enum OpSpec {
         json_patch: Option<json_patch::Patch>,
         /// Create the key when absent.
         create: bool,
+        /// Its expiry (`ttl`, `keep_ttl`).
+        ttl: TtlAsked,
     },
     /// Add `by` to the integer at `path`, creating what is absent.
     Incr {
@@ -226,6 +249,8 @@ pub enum OpSpec {
         path: String,
         /// What to add.
         by: i64,
+        /// Its expiry (`ttl`, `keep_ttl`).
+        ttl: TtlAsked,
     },
 }
 
@@ -237,6 +262,17 @@ impl OpSpec {
             | Self::Patch { key, .. }
             | Self::Incr { key, .. } => key,
         }
+    }
+
+    /// What it does to the key's expiry: a put's value lasts unless it
+    /// gives a TTL; a patch or an increment keeps the key's.
+    fn expiry(&self) -> Expiry {
+        let (ttl, default) = match self {
+            Self::Put { ttl, .. } => (ttl, Expiry::Never),
+            Self::Patch { ttl, .. } | Self::Incr { ttl, .. } => (ttl, Expiry::Keep),
+            Self::Delete { .. } => return Expiry::Never,
+        };
+        ttl.expiry(default).unwrap_or(default)
     }
 
     fn name(&self) -> &'static str {
@@ -251,12 +287,10 @@ impl OpSpec {
 
 /// Parses and checks a transaction body: its size is the caller's; here
 /// every key, value, pointer and count.
-pub fn parse(
-    bytes: &[u8],
-    max_ops: usize,
-    max_key_bytes: usize,
-    values: ValueLimits,
-) -> Result<TxnRequest, ApiError> {
+pub fn parse(bytes: &[u8], limits: &LimitSettings) -> Result<TxnRequest, ApiError> {
+    let (max_ops, max_key_bytes) = (limits.max_txn_ops, limits.max_key_bytes);
+    let values = limits.value_limits();
+    let max_ttl = limits.max_ttl();
     // The envelope nests values three levels deeper than a PUT would.
     let envelope = ValueLimits {
         max_bytes: usize::MAX,
@@ -270,7 +304,7 @@ pub fn parse(
         raw.into_iter()
             .enumerate()
             .map(|(i, op)| {
-                op.into_op()
+                op.into_op(max_ttl)
                     .map_err(|m| invalid(format!("{branch}[{i}]: {m}")))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -518,7 +552,12 @@ impl App {
         ] {
             for op in ops {
                 let (write, slot) = write_op(op, limits);
-                into.push((op.key().to_owned(), write));
+                let (key, expiry) = (op.key().to_owned(), op.expiry());
+                into.push(TxnOp {
+                    key,
+                    op: write,
+                    expiry,
+                });
                 slots.push(slot);
             }
         }
@@ -656,7 +695,11 @@ impl App {
             states.insert(key, output.clone());
             written.push(output.clone());
             let write = output.map_or(WriteOp::Delete, WriteOp::Put);
-            plan.success.push((key.to_owned(), write));
+            plan.success.push(TxnOp {
+                key: key.to_owned(),
+                op: write,
+                expiry: op.expiry(),
+            });
         }
         let TxnOutcome::Done {
             revision,

@@ -155,6 +155,9 @@ async fn kv_updates_and_transactions_from_the_command_line() {
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("test_failed"), "{err}");
 
+    let (code, _, err) = kv(&["put", "--ttl", "1h", "brief", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(kv(&["put", "--ttl", "soon", "brief", "1"]).0, 5);
     let (code, out, _) = kv(&["incr", "--path", "/hits", "--by", "-3", "counter"]);
     assert_eq!(
         (code, json(&out)["value"].clone()),

@@ -26,7 +26,7 @@ mod plugins;
 pub mod request;
 pub mod routes;
 mod stall_guard;
-mod ttl;
+pub mod ttl;
 mod txn;
 
 use std::convert::Infallible;

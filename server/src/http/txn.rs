@@ -26,12 +26,7 @@ pub async fn transact(app: &App, req: Request<Incoming>) -> Result<HttpResponse,
     let timeout = app.settings.server.body_read_timeout_ms;
     let bytes =
         request::read_body_within(&parts.headers, body, limit, timeout, &app.body_budget).await?;
-    let txn = crate::txn::parse(
-        &bytes,
-        limits.max_txn_ops,
-        limits.max_key_bytes,
-        limits.value_limits(),
-    )?;
+    let txn = crate::txn::parse(&bytes, limits)?;
     let answer = app.transact(txn).await?;
     let response = json_response(StatusCode::OK, &answer.body());
     Ok(match answer.revision {

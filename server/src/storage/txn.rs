@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::log::LogRecord;
 use super::store::StoredValue;
 use super::writer::{committed, publish, Published};
-use super::{hash, Expect, Storage, StoreError, WriteOp, WriteOutcome};
+use super::{hash, Expect, Expiry, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// A compare: whether a key's committed state (`None`: absent) passes.
 pub type Compare = Arc<dyn Fn(Option<&StoredValue>) -> bool + Send + Sync>;
@@ -28,9 +28,27 @@ pub struct TxnPlan {
     /// If every one holds, `success` runs, else `failure`.
     pub compares: Vec<(String, Compare)>,
     /// The operations when every compare holds.
-    pub success: Vec<(String, WriteOp)>,
+    pub success: Vec<TxnOp>,
     /// The operations when one does not.
-    pub failure: Vec<(String, WriteOp)>,
+    pub failure: Vec<TxnOp>,
+}
+
+/// One operation of a transaction.
+pub struct TxnOp {
+    /// The key.
+    pub key: String,
+    /// What it does.
+    pub op: WriteOp,
+    /// What it does to the key's expiry.
+    pub expiry: Expiry,
+}
+
+impl From<(String, WriteOp)> for TxnOp {
+    /// An operation with its kind's expiry (see [`Expiry::default_for`]).
+    fn from((key, op): (String, WriteOp)) -> Self {
+        let expiry = Expiry::default_for(&op);
+        Self { key, op, expiry }
+    }
 }
 
 impl TxnPlan {
@@ -38,7 +56,7 @@ impl TxnPlan {
         let expect = self.expect.iter().map(|(k, _)| k.as_str());
         let compares = self.compares.iter().map(|(k, _)| k.as_str());
         let ops = self.success.iter().chain(&self.failure);
-        expect.chain(compares).chain(ops.map(|(k, _)| k.as_str()))
+        expect.chain(compares).chain(ops.map(|o| o.key.as_str()))
     }
 }
 
@@ -466,9 +484,9 @@ impl Deciding<'_> {
             &plan.failure
         };
         let mut ops = Vec::with_capacity(branch.len());
-        for (index, (key, op)) in branch.iter().enumerate() {
+        for (index, TxnOp { key, op, expiry }) in branch.iter().enumerate() {
             let previous = self.previous(key)?;
-            match self.decide(key, op)? {
+            match self.decide(key, op, *expiry)? {
                 Some(d) => ops.push((d, previous)),
                 None => return Ok(Err(TxnOutcome::Declined { succeeded, index })),
             }
@@ -482,16 +500,26 @@ impl Deciding<'_> {
     }
 
     /// Decides one operation; `None` when a derivation declines.
-    fn decide(&mut self, key: &str, op: &WriteOp) -> Result<Option<Decided>, StoreError> {
+    fn decide(
+        &mut self,
+        key: &str,
+        op: &WriteOp,
+        expiry: Expiry,
+    ) -> Result<Option<Decided>, StoreError> {
         let state = self.state(key)?;
-        // A put's value lasts; a computed one keeps its key's expiry.
-        let (new, expires_at) = match op {
-            WriteOp::Put(json) => (Some(json.clone()), None),
-            WriteOp::Delete | WriteOp::Expire => (None, None),
+        let new = match op {
+            WriteOp::Put(json) => Some(json.clone()),
+            WriteOp::Delete | WriteOp::Expire => None,
             WriteOp::Derive(derive) => match derive(state.json()) {
-                Some(json) => (Some(json), state.expires_at()),
+                Some(json) => Some(json),
                 None => return Ok(None),
             },
+        };
+        let expires_at = match (&new, expiry) {
+            (None, _) | (_, Expiry::Never) => None,
+            (_, Expiry::Keep) => state.expires_at(),
+            (_, Expiry::At(at)) => Some(at),
+            (_, Expiry::KeepOrAt(at)) => state.expires_at().or(Some(at)),
         };
         let unchanged =
             |json: &Bytes| state.json() == Some(&json[..]) && state.expires_at() == expires_at;
@@ -618,8 +646,8 @@ mod tests {
         let keys = spread(&storage);
         let plan = TxnPlan {
             compares: vec![(keys[0].clone(), exists(false))],
-            success: keys.iter().map(|k| (k.clone(), put("1"))).collect(),
-            failure: vec![(keys[0].clone(), WriteOp::Delete)],
+            success: keys.iter().map(|k| (k.clone(), put("1")).into()).collect(),
+            failure: vec![(keys[0].clone(), WriteOp::Delete).into()],
             ..TxnPlan::default()
         };
         let TxnOutcome::Done {
@@ -658,8 +686,8 @@ mod tests {
         // The compare fails now: the failure branch runs.
         let plan = TxnPlan {
             compares: vec![(keys[0].clone(), exists(false))],
-            success: vec![(keys[1].clone(), put("2"))],
-            failure: vec![(keys[0].clone(), WriteOp::Delete)],
+            success: vec![(keys[1].clone(), put("2")).into()],
+            failure: vec![(keys[0].clone(), WriteOp::Delete).into()],
             ..TxnPlan::default()
         };
         let TxnOutcome::Done { succeeded, ops, .. } = storage.commit_txn(plan).unwrap() else {
@@ -682,8 +710,8 @@ mod tests {
         let decline: crate::storage::Derivation = Arc::new(|_| None);
         let plan = TxnPlan {
             success: vec![
-                (keys[0].clone(), put("1")),
-                (keys[1].clone(), WriteOp::Derive(decline)),
+                (keys[0].clone(), put("1")).into().into(),
+                (keys[1].clone(), WriteOp::Derive(decline)).into(),
             ],
             ..TxnPlan::default()
         };
@@ -697,7 +725,7 @@ mod tests {
         ));
         let plan = TxnPlan {
             expect: vec![(keys[2].clone(), Expect::Present)],
-            success: vec![(keys[0].clone(), put("1"))],
+            success: vec![(keys[0].clone(), put("1")).into()],
             ..TxnPlan::default()
         };
         let outcome = storage.commit_txn(plan).unwrap();
@@ -711,9 +739,11 @@ mod tests {
         });
         let plan = TxnPlan {
             success: vec![
-                (keys[3].clone(), WriteOp::Derive(incr.clone())),
-                (keys[3].clone(), WriteOp::Derive(incr.clone())),
-                (keys[3].clone(), WriteOp::Derive(incr)),
+                (keys[3].clone(), WriteOp::Derive(incr.clone()))
+                    .into()
+                    .into(),
+                (keys[3].clone(), WriteOp::Derive(incr.clone())).into(),
+                (keys[3].clone(), WriteOp::Derive(incr)).into().into(),
             ],
             ..TxnPlan::default()
         };
@@ -745,12 +775,12 @@ mod tests {
                 let (storage, keys) = (Arc::clone(&storage), keys.clone());
                 let (incr, decline) = (incr.clone(), decline.clone());
                 std::thread::spawn(move || {
-                    let mut success: Vec<(String, WriteOp)> = keys
+                    let mut success: Vec<TxnOp> = keys
                         .iter()
-                        .map(|k| (k.clone(), WriteOp::Derive(incr.clone())))
+                        .map(|k| (k.clone(), WriteOp::Derive(incr.clone())).into())
                         .collect();
                     if t % 4 == 0 {
-                        success.push((keys[0].clone(), WriteOp::Derive(decline)));
+                        success.push((keys[0].clone(), WriteOp::Derive(decline)).into());
                     }
                     let plan = TxnPlan {
                         success,
