@@ -710,7 +710,7 @@ mod tests {
         let decline: crate::storage::Derivation = Arc::new(|_| None);
         let plan = TxnPlan {
             success: vec![
-                (keys[0].clone(), put("1")).into().into(),
+                (keys[0].clone(), put("1")).into(),
                 (keys[1].clone(), WriteOp::Derive(decline)).into(),
             ],
             ..TxnPlan::default()
@@ -739,11 +739,9 @@ mod tests {
         });
         let plan = TxnPlan {
             success: vec![
-                (keys[3].clone(), WriteOp::Derive(incr.clone()))
-                    .into()
-                    .into(),
                 (keys[3].clone(), WriteOp::Derive(incr.clone())).into(),
-                (keys[3].clone(), WriteOp::Derive(incr)).into().into(),
+                (keys[3].clone(), WriteOp::Derive(incr.clone())).into(),
+                (keys[3].clone(), WriteOp::Derive(incr)).into(),
             ],
             ..TxnPlan::default()
         };
