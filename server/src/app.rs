@@ -128,7 +128,7 @@ impl App {
         let storage = Arc::clone(&self.storage);
         let (tx, rx) = oneshot::channel::<Result<Judgement, ApiError>>();
         self.workers.spawn(move || {
-            let current = match storage.get_blocking(&key, hash) {
+            let current = match storage.peek_blocking(&key, hash) {
                 Ok(current) => current,
                 Err(e) => return drop(tx.send(Err(e.into()))),
             };

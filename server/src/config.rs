@@ -205,7 +205,7 @@ pub struct ServerSettings {
     /// Request body bytes held at once, over all requests being read.
     pub max_body_bytes_in_flight: usize,
     /// Threads that run plugins (and read the values they judge); 0 means
-    /// twice the number of CPUs. Writes without plugins never use them.
+    /// one per CPU. Writes without plugins never use them.
     pub plugin_threads: usize,
 }
 

@@ -203,9 +203,9 @@ async fn expired_keys_are_swept_and_expiries_survive_restarts() {
 }
 
 /// Backups carry expiry instants and leave out what has expired; a
-/// restore brings the instants back.
+/// restore and a reshard bring the instants back.
 #[tokio::test(flavor = "multi_thread")]
-async fn backups_carry_expiries() {
+async fn backups_and_reshards_carry_expiries() {
     let (root, data) = temp_data_dir();
     let server = Server::start(&data);
     let c = server.client();
@@ -224,6 +224,15 @@ async fn backups_carry_expiries() {
     let (code, _, err) = common::restore(root.path(), &image, &restored);
     assert_eq!(code, 0, "{err}");
     let server = Server::start(&restored);
+    let c = server.client();
+    assert_eq!(expiry_of(&c, "/v1/kv/keep").await.unwrap(), expires);
+    assert!(expiry_of(&c, "/v1/kv/plain").await.is_none());
+    // A reshard keeps them too.
+    server.stop();
+    let (code, _, err) = common::reshard(root.path(), &restored, "2");
+    assert_eq!(code, 0, "{err}");
+    let two = Options::default().env("EXDAAS_STORAGE__SHARDS", "2");
+    let server = Server::start_with(&restored, two);
     let c = server.client();
     assert_eq!(expiry_of(&c, "/v1/kv/keep").await.unwrap(), expires);
     assert!(expiry_of(&c, "/v1/kv/plain").await.is_none());

@@ -198,7 +198,8 @@ fn fill_filter(
 
 /// A state as readers see it: none once it has expired.
 fn live(state: Option<Arc<StoredValue>>) -> Option<Arc<StoredValue>> {
-    state.filter(|v| !v.is_expired(now_ms()))
+    // The clock is read only for values that expire.
+    state.filter(|v| v.expires_at.is_none_or(|at| at > now_ms()))
 }
 
 /// Starts a named storage thread.
@@ -520,6 +521,23 @@ impl Storage {
         hash: hash::KeyHash,
     ) -> Result<Option<Arc<StoredValue>>, StoreError> {
         self.get_any_blocking(key, hash).map(live)
+    }
+
+    /// Like [`Storage::get_blocking`] without filling the cache on a miss:
+    /// for the plugin pipeline, whose write replaces the entry moments
+    /// later (filling it first would cost every write of a new key a cache
+    /// insertion of its absence).
+    pub fn peek_blocking(
+        &self,
+        key: &str,
+        hash: hash::KeyHash,
+    ) -> Result<Option<Arc<StoredValue>>, StoreError> {
+        let shard = &self.shards[hash.shard(self.shards.len())];
+        let state = match shard.cache.peek(key).and_then(|c| c.known()) {
+            Some(known) => known,
+            None => Self::read_store_blocking(shard, key)?,
+        };
+        Ok(live(state))
     }
 
     /// [`Storage::get_blocking`], expired states included.
