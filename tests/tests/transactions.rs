@@ -386,13 +386,73 @@ async fn concurrent_transfers_keep_the_sum() {
         open_accounts(&c, prefix).await;
         let acked: Vec<Arc<AtomicU64>> = (0..6).map(|_| Arc::default()).collect();
         let workers = spawn_transfers(&server, prefix, seed, &acked, 60);
+        // Meanwhile, every read of all accounts at one revision balances:
+        // a transfer is all there or not at all.
+        let mut reads = 0;
+        while !workers.iter().all(|w| w.is_finished()) {
+            assert_eq!(balance(&c, prefix).await, START * ACCOUNTS as i64);
+            reads += 1;
+        }
         for w in workers {
             w.await.unwrap();
         }
         check_books(&c, prefix, &acked, 0).await;
         let total: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
         assert!(total > 300, "{prefix}: only {total} transfers went through");
+        assert!(reads > 0);
     }
+}
+
+/// The accounts' sum, read at one revision.
+async fn balance(c: &Client, prefix: &str) -> i64 {
+    let keys: Vec<String> = (0..ACCOUNTS).map(|i| format!("{prefix}acct/{i}")).collect();
+    let r = c
+        .post_json("/v1/kv/get", &json!({ "keys": keys }).to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    let answer = r.json();
+    answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"]["n"].as_i64().unwrap())
+        .sum()
+}
+
+/// Single-key increments of the accounts, concurrent with transfers
+/// between them, lose nothing on either side: the sum ends as the start
+/// plus every acknowledged deposit.
+#[tokio::test(flavor = "multi_thread")]
+async fn transfers_and_single_key_writes_serialize() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start(&data);
+    let c = server.client();
+    open_accounts(&c, "").await;
+    let acked: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::default()).collect();
+    let workers = spawn_transfers(&server, "", seed(), &acked, 60);
+    let deposits: Vec<_> = (0..4)
+        .map(|d| {
+            let c = server.client();
+            tokio::spawn(async move {
+                let mut made = 0i64;
+                for i in 0..60 {
+                    let path = format!("/v1/kv/acct/{}?op=incr&path=/n&by=1", (d + i) % ACCOUNTS);
+                    let r = c.send("POST", &path, &[], b"").await.unwrap();
+                    assert_eq!(r.status, 200, "{}", text(&r));
+                    made += 1;
+                }
+                made
+            })
+        })
+        .collect();
+    let mut deposited = 0;
+    for d in deposits {
+        deposited += d.await.unwrap();
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(balance(&c, "").await, START * ACCOUNTS as i64 + deposited);
 }
 
 /// Rounds of transfers, each cut off by `kill -9` at a random moment (and,
