@@ -43,13 +43,58 @@ pub struct Upload {
 /// The settings part of an upload.
 #[derive(Debug)]
 pub struct UploadForm {
-    /// The plugin's settings (a `[[plugins]]` table; name and path are
-    /// filled in).
-    pub spec: PluginSpec,
-    /// Test vectors as JSON text, if any.
-    pub vectors: Option<Vec<u8>>,
+    /// The settings the form names (members of a `[[plugins]]` table,
+    /// checked): each replaces the active version's, `null` resets it to
+    /// its default, and what the form leaves out is the active version's.
+    pub settings: serde_json::Map<String, Value>,
+    /// Test vectors as JSON text; `None` keeps the active version's,
+    /// `Some(None)` (a `null`) drops them.
+    pub vectors: Option<Option<Vec<u8>>>,
     /// Where it goes in the chain; `None` keeps the current placement.
     pub placement: Option<Placement>,
+}
+
+/// The settings of an upload's new version: `base` (the active version's,
+/// or the defaults) with what the form names laid over it.
+fn settings_over(
+    base: &PluginSpec,
+    named: serde_json::Map<String, Value>,
+) -> Result<PluginSpec, ManagedError> {
+    let invalid =
+        |e: serde_json::Error| ManagedError::InvalidUpload(format!("plugin settings: {e}"));
+    let Value::Object(mut merged) = serde_json::to_value(base).map_err(invalid)? else {
+        return Err(ManagedError::InvalidUpload(
+            "plugin settings: not an object".into(),
+        ));
+    };
+    for (key, value) in named {
+        match value {
+            Value::Null => drop(merged.remove(&key)),
+            value => drop(merged.insert(key, value)),
+        }
+    }
+    serde_json::from_value(Value::Object(merged)).map_err(invalid)
+}
+
+/// Whether `placement` names a plugin the chain has (configured, or
+/// managed other than `name`); one that does not is refused at upload.
+fn check_anchor(
+    placement: Option<&Placement>,
+    state: &State,
+    name: &str,
+) -> Result<(), ManagedError> {
+    let (Some(Placement::Before(anchor)) | Some(Placement::After(anchor))) = placement else {
+        return Ok(());
+    };
+    let configured = state.configured.iter().any(|s| &s.name == anchor);
+    let managed = anchor != name && state.registry.plugin(anchor).is_some();
+    if configured || managed {
+        return Ok(());
+    }
+    Err(ManagedError::InvalidUpload(format!(
+        "placement names {:?}, which is not a plugin in the chain",
+        crate::logsafe::escape(anchor, 100)
+    )))
 }
 
 /// What a successful change did.
@@ -351,20 +396,33 @@ impl PluginHost {
             )));
         }
         let active = state.registry.plugin(name).and_then(|p| p.active_version());
-        let (mut spec, vectors, placement) = match upload.form {
-            Some(form) => (form.spec, form.vectors.map(Vectors::Given), form.placement),
-            None => match active {
-                Some(record) => (
-                    record.spec.clone(),
-                    record
-                        .vectors_sha256
-                        .clone()
-                        .map(|sha| Vectors::Kept(sha, record.vectors)),
-                    None,
-                ),
-                None => (PluginSpec::new(name, PathBuf::new()), None, None),
-            },
+        // A bare module, and whatever a form leaves out, keep the active
+        // version's settings and vectors (or the defaults for a new plugin).
+        let (base, kept) = match active {
+            Some(record) => (
+                record.spec.clone(),
+                record
+                    .vectors_sha256
+                    .clone()
+                    .map(|sha| Vectors::Kept(sha, record.vectors)),
+            ),
+            None => (PluginSpec::new(name, PathBuf::new()), None),
         };
+        let (mut spec, vectors, placement) = match upload.form {
+            Some(form) => {
+                let vectors = match form.vectors {
+                    None => kept,
+                    Some(given) => given.map(Vectors::Given),
+                };
+                (
+                    settings_over(&base, form.settings)?,
+                    vectors,
+                    form.placement,
+                )
+            }
+            None => (base, kept, None),
+        };
+        check_anchor(placement.as_ref(), &state, name)?;
         spec.name = name.to_owned();
         spec.validate().map_err(ManagedError::InvalidUpload)?;
         tracing::info!(

@@ -623,3 +623,51 @@ async fn oversized_settings_are_refused_and_the_server_still_starts() {
     let server = Server::start_with(&data, Options::default());
     assert_eq!(server.client().get("/v1/plugins").await.status, 200);
 }
+
+/// A form names only what it changes: the rest is the active version's,
+/// `null` resets one setting, and a placement naming no plugin is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_form_changes_only_what_it_names() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default().config(&tokens()));
+    let c = server.client();
+    let module = example_plugin("require_fields");
+    let first = json!({"prefixes": ["items/"], "config": {"required": {"name": "string"}}});
+    assert_eq!(upload_form(&c, "gate", &module, first).await.status, 201);
+    assert_eq!(put(&c, "other/1", "{}").await.status, 201);
+    assert_eq!(put(&c, "items/1", "{}").await.status, 422);
+
+    // Only the mode: the prefixes and the config stay.
+    let r = upload_form(&c, "gate", &module, json!({"mode": "shadow"})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(put(&c, "items/2", "{}").await.status, 201);
+    let r = send(&c, "POST", "/v1/admin/plugins/gate/promote", ADMIN, "", b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(put(&c, "other/2", "{}").await.status, 201);
+    assert_eq!(put(&c, "items/3", "{}").await.status, 422);
+
+    // null resets the prefixes: every key now.
+    let r = upload_form(&c, "gate", &module, json!({"prefixes": null})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(put(&c, "other/3", "{}").await.status, 422);
+    assert_eq!(put(&c, "other/4", r#"{"name":"x"}"#).await.status, 201);
+
+    // A placement must name a plugin the chain has.
+    let r = upload_form(
+        &c,
+        "late",
+        &test_plugin("accept.wat"),
+        json!({"after": "no-such"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("no-such"));
+    let r = upload_form(
+        &c,
+        "late",
+        &test_plugin("accept.wat"),
+        json!({"after": "gate"}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}

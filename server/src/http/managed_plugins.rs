@@ -66,19 +66,24 @@ pub fn parse_form(body: &[u8], limits: ValueLimits) -> Result<(Bytes, UploadForm
         }
     };
     let vectors = match form.remove("vectors") {
-        None | Some(Value::Null) => None,
-        Some(list @ Value::Array(_)) => Some(list.to_string().into_bytes()),
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(list @ Value::Array(_)) => Some(Some(list.to_string().into_bytes())),
         Some(_) => return Err(invalid("vectors must be a list of test vectors")),
     };
     let placement = placement(&mut form)?;
-    form.insert("name".into(), Value::from("upload"));
-    form.insert("path".into(), Value::from(""));
-    let spec: PluginSpec = serde_json::from_value(Value::Object(form))
+    // Checked here against the defaults, so a bad setting is named before
+    // anything is stored; the upload lays them over the active version's.
+    let mut checked = form.clone();
+    checked.retain(|_, v| !v.is_null());
+    checked.insert("name".into(), Value::from("upload"));
+    checked.insert("path".into(), Value::from(""));
+    serde_json::from_value::<PluginSpec>(Value::Object(checked))
         .map_err(|e| invalid(format!("plugin settings: {e}")))?;
     Ok((
         Bytes::from(module),
         UploadForm {
-            spec,
+            settings: form,
             vectors,
             placement,
         },
@@ -265,10 +270,10 @@ mod tests {
             "after":"schema"}"#;
         let (module, form) = parse_form(body, LIMITS).unwrap();
         assert_eq!(module.as_ref(), b"\0asm");
-        assert_eq!(form.spec.prefixes, vec!["u/".to_owned()]);
-        assert_eq!(form.spec.mode, crate::plugin::PluginMode::Shadow);
+        assert_eq!(form.settings["prefixes"], serde_json::json!(["u/"]));
+        assert_eq!(form.settings["mode"], "shadow");
         assert_eq!(form.placement, Some(Placement::After("schema".into())));
-        assert!(form.vectors.unwrap().starts_with(b"[{"));
+        assert!(form.vectors.flatten().unwrap().starts_with(b"[{"));
     }
 
     #[test]
