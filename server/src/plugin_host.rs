@@ -76,6 +76,37 @@ fn settings_over(
     serde_json::from_value(Value::Object(merged)).map_err(invalid)
 }
 
+/// The reason code a plugin rejects with when its own configuration is
+/// unusable (`guest-sdk/ABI.md`).
+const BAD_CONFIG: &str = "bad_config";
+
+/// Refuses an upload whose plugin rejects a plain write (`{}` under a key
+/// it applies to) because of its own configuration: once active, it would
+/// refuse every write on the server that way.
+fn probe_config(chain: &PluginChain, name: &str) -> Result<(), ManagedError> {
+    let Some(plugin) = chain.plugin(name) else {
+        return Ok(());
+    };
+    let prefix = plugin.spec.prefixes.first().map_or("", String::as_str);
+    let key = format!("{prefix}exdaas-config-probe");
+    let input = crate::plugin::CallInput {
+        delete: false,
+        key: &key,
+        value: Some(b"{}"),
+        old: None,
+        now_ms: crate::app::now_ms(),
+    };
+    match plugin.call(&input) {
+        Ok(crate::plugin::CallVerdict::Reject { code, message, .. }) if code == BAD_CONFIG => {
+            Err(ManagedError::Refused(format!(
+                "plugin {name:?} refuses its own configuration ({}): it would reject every write; upload it with a config it accepts",
+                crate::error::capped(&message)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether `placement` names a plugin the chain has (configured, or
 /// managed other than `name`); one that does not is refused at upload.
 fn check_anchor(
@@ -332,6 +363,7 @@ impl PluginHost {
         &self,
         state: StateGuard,
         next: Registry,
+        probe: Option<String>,
     ) -> Result<SharedChain, ManagedError> {
         let (files, limits, active) = (self.files(), self.limits, Arc::clone(&self.active));
         let published = Arc::clone(&self.published);
@@ -349,6 +381,10 @@ impl PluginHost {
                 Some(&previous),
             )
             .map_err(|e| ManagedError::Refused(e.to_string()))
+            .and_then(|chain| match &probe {
+                Some(name) => probe_config(&chain, name).map(|()| chain),
+                None => Ok(chain),
+            })
             .and_then(|chain| files.save(&next).map(|()| chain));
             match built {
                 Ok(mut chain) => {
@@ -480,7 +516,7 @@ impl PluginHost {
                 return Err(e);
             }
         };
-        let chain = self.install(state, next).await?;
+        let chain = self.install(state, next, Some(name.to_owned())).await?;
         tracing::info!(plugin = name, version, %sha256, "managed plugin uploaded and active");
         Ok(installed(&chain, name, version, sha256))
     }
@@ -500,7 +536,7 @@ impl PluginHost {
             .and_then(|p| p.active_version())
             .map(|v| v.sha256.clone())
             .unwrap_or_default();
-        let chain = self.install(state, next).await?;
+        let chain = self.install(state, next, None).await?;
         tracing::info!(plugin = name, version, "managed plugin rolled back");
         Ok(installed(&chain, name, version, sha256))
     }
@@ -510,7 +546,7 @@ impl PluginHost {
         let state = self.lock().await;
         self.check_writable(&state, name)?;
         let next = state.registry.without(name)?;
-        self.install(state, next).await?;
+        self.install(state, next, None).await?;
         tracing::info!(plugin = name, "managed plugin deleted");
         Ok(())
     }
@@ -524,7 +560,7 @@ impl PluginHost {
         if state.registry.plugin(name).is_some() {
             return match state.registry.with_promotion(name)? {
                 Some(next) => {
-                    self.install(state, next).await?;
+                    self.install(state, next, None).await?;
                     Ok(Some((true, true)))
                 }
                 None => Ok(Some((false, true))),

@@ -671,3 +671,24 @@ async fn a_form_changes_only_what_it_names() {
     .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// An upload whose plugin refuses its own configuration (it answers a
+/// plain write with `bad_config`) is refused: once active, it would
+/// reject every write on the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_refuses_its_configuration_is_refused() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default().config(&tokens()));
+    let c = server.client();
+    let r = upload_wasm(&c, "schema", &example_plugin("require_fields")).await;
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("refuses its own configuration"),
+        "{message}"
+    );
+    assert_eq!(put(&c, "any", "{}").await.status, 201);
+    let form = json!({"config": {"required": {"name": "string"}}});
+    let r = upload_form(&c, "schema", &example_plugin("require_fields"), form).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}

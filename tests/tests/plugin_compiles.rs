@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{example_plugin, metric, slow_module, temp_data_dir, upload_module, Options, Server};
+use common::{metric, slow_module, temp_data_dir, test_plugin, upload_module, Options, Server};
 
 const COMPILED: &str = "exdaas_plugin_modules_total{source=\"compiled\"}";
 const KEPT: &str = "exdaas_plugin_modules_total{source=\"kept\"}";
@@ -16,7 +16,7 @@ const REFUSED: &str = "exdaas_plugin_modules_total{source=\"refused\"}";
 async fn still_serves(server: &Server) {
     let c = server.client();
     assert_eq!(c.put_json("/v1/kv/after", "{\"a\":1}").await.status, 201);
-    let module = std::fs::read(example_plugin("require_fields")).unwrap();
+    let module = std::fs::read(test_plugin("accept.wat")).unwrap();
     let r = upload_module(&c, "fine", &module).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
@@ -62,8 +62,13 @@ async fn each_module_is_compiled_once() {
     let (_root, data) = temp_data_dir();
     let server = Server::start(&data);
     let c = server.client();
-    for (i, name) in ["require_fields", "max_size"].iter().enumerate() {
-        let module = std::fs::read(example_plugin(name)).unwrap();
+    let accept = std::fs::read(test_plugin("accept.wat")).unwrap();
+    // The same plugin with a comment more: another module to compile.
+    let other = [accept.clone(), b"\n;; another module\n".to_vec()].concat();
+    for (i, (name, module)) in [("accept", accept), ("max_size", other)]
+        .into_iter()
+        .enumerate()
+    {
         let r = upload_module(&c, name, &module).await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(metric(&c, COMPILED).await, (i + 1) as f64);
