@@ -748,3 +748,54 @@ impl App {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn limits() -> LimitSettings {
+        LimitSettings::default()
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, parsing ends with a transaction or a 4xx,
+        /// never a panic.
+        #[test]
+        fn any_body_parses_or_is_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse(&bytes, &limits());
+        }
+
+        /// Bodies shaped like transactions, with members of any JSON type,
+        /// parse or are refused with a 400.
+        #[test]
+        fn transaction_shaped_bodies_parse_or_get_a_400(
+            op in proptest::sample::select(vec!["put", "delete", "patch", "incr", "swap"]),
+            member in proptest::sample::select(vec!["value", "by", "path", "ttl", "keep_ttl", "merge", "json_patch", "create", "return_old"]),
+            value in proptest::sample::select(vec!["null", "1", "-3.0", "1e300", "\"/a\"", "\"30s\"", "true", "[]", "{}", "[{\"op\":\"add\",\"path\":\"/x\",\"value\":1}]"]),
+        ) {
+            let body = format!(r#"{{"success":[{{"op":"{op}","key":"k","{member}":{value}}}]}}"#);
+            if let Err(e) = parse(body.as_bytes(), &limits()) {
+                let status = e.into_response().status();
+                proptest::prop_assert_eq!(status, hyper::StatusCode::BAD_REQUEST, "{}", body);
+            }
+        }
+    }
+
+    #[test]
+    fn operations_take_only_their_members() {
+        let ok = br#"{"compare":[{"key":"a","version":3.0}],"success":[{"op":"incr","key":"a","by":2,"ttl":"1m","keep_ttl":true}]}"#;
+        let txn = parse(ok, &limits()).unwrap();
+        assert_eq!(txn.compare[0].version, Some(3));
+        assert!(matches!(txn.success[0].expiry(), Expiry::KeepOrAt(_)));
+        for bad in [
+            r#"{"success":[{"op":"delete","key":"a","ttl":"1m"}]}"#,
+            r#"{"success":[{"op":"put","key":"a"}]}"#,
+            r#"{"success":[{"op":"incr","key":"a","by":1.5}]}"#,
+            r#"{"compare":[{"key":"a","version":-1}]}"#,
+            r#"{"success":[{"op":"put","key":"a","value":1,"ttl":null}]}"#,
+        ] {
+            assert!(parse(bad.as_bytes(), &limits()).is_err(), "{bad}");
+        }
+    }
+}

@@ -456,6 +456,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any patch applied to any small document ends in a value or an
+        /// error, never a panic, and a value always meets the limits.
+        #[test]
+        fn patches_never_panic(
+            doc in proptest::sample::select(vec!["null", "{}", "[]", "{\"a\":[1,{\"b\":2}]}", "3"]),
+            op in proptest::sample::select(vec!["add", "remove", "replace", "move", "copy", "test"]),
+            path in proptest::sample::select(vec!["", "/", "/a", "/a/0", "/a/-", "/a/1/b", "/~0", "/~1x"]),
+        ) {
+            let patch = json!([{"op": op, "path": path, "from": "/a", "value": {"x": 1}}]);
+            let patch = json_patch_from(patch).ok();
+            for update in patch.map(Update::JsonPatch).into_iter().chain([
+                Update::MergePatch(json!({"a": null, "c": [1]})),
+                Update::Increment { pointer: path.to_owned(), by: 1 },
+            ]) {
+                if let Ok(bytes) = update.apply(Some(doc.as_bytes()), true, limits()) {
+                    proptest::prop_assert!(crate::ijson::check(&bytes, limits()).is_ok());
+                }
+            }
+        }
+
         /// Increments add up exactly, in any order, from any start in range.
         #[test]
         fn increments_add_up(start in -1_000_000i64..1_000_000, steps in proptest::collection::vec(-1000i64..1000, 0..20)) {

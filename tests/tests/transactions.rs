@@ -290,7 +290,8 @@ async fn transfer(
         let body = json!({"success": [
             {"op": "incr", "key": format!("{prefix}acct/{from}"), "path": "/n", "by": -amount},
             {"op": "incr", "key": format!("{prefix}acct/{to}"), "path": "/n", "by": amount},
-            {"op": "incr", "key": format!("{prefix}done/{worker}")}
+            // An expiring counter: the crash tests cover expiring records too.
+            {"op": "incr", "key": format!("{prefix}done/{worker}"), "ttl": "1d", "keep_ttl": true}
         ]});
         match c
             .send(
@@ -486,6 +487,11 @@ async fn transfers_survive_crashes(data: &std::path::Path, fs: Option<&PowerFs>)
     }
     let server = Server::start(data);
     check_books(&server.client(), "", &acked, 3).await;
+    let done = server.client().get("/v1/kv/done/0").await;
+    assert!(
+        done.header("exdaas-expires-at").is_some(),
+        "the counters' expiry is gone"
+    );
     let total: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
     assert!(total > 0, "no transfer went through");
     if fs.is_some() {

@@ -183,14 +183,14 @@ impl Compiler {
         bytes: &[u8],
         sha256: &str,
     ) -> Result<Module, CompileError> {
-        let result = self.compile_counted(engine, metered, bytes, sha256);
-        if result.is_err() {
-            self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        result
+        self.prepare(engine, metered, bytes, sha256)
+            .inspect_err(|_| {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            })
     }
 
-    fn compile_counted(
+    /// [`Compiler::compile`], before failures are counted.
+    fn prepare(
         &self,
         engine: &Engine,
         metered: bool,

@@ -90,6 +90,18 @@ impl LogRecord {
         }
     }
 
+    /// The state this record leaves its key in once logged at `revision`
+    /// (`None`: deleted).
+    pub fn state_at(&self, revision: u64) -> Option<std::sync::Arc<super::store::StoredValue>> {
+        self.value.as_ref().map(|json| {
+            std::sync::Arc::new(super::store::StoredValue {
+                version: revision,
+                json: json.clone(),
+                expires_at: self.expires_at,
+            })
+        })
+    }
+
     /// A delete of `key`.
     pub fn delete(key: String) -> Self {
         Self {

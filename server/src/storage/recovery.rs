@@ -5,12 +5,11 @@
 //! the stores and the log can start over empty.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use super::applier;
 use super::log::Frame;
 use super::memtable::{ApplyBatch, Pending};
-use super::store::{ShardStore, StoredValue};
+use super::store::ShardStore;
 use super::StoreError;
 
 /// Replays `frames` (in log order) into `stores`, whose applied revisions
@@ -36,14 +35,7 @@ pub fn replay(
             if revision <= applied[shard] {
                 continue;
             }
-            let expires_at = record.expires_at;
-            let value = record.value.map(|json| {
-                Arc::new(StoredValue {
-                    version: revision,
-                    json,
-                    expires_at,
-                })
-            });
+            let value = record.state_at(revision);
             // Held frames (`held`) come with the log's: the highest
             // revision of a key wins, whatever the order read.
             if table
@@ -82,6 +74,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::storage::log::LogRecord;
+    use crate::storage::store::StoredValue;
     use bytes::Bytes;
 
     fn frame(first_revision: u64, shard: u16, records: &[(&str, Option<&str>)]) -> Frame {

@@ -320,14 +320,7 @@ pub(super) fn publish(
         .enumerate()
         .map(|(i, (record, not_in_store))| {
             let revision = first + i as u64;
-            let expires_at = record.expires_at;
-            let value = record.value.map(|json| {
-                Arc::new(StoredValue {
-                    version: revision,
-                    json,
-                    expires_at,
-                })
-            });
+            let value = record.state_at(revision);
             (
                 record.key,
                 Pending {
