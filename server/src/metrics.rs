@@ -434,6 +434,26 @@ fn register_storage(registry: &mut Registry, storage: &Storage) {
         "Committed writes (keys) not yet applied to the shard's store",
         shard_gauges(storage.unapplied().into_iter().map(|n| gauge(n as u64))),
     );
+    let txns = storage.txn_stats();
+    for (name, help, value) in [
+        ("exdaas_txns", "Transactions decided", &txns.decided),
+        (
+            "exdaas_txn_batches",
+            "Batches transactions were decided and logged in",
+            &txns.batches,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(load(value));
+        registry.register(name, help, counter);
+    }
+    let waiting = Gauge::<i64>::default();
+    waiting.set(gauge(load(&txns.waiting)));
+    registry.register(
+        "exdaas_txn_waiting",
+        "Transactions waiting for a batch",
+        waiting,
+    );
     let expired = Counter::<u64>::default();
     expired.inc_by(load(&storage.expiry_stats.expired));
     registry.register(

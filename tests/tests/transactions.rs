@@ -401,6 +401,12 @@ async fn concurrent_transfers_keep_the_sum() {
         let total: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
         assert!(total > 300, "{prefix}: only {total} transfers went through");
         assert!(reads > 0);
+        let decided = common::metric(&c, "exdaas_txns_total").await;
+        let batches = common::metric(&c, "exdaas_txn_batches_total").await;
+        assert!(
+            decided >= total as f64 && batches >= 1.0 && batches <= decided,
+            "{decided} {batches}"
+        );
     }
 }
 

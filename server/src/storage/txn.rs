@@ -159,6 +159,20 @@ const MAX_BATCH: usize = 64;
 pub(super) struct TxnQueue {
     state: Mutex<QueueState>,
     turn: Condvar,
+    /// Counts for `/metrics`.
+    pub stats: TxnStats,
+}
+
+/// Transaction counts for `/metrics`.
+#[derive(Debug, Default)]
+pub struct TxnStats {
+    /// Transactions decided.
+    pub decided: std::sync::atomic::AtomicU64,
+    /// Batches they were decided in (divide for the mean batch size).
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Transactions waiting for a batch now (at most one per blocked
+    /// request).
+    pub waiting: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -185,6 +199,9 @@ impl TxnQueue {
         let id = state.next_id;
         state.next_id += 1;
         state.waiting.push((id, plan));
+        self.stats
+            .waiting
+            .store(state.waiting.len() as u64, Ordering::Relaxed);
         loop {
             if let Some(outcome) = state.done.remove(&id) {
                 return outcome;
@@ -196,6 +213,11 @@ impl TxnQueue {
             state.leading = true;
             let n = state.waiting.len().min(MAX_BATCH);
             let (ids, plans): (Vec<u64>, Vec<TxnPlan>) = state.waiting.drain(..n).unzip();
+            self.stats
+                .waiting
+                .store(state.waiting.len() as u64, Ordering::Relaxed);
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.decided.fetch_add(n as u64, Ordering::Relaxed);
             drop(state);
             let count = ids.len();
             let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batch(plans)))
@@ -221,6 +243,11 @@ struct DecidedTxn {
 }
 
 impl Storage {
+    /// Transaction counts, for `/metrics`.
+    pub fn txn_stats(&self) -> &TxnStats {
+        &self.txns.stats
+    }
+
     /// Runs `plan` as one atomic, durable unit (see the module doc).
     /// Blocking: call it off the async workers.
     pub fn commit_txn(&self, plan: TxnPlan) -> Result<TxnOutcome, StoreError> {
