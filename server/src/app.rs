@@ -24,12 +24,15 @@ use crate::auth::TokenSet;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::http::body_budget::BodyBudget;
+use crate::ijson::ValueLimits;
 use crate::metrics::RequestMetrics;
-use crate::plugin::{ChainRun, ChainStop, PluginLoadError, Record, SharedChain, WorkerPool};
+use crate::plugin::{
+    ChainRun, ChainStop, PluginChain, PluginLoadError, Record, SharedChain, WorkerPool,
+};
 use crate::plugin_host::PluginHost;
 use crate::storage::hash::KeyHash;
 use crate::storage::{
-    Derivation, Expect, Expiry, Reply, Storage, StoreError, WriteOp, WriteOutcome,
+    Derivation, Expect, Expiry, Reply, Storage, StoreError, StoredValue, WriteOp, WriteOutcome,
 };
 use crate::update::Update;
 
@@ -109,11 +112,16 @@ impl App {
     }
 
     /// Reads the key's current value, runs the chain against it and (unless
-    /// this is a dry run) queues the result on the shard writer, all in ONE
-    /// hop off the async workers: the read may touch disk, plugin calls are
-    /// CPU-bound and may run up to their timeout. The writer answers the
-    /// waiting request directly, so a write through plugins costs one
-    /// thread hand-off more than a plain write, not two.
+    /// this is a dry run) writes the result if the key is unchanged since
+    /// the read.
+    ///
+    /// Where this runs: a chain of plugins known to be fast (see
+    /// [`PluginChain::runs_inline`]) over a value in memory runs right
+    /// here, since a hop to another thread costs more than such a call.
+    /// Anything else goes in ONE hop to the plugin workers: the read may
+    /// touch disk and a call may run up to its timeout. The writer answers
+    /// the waiting request directly, so a write through plugins costs at
+    /// most one thread hand-off more than a plain write, not two.
     async fn judge(
         &self,
         chain: &SharedChain,
@@ -123,49 +131,47 @@ impl App {
         expect: &Expect,
         record: Record,
     ) -> Result<Judgement, ApiError> {
-        let (chain, key, expect) = (chain.clone(), key.to_owned(), expect.clone());
         let limits = self.settings.limits.value_limits();
+        let delete = incoming.is_delete();
+        if chain.runs_inline(key, delete) {
+            if let Some(current) = self.storage.peek_in_memory(key, hash) {
+                if record == Record::Yes {
+                    chain.count_inline(key, delete);
+                }
+                return match decide(chain, key, current, incoming, expect, record, limits)? {
+                    Decision::Done(judgement) => Ok(judgement),
+                    Decision::Write(write) => {
+                        let outcome = self
+                            .storage
+                            .write_expiring(key.to_owned(), write.op, write.expect, write.expiry)
+                            .await?;
+                        let output = write.output;
+                        Ok(Judgement::Written { outcome, output })
+                    }
+                };
+            }
+        }
+        let (chain, key, expect) = (chain.clone(), key.to_owned(), expect.clone());
         let storage = Arc::clone(&self.storage);
         let (tx, rx) = oneshot::channel::<Result<Judgement, ApiError>>();
         self.workers.spawn(move || {
-            let current = match storage.peek_blocking(&key, hash) {
-                Ok(current) => current,
-                Err(e) => return drop(tx.send(Err(e.into()))),
+            let decided = storage
+                .peek_blocking(&key, hash)
+                .map_err(ApiError::from)
+                .and_then(|current| {
+                    decide(&chain, &key, current, incoming, &expect, record, limits)
+                });
+            let write = match decided {
+                Ok(Decision::Write(write)) => write,
+                Ok(Decision::Done(judgement)) => return drop(tx.send(Ok(judgement))),
+                Err(e) => return drop(tx.send(Err(e))),
             };
-            let seen = current.as_ref().map(|v| v.version);
-            if !expect.holds(seen) {
-                return drop(tx.send(Ok(Judgement::Conflict(seen))));
-            }
-            let old = current.as_ref().map(|v| &v.json[..]);
-            let (value, expiry) = match incoming {
-                Incoming::Value(value, expiry) => (value, expiry),
-                Incoming::Update {
-                    update,
-                    create,
-                    expiry,
-                } => match update.apply(old, create, limits) {
-                    Ok(value) => (Some(value), expiry),
-                    Err(e) => return drop(tx.send(Err(e.into()))),
-                },
-            };
-            if value.is_none() && current.is_none() {
-                return drop(tx.send(Ok(Judgement::Missing)));
-            }
-            let run = chain.run(&key, value, old, now_ms(), record);
-            if record == Record::No {
-                return drop(tx.send(Ok(Judgement::Ran { seen, run })));
-            }
-            let output = match run.result {
-                Ok(output) => output,
-                Err(stop) => return drop(tx.send(Err(stop.into()))),
-            };
-            let op = output.clone().map_or(WriteOp::Delete, WriteOp::Put);
+            let output = write.output;
             let reply: Reply = Box::new(move |result| {
                 let written = result.map(|outcome| Judgement::Written { outcome, output });
                 let _ = tx.send(written.map_err(ApiError::from));
             });
-            let expect = Expect::unchanged_since(seen);
-            storage.submit_blocking(key, hash, op, expect, expiry, reply);
+            storage.submit_blocking(key, hash, write.op, write.expect, write.expiry, reply);
         });
         rx.await
             .map_err(|_| ApiError::Store(StoreError::Io("plugin pipeline job failed".into())))?
@@ -427,6 +433,62 @@ impl App {
     }
 }
 
+/// What [`decide`] found: an answer, or a write to make.
+enum Decision {
+    Done(Judgement),
+    Write(ChainWrite),
+}
+
+/// The chain's output, to be written if the key is still as it was read.
+struct ChainWrite {
+    op: WriteOp,
+    expect: Expect,
+    expiry: Expiry,
+    /// The value written (`None`: a delete).
+    output: Option<Bytes>,
+}
+
+/// Checks the write's condition against `current`, computes the incoming
+/// value and runs the chain on it: the plugin pipeline's work between the
+/// read and the write, wherever it runs.
+fn decide(
+    chain: &PluginChain,
+    key: &str,
+    current: Option<Arc<StoredValue>>,
+    incoming: Incoming,
+    expect: &Expect,
+    record: Record,
+    limits: ValueLimits,
+) -> Result<Decision, ApiError> {
+    let seen = current.as_ref().map(|v| v.version);
+    if !expect.holds(seen) {
+        return Ok(Decision::Done(Judgement::Conflict(seen)));
+    }
+    let old = current.as_ref().map(|v| &v.json[..]);
+    let (value, expiry) = match incoming {
+        Incoming::Value(value, expiry) => (value, expiry),
+        Incoming::Update {
+            update,
+            create,
+            expiry,
+        } => (Some(update.apply(old, create, limits)?), expiry),
+    };
+    if value.is_none() && current.is_none() {
+        return Ok(Decision::Done(Judgement::Missing));
+    }
+    let run = chain.run(key, value, old, now_ms(), record);
+    if record == Record::No {
+        return Ok(Decision::Done(Judgement::Ran { seen, run }));
+    }
+    let output = run.result?;
+    Ok(Decision::Write(ChainWrite {
+        op: output.clone().map_or(WriteOp::Delete, WriteOp::Put),
+        expect: Expect::unchanged_since(seen),
+        expiry,
+        output,
+    }))
+}
+
 /// What a write through the chain stores: a value (`None`: delete), or
 /// what an update makes of the current one.
 #[derive(Clone)]
@@ -437,6 +499,12 @@ enum Incoming {
         create: bool,
         expiry: Expiry,
     },
+}
+
+impl Incoming {
+    fn is_delete(&self) -> bool {
+        matches!(self, Incoming::Value(None, _))
+    }
 }
 
 /// What reading the current value and running the chain found.

@@ -518,6 +518,7 @@ impl EncodeMetric for PluginCallTimes {
 fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
     let calls = Family::<PluginOutcomeLabels, Counter>::default();
     let failures = Family::<PluginKindLabels, Counter>::default();
+    let inline = Family::<PluginLabels, Counter>::default();
     let mut times = Vec::new();
     for p in chain.plugins() {
         let s = &p.stats;
@@ -541,6 +542,12 @@ fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
             };
             failures.get_or_create(&labels).inc_by(s.failures(kind));
         }
+        let labels = PluginLabels {
+            plugin: p.name().to_owned(),
+        };
+        inline
+            .get_or_create(&labels)
+            .inc_by(s.inline_calls.load(Ordering::Relaxed));
         let l = &s.latency;
         times.push(PluginCallTime {
             labels: PluginLabels {
@@ -556,6 +563,11 @@ fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
         "exdaas_plugin_failures",
         "Plugin failures by kind",
         failures,
+    );
+    registry.register(
+        "exdaas_plugin_inline_calls",
+        "Plugin calls made on the request's own thread (fast plugins over values in memory); the rest ran on the plugin workers",
+        inline,
     );
     registry.register(
         "exdaas_plugin_call_seconds",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{example_plugin, plugin_toml, temp_data_dir, Options, Server};
+use common::{example_plugin, metric, plugin_toml, temp_data_dir, Options, Server};
 use serde_json::json;
 
 fn server_with(plugins: &str) -> (tempfile::TempDir, Server) {
@@ -284,6 +284,72 @@ async fn concurrent_writers_through_a_transform_lose_no_update() {
         c.get("/v1/kv/counter").await.json()["revision"],
         writers * per_writer
     );
+}
+
+/// A fast plugin runs on the request's own thread once its call times are
+/// known, and judges exactly as on the workers: it sees the stored value,
+/// conditions hold, rejections stop the write, deletes of absent keys are
+/// 404, and values only on disk (not in memory) still reach it.
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_plugins_on_the_request_thread_judge_as_on_the_workers() {
+    let config = plugin_toml(
+        "owner",
+        &example_plugin("immutable_fields"),
+        "config = { fields = [\"owner\"] }\nrun_on_delete = true",
+    );
+    let (_root, data) = temp_data_dir();
+    let opts = || Options::default().config(&config);
+    let server = Server::start_with(&data, opts());
+    let c = server.client();
+    let inline = || metric(&c, "exdaas_plugin_inline_calls_total{plugin=\"owner\"}");
+    // Warm up until it runs inline (a call the machine delays past the
+    // slow-call bound pauses that, so there is no fixed count).
+    let mut n = 0;
+    while inline().await == 0.0 {
+        assert!(n < 5_000, "a fast plugin never ran inline");
+        let r = c
+            .put_json(&format!("/v1/kv/warm/{n}"), r#"{"owner":"ada"}"#)
+            .await;
+        assert_eq!(r.status, 201);
+        n += 1;
+    }
+    assert!(
+        n >= 100,
+        "inline after {n} calls, before its mean was known"
+    );
+    let r = c.put_json("/v1/kv/warm/1", r#"{"owner":"eve"}"#).await;
+    assert_eq!(r.json()["error"]["reason"], "immutable_field");
+    let r = c
+        .send(
+            "PUT",
+            "/v1/kv/warm/2",
+            &[("content-type", "application/json"), ("if-match", "\"7\"")],
+            br#"{"owner":"ada","n":1}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412);
+    assert_eq!(c.delete("/v1/kv/never-written").await.status, 404);
+    let r = c.delete("/v1/kv/warm/3").await;
+    assert_eq!(r.json()["error"]["reason"], "immutable_field");
+    assert_eq!(c.get("/v1/kv/warm/1").await.json()["owner"], "ada");
+    assert_eq!(c.get("/v1/kv/warm/3").await.json()["owner"], "ada");
+    server.stop();
+    // After a restart nothing is cached: the plugin must still see the
+    // stored owner (read from disk, on the workers until warmed up again).
+    let server = Server::start_with(&data, opts());
+    let c = server.client();
+    let inline = || metric(&c, "exdaas_plugin_inline_calls_total{plugin=\"owner\"}");
+    let mut n = 0;
+    while inline().await == 0.0 && n < 5_000 {
+        let r = c
+            .put_json(&format!("/v1/kv/again/{n}"), r#"{"owner":"bob"}"#)
+            .await;
+        assert_eq!(r.status, 201);
+        n += 1;
+    }
+    let r = c.put_json("/v1/kv/warm/5", r#"{"owner":"eve"}"#).await;
+    assert_eq!(r.json()["error"]["reason"], "immutable_field");
 }
 
 #[tokio::test(flavor = "multi_thread")]

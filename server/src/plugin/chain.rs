@@ -19,6 +19,10 @@ use super::spec::{OnFailure, PluginSource, PluginSpec};
 use super::vectors;
 use super::EPOCH_TICK;
 
+/// The longest timeout of a plugin that may run on a request's own thread
+/// (the default timeout): the worst a call can hold that thread.
+const INLINE_MAX_TIMEOUT_MS: u64 = 20;
+
 /// All plugins of one configuration. Replaced as a whole on reload, so a
 /// write runs entirely against one chain.
 pub struct PluginChain {
@@ -315,9 +319,33 @@ impl PluginChain {
     /// Whether any plugin runs for this write; when none does, the write
     /// path skips the chain (and its read of the old value) entirely.
     pub fn applies(&self, key: &str, delete: bool) -> bool {
+        self.matching(key, delete).next().is_some()
+    }
+
+    /// Whether every plugin matching the write runs inline (see
+    /// [`PluginStats::runs_inline`]); shadow plugins and long timeouts
+    /// always run on the workers.
+    pub fn runs_inline(&self, key: &str, delete: bool) -> bool {
+        self.matching(key, delete).all(|p| {
+            !p.is_shadow() && p.spec.timeout_ms <= INLINE_MAX_TIMEOUT_MS && p.stats.runs_inline()
+        })
+    }
+
+    /// Counts a run made on a request's own thread.
+    pub fn count_inline(&self, key: &str, delete: bool) {
+        for plugin in self.matching(key, delete) {
+            plugin.stats.inline_calls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn matching<'a>(
+        &'a self,
+        key: &'a str,
+        delete: bool,
+    ) -> impl Iterator<Item = &'a LoadedPlugin> + 'a {
         self.plugins
             .iter()
-            .any(|p| p.spec.applies_to(key) && (!delete || p.spec.run_on_delete))
+            .filter(move |p| p.spec.applies_to(key) && (!delete || p.spec.run_on_delete))
     }
 
     /// Runs the matching plugins in order. `value` is the new value (`None`
@@ -345,6 +373,7 @@ impl PluginChain {
                 now_ms,
             };
             let (result, took) = timed(|| plugin.call(&input));
+            plugin.stats.note_call_time(took);
             if plugin.is_shadow() {
                 // Recorded, and the write goes on as if it were absent.
                 steps.push(observe_shadow(plugin, key, &result, took, now_ms, record));

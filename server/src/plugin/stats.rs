@@ -126,7 +126,24 @@ pub struct PluginStats {
     failures: [AtomicU64; FailureKind::ALL.len()],
     /// Call times.
     pub latency: LatencyHistogram,
+    /// Calls made on a request's own thread rather than a plugin worker.
+    pub inline_calls: AtomicU64,
+    /// The call count before which the plugin runs only on the workers
+    /// again: set past the current count by a slow call.
+    inline_paused_until: AtomicU64,
 }
+
+/// Calls a plugin makes on the workers before it may run on a request's
+/// own thread: its mean call time must be known first.
+const INLINE_WARMUP_CALLS: u64 = 100;
+/// The mean call time up to which a plugin runs on a request's thread.
+const INLINE_MAX_MEAN_MICROS: f64 = 50.0;
+/// A call slower than this sends its plugin back to the workers for the
+/// next [`INLINE_PAUSE_CALLS`] calls, so a value that makes a plugin slow
+/// can hold an async thread once in that many calls at most. Above a
+/// scheduler time slice, so a call the OS merely preempted rarely counts.
+const INLINE_SLOW_CALL: Duration = Duration::from_millis(5);
+const INLINE_PAUSE_CALLS: u64 = 10_000;
 
 impl PluginStats {
     /// Counts a failure of `kind`.
@@ -137,6 +154,25 @@ impl PluginStats {
     /// Failures of `kind` so far.
     pub fn failures(&self, kind: FailureKind) -> u64 {
         self.failures[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Whether the plugin's calls are known to be short enough to run on
+    /// a request's async thread, saving the hop to a worker thread (which
+    /// costs more than a call of a few microseconds).
+    pub fn runs_inline(&self) -> bool {
+        let calls = self.calls.load(Ordering::Relaxed);
+        calls >= INLINE_WARMUP_CALLS
+            && calls >= self.inline_paused_until.load(Ordering::Relaxed)
+            && self.latency.mean_micros() <= INLINE_MAX_MEAN_MICROS
+    }
+
+    /// Notes a call's time: a slow one pauses running inline.
+    pub fn note_call_time(&self, took: Duration) {
+        if took > INLINE_SLOW_CALL {
+            let calls = self.calls.load(Ordering::Relaxed);
+            self.inline_paused_until
+                .store(calls.saturating_add(INLINE_PAUSE_CALLS), Ordering::Relaxed);
+        }
     }
 
     /// The counters as JSON for `GET /v1/plugins`.
@@ -178,5 +214,33 @@ mod tests {
         assert!((990.0..=990.0 * 1.2).contains(&p99), "{p99}");
         assert!((h.mean_micros() - 500.5).abs() < 0.01);
         assert_eq!(LatencyHistogram::default().quantile_micros(0.99), 0.0);
+    }
+
+    #[test]
+    fn fast_plugins_run_inline_until_a_slow_call() {
+        let stats = PluginStats::default();
+        let call = |took: Duration| {
+            stats.calls.fetch_add(1, Ordering::Relaxed);
+            stats.latency.record(took);
+            stats.note_call_time(took);
+        };
+        for _ in 0..INLINE_WARMUP_CALLS - 1 {
+            call(Duration::from_micros(5));
+        }
+        assert!(!stats.runs_inline(), "not before its mean is known");
+        call(Duration::from_micros(5));
+        assert!(stats.runs_inline());
+        call(Duration::from_millis(6));
+        assert!(!stats.runs_inline(), "a slow call pauses it");
+        for _ in 0..INLINE_PAUSE_CALLS {
+            call(Duration::from_micros(5));
+        }
+        assert!(stats.runs_inline(), "the pause ends");
+        let slow = PluginStats::default();
+        for _ in 0..INLINE_WARMUP_CALLS {
+            slow.calls.fetch_add(1, Ordering::Relaxed);
+            slow.latency.record(Duration::from_micros(200));
+        }
+        assert!(!slow.runs_inline(), "a slow mean never runs inline");
     }
 }

@@ -540,6 +540,26 @@ impl Storage {
         Ok(live(state))
     }
 
+    /// [`Storage::peek_blocking`] when the answer is in memory (the cache,
+    /// the memtable, or the key filter ruling the key out); `None` when it
+    /// needs the store on disk.
+    pub fn peek_in_memory(
+        &self,
+        key: &str,
+        hash: hash::KeyHash,
+    ) -> Option<Option<Arc<StoredValue>>> {
+        let shard = &self.shards[hash.shard(self.shards.len())];
+        let state = match shard.cache.peek(key).and_then(|c| c.known()) {
+            Some(known) => known,
+            None => match shard.memtable.get(key) {
+                Some(state) => state,
+                None if !shard.filter.may_contain(key) => None,
+                None => return None,
+            },
+        };
+        Some(live(state))
+    }
+
     /// [`Storage::get_blocking`], expired states included.
     fn get_any_blocking(
         &self,
