@@ -10,6 +10,8 @@ if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unkno
   [ -x /usr/bin/cargo ] && [ -d /usr/lib/rustlib/wasm32-unknown-unknown ] || need_apt+=(rustc cargo libstd-rust-dev-wasm32)
 fi
 command -v clang >/dev/null || need_apt+=(clang)
+# The change feed tests read streams with curl, as a user would.
+command -v curl >/dev/null || need_apt+=(curl)
 # The power-loss tests mount a FUSE filesystem of their own.
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v wasm-ld >/dev/null || command -v wasm-ld-14 >/dev/null || need_apt+=(lld)

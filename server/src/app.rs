@@ -67,6 +67,8 @@ pub struct App {
     pub metrics: RequestMetrics,
     /// Request body bytes the server holds at once.
     pub body_budget: BodyBudget,
+    /// Set when this server is a read replica.
+    pub replica: Option<Arc<crate::replication::Replica>>,
 }
 
 /// Milliseconds since the Unix epoch, the clock plugins are given.
@@ -95,6 +97,7 @@ impl App {
             tokens: TokenSet::new(&settings.auth.tokens, settings.auth.allow_open_remote),
             metrics: RequestMetrics::default(),
             body_budget: BodyBudget::new(settings.server.max_body_bytes_in_flight),
+            replica: None,
             settings,
         }
     }

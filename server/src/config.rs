@@ -45,6 +45,81 @@ pub struct Settings {
     pub plugin_uploads: PluginUploadSettings,
     /// Bounds on compiling a plugin module, configured or uploaded.
     pub plugin_compile: PluginCompileSettings,
+    /// The change feed: how much history it keeps and its readers' bounds.
+    pub feed: FeedSettings,
+    /// Running as a read replica of another server.
+    pub replication: ReplicationSettings,
+}
+
+/// A read replica follows its primary's change feed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSettings {
+    /// The primary's URL (`http://host:port`); empty: this server is a
+    /// primary.
+    pub primary: String,
+    /// Bearer token for the primary (admin: the first copy is a backup).
+    pub token: Option<String>,
+    /// Longest wait of a read for `X-Exdaas-Min-Revision`, in milliseconds.
+    pub max_wait_ms: u64,
+    /// How long each long poll of the primary's feed waits, in milliseconds.
+    pub poll_wait_ms: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        Self {
+            primary: String::new(),
+            token: None,
+            max_wait_ms: 5_000,
+            poll_wait_ms: 30_000,
+        }
+    }
+}
+
+impl ReplicationSettings {
+    /// The primary's `host:port`, when this server is a replica.
+    pub fn primary_addr(&self) -> Option<&str> {
+        let addr = self.primary.strip_prefix("http://")?;
+        Some(addr.trim_end_matches('/'))
+    }
+}
+
+/// The change feed (`GET /v1/watch`, `GET /v1/changes`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedSettings {
+    /// Most bytes of applied log segments kept for readers.
+    pub retain_bytes: u64,
+    /// Revisions kept at least, unless `retain_bytes` runs out (0: no
+    /// bound by count).
+    pub retain_revisions: u64,
+    /// Recent changes kept in memory, in bytes.
+    pub buffer_bytes: u64,
+    /// Streams and long polls open at once.
+    pub max_subscribers: usize,
+    /// How far a stream that has caught up may fall behind before it is
+    /// ended with its resume revision.
+    pub max_lag_revisions: u64,
+    /// Time between progress events on a stream, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Longest `wait` of a long poll, in milliseconds (longer asks are
+    /// shortened to it).
+    pub max_wait_ms: u64,
+}
+
+impl Default for FeedSettings {
+    fn default() -> Self {
+        Self {
+            retain_bytes: 256 * 1024 * 1024,
+            retain_revisions: 0,
+            buffer_bytes: 16 * 1024 * 1024,
+            max_subscribers: 1024,
+            max_lag_revisions: 1_000_000,
+            heartbeat_ms: 15_000,
+            max_wait_ms: 60_000,
+        }
+    }
 }
 
 /// Bounds on compiling one plugin module. The shape bounds are checked
@@ -598,7 +673,7 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         }
     };
     loaded.listen_addr()?;
-    let positive: [(u64, &str); 23] = [
+    let positive: [(u64, &str); 29] = [
         (s.limits.max_ttl_seconds, "limits.max_ttl_seconds"),
         (s.limits.max_txn_ops as u64, "limits.max_txn_ops"),
         (s.limits.max_txn_bytes as u64, "limits.max_txn_bytes"),
@@ -646,6 +721,12 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         ),
         (s.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
         (s.server.write_timeout_ms, "server.write_timeout_ms"),
+        (s.feed.max_subscribers as u64, "feed.max_subscribers"),
+        (s.feed.max_lag_revisions, "feed.max_lag_revisions"),
+        (s.feed.heartbeat_ms, "feed.heartbeat_ms"),
+        (s.feed.max_wait_ms, "feed.max_wait_ms"),
+        (s.replication.max_wait_ms, "replication.max_wait_ms"),
+        (s.replication.poll_wait_ms, "replication.poll_wait_ms"),
     ];
     for (value, key) in positive {
         check(value > 0, key, "must be above 0")?;
@@ -660,6 +741,10 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         (s.server.write_timeout_ms, "server.write_timeout_ms"),
         (s.server.shutdown_timeout_ms, "server.shutdown_timeout_ms"),
         (s.plugin_compile.timeout_ms, "plugin_compile.timeout_ms"),
+        (s.feed.heartbeat_ms, "feed.heartbeat_ms"),
+        (s.feed.max_wait_ms, "feed.max_wait_ms"),
+        (s.replication.max_wait_ms, "replication.max_wait_ms"),
+        (s.replication.poll_wait_ms, "replication.poll_wait_ms"),
     ] {
         check(
             value <= MAX_TIMEOUT_MS,
@@ -716,6 +801,15 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         (1..=crate::ijson::MAX_DEPTH_CEILING).contains(&s.limits.max_json_depth),
         "limits.max_json_depth",
         &format!("must be 1..={}", crate::ijson::MAX_DEPTH_CEILING),
+    )?;
+    let primary = &s.replication;
+    check(
+        primary.primary.is_empty()
+            || primary
+                .primary_addr()
+                .is_some_and(|a| a.contains(':') && !a.contains('/')),
+        "replication.primary",
+        "must be empty (a primary) or http://host:port",
     )?;
     for (i, token) in s.auth.tokens.iter().enumerate() {
         if token.token.chars().count() < 16

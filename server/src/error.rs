@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 use crate::ijson::Violation;
 use crate::plugin::managed::ManagedError;
 use crate::plugin::FailureKind;
+use crate::storage::feed::FeedError;
 use crate::storage::{StoreError, WriteOutcome};
 use crate::update::UpdateError;
 
@@ -94,6 +95,23 @@ pub enum ApiError {
     /// The server is at a bound for now; retry shortly (503, Retry-After).
     #[error("{0}")]
     Busy(String),
+    /// A read asked for a revision this node has not applied in time.
+    #[error("this node has applied revision {revision}, not yet {asked}; retry, or read from the primary")]
+    Behind {
+        /// The revision asked for.
+        asked: u64,
+        /// The node's.
+        revision: u64,
+    },
+    /// A promotion was refused (409).
+    #[error("{0}")]
+    PromoteRefused(String),
+    /// Every change feed reader slot is taken (503, Retry-After).
+    #[error("{0}")]
+    FeedFull(String),
+    /// Reading the change feed failed; `Compacted` is the client's 410.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
     /// A fault of the server itself, not of the request (500).
     #[error("{0}")]
     Internal(String),
@@ -162,6 +180,11 @@ impl ApiError {
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "body_budget"),
+            Self::FeedFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscribers"),
+            Self::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
+            Self::PromoteRefused(_) => (StatusCode::CONFLICT, "promote_refused"),
+            Self::Feed(FeedError::Compacted { .. }) => (StatusCode::GONE, "compacted"),
+            Self::Feed(FeedError::Store(e)) => Self::Store(e.clone()).status_and_code(),
             Self::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::UnsupportedMediaType(_) => {
@@ -209,6 +232,7 @@ impl ApiError {
                     (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
                 }
                 StoreError::KeyTooLong(_) => (StatusCode::BAD_REQUEST, "invalid_key"),
+                StoreError::ReadOnly(_) => (StatusCode::MISDIRECTED_REQUEST, "read_only_replica"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
             },
         }
@@ -253,6 +277,15 @@ impl ApiError {
                 body.insert("plugin".into(), Value::from(plugin.as_str()));
                 body.insert("kind".into(), Value::from(kind.as_str()));
             }
+            Self::Feed(FeedError::Compacted { oldest, .. }) => {
+                body.insert("oldest".into(), Value::from(*oldest));
+            }
+            Self::Behind { revision, .. } => {
+                body.insert("revision".into(), Value::from(*revision));
+            }
+            Self::Store(StoreError::ReadOnly(primary)) => {
+                body.insert("primary".into(), Value::from(primary.as_str()));
+            }
             Self::Update(e) => {
                 if let Some(pointer) = e.pointer() {
                     body.insert("pointer".into(), Value::from(capped(pointer)));
@@ -277,7 +310,7 @@ impl ApiError {
                 response.headers_mut().insert(ALLOW, allow);
             }
         }
-        if code == "body_budget" {
+        if code == "body_budget" || code == "too_many_subscribers" {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));

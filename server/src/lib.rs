@@ -8,6 +8,7 @@
 //!   shard, group commit, the id counter;
 //! - [`plugin`]: the plugin configuration and the wasm host;
 //! - [`plugin_host`]: the active chain and how it changes (reload, uploads);
+//! - [`replication`]: a read replica's first copy, following, promotion;
 //! - [`app`]: state shared by handlers and the single write path;
 //! - [`auth`]: bearer tokens and roles;
 //! - [`metrics`]: request, storage and plugin metrics in Prometheus format;
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod plugin_cli;
 pub mod plugin_host;
+pub mod replication;
 pub mod server;
 pub mod storage;
 #[cfg(test)]

@@ -22,6 +22,8 @@ use prometheus_client::registry::Registry;
 use crate::http::routes::{Op, Resolved};
 use crate::plugin::compiler::CompileStats;
 use crate::plugin::{FailureKind, PluginChain};
+use crate::replication::Replica;
+use crate::storage::feed::Feed;
 use crate::storage::Storage;
 
 /// The content type of the exposition.
@@ -44,6 +46,8 @@ pub enum Route {
     KvGetMany,
     /// POST /v1/txn
     Txn,
+    /// GET /v1/watch, GET /v1/changes
+    Feed,
     /// POST /v1/kv
     KvCreate,
     /// GET /v1/kv
@@ -79,6 +83,7 @@ impl Route {
             Op::KvIncr => Route::KvIncr,
             Op::KvGetMany => Route::KvGetMany,
             Op::Txn => Route::Txn,
+            Op::Watch | Op::Changes => Route::Feed,
             Op::KvCreate => Route::KvCreate,
             Op::KvList => Route::KvList,
             Op::ApiRead | Op::ApiWrite => Route::Api,
@@ -91,6 +96,7 @@ impl Route {
             | Op::PluginDelete
             | Op::PluginRollback
             | Op::Backup
+            | Op::Promote
             | Op::BackupHead => Route::Admin,
             Op::Health | Op::Ready => Route::Health,
             Op::Metrics => Route::Metrics,
@@ -98,8 +104,9 @@ impl Route {
         }
     }
 
-    const ALL: [Route; 16] = [
+    const ALL: [Route; 17] = [
         Route::Txn,
+        Route::Feed,
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
@@ -126,6 +133,7 @@ impl Route {
             Route::KvIncr => "kv_incr",
             Route::KvGetMany => "kv_get_many",
             Route::Txn => "txn",
+            Route::Feed => "feed",
             Route::KvCreate => "kv_create",
             Route::KvList => "kv_list",
             Route::Api => "api",
@@ -326,6 +334,7 @@ impl RequestMetrics {
         chain: &PluginChain,
         compiles: &CompileStats,
         body_bytes: usize,
+        replica: Option<&Replica>,
     ) -> String {
         let mut registry = Registry::default();
         registry.register(
@@ -362,6 +371,10 @@ impl RequestMetrics {
         register_storage(&mut registry, storage);
         register_plugins(&mut registry, chain);
         register_compiles(&mut registry, compiles);
+        register_feed(&mut registry, storage.feed());
+        if let Some(replica) = replica {
+            register_replication(&mut registry, replica);
+        }
         let mut text = String::with_capacity(16 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
             tracing::error!(error = %e, "encoding metrics failed");
@@ -573,6 +586,88 @@ fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
         "exdaas_plugin_call_seconds",
         "Plugin call time",
         PluginCallTimes(times),
+    );
+}
+
+/// The change feed: its readers, what they were sent, why the server
+/// ended streams, and what it holds.
+fn register_feed(registry: &mut Registry, feed: &Feed) {
+    let m = &feed.metrics;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let gauge = |v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        g
+    };
+    let counter = |v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        c
+    };
+    let subscribers = m.subscribers.load(Ordering::Relaxed) as u64;
+    registry.register(
+        "exdaas_feed_subscribers",
+        "Change feed streams and long polls open now (feed.max_subscribers bounds them)",
+        gauge(subscribers),
+    );
+    registry.register(
+        "exdaas_feed_events_sent",
+        "Change feed events sent to readers",
+        counter(load(&m.events_sent)),
+    );
+    let ended = Family::<CauseLabels, Counter>::default();
+    for (cause, count) in [
+        ("lagged", load(&m.lagged)),
+        ("compacted", load(&m.compacted)),
+        ("shutdown", load(&m.shutdown)),
+        ("refused", load(&m.refused)),
+    ] {
+        ended.get_or_create(&CauseLabels { cause }).inc_by(count);
+    }
+    registry.register(
+        "exdaas_feed_disconnects",
+        "Change feed readers the server ended or refused, by cause: lagged (past feed.max_lag_revisions), compacted (retention dropped their place), shutdown, refused (past feed.max_subscribers)",
+        ended,
+    );
+    registry.register(
+        "exdaas_feed_oldest_revision",
+        "The oldest revision the change feed still holds",
+        gauge(feed.oldest()),
+    );
+    registry.register(
+        "exdaas_feed_head_revision",
+        "The newest committed revision",
+        gauge(feed.head()),
+    );
+    registry.register(
+        "exdaas_feed_buffer_bytes",
+        "Bytes of recent changes held in memory (feed.buffer_bytes bounds them)",
+        gauge(feed.ring_bytes() as u64),
+    );
+}
+
+/// A replica's lag behind its primary, and whether it reaches it.
+fn register_replication(registry: &mut Registry, replica: &Replica) {
+    let lag = Gauge::<i64>::default();
+    lag.set(i64::try_from(replica.lag_revisions()).unwrap_or(i64::MAX));
+    registry.register(
+        "exdaas_replication_lag_revisions",
+        "Revisions the primary reported that this replica has not applied",
+        lag,
+    );
+    let seconds = Gauge::<f64, AtomicU64>::default();
+    seconds.set(replica.lag_seconds());
+    registry.register(
+        "exdaas_replication_lag_seconds",
+        "Seconds since this replica last had everything its primary reported",
+        seconds,
+    );
+    let up = Gauge::<i64>::default();
+    up.set(i64::from(replica.is_connected()));
+    registry.register(
+        "exdaas_replication_primary_up",
+        "1 when the primary answered the last poll of its feed",
+        up,
     );
 }
 

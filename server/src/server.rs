@@ -73,9 +73,15 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     let addr = loaded.listen_addr()?;
     let storage_settings = settings.storage.clone();
     let cache_settings = settings.cache.clone();
-    let storage =
-        tokio::task::spawn_blocking(move || Storage::open(&storage_settings, &cache_settings))
-            .await??;
+    let primary = settings.replication.primary_addr().map(str::to_owned);
+    if let Some(primary) = &primary {
+        crate::replication::bootstrap(&settings, primary).await?;
+    }
+    let feed_options = crate::storage::FeedOptions::of(&settings.feed);
+    let storage = tokio::task::spawn_blocking(move || {
+        Storage::open_with_feed(&storage_settings, &cache_settings, feed_options)
+    })
+    .await??;
     let storage = Arc::new(storage);
     let (plugin_settings, config_file) = (settings.clone(), loaded.file.clone());
     let plugins =
@@ -89,7 +95,19 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         n => n,
     };
     let workers = crate::plugin::WorkerPool::new(threads)?;
-    let app = App::new(settings.clone(), storage.clone(), plugins, workers);
+    let mut app = App::new(settings.clone(), storage.clone(), plugins, workers);
+    if let Some(primary) = &primary {
+        let applied = storage.feed().head();
+        let replica = Arc::new(crate::replication::Replica::new(
+            &settings.replication,
+            primary,
+            applied,
+        ));
+        storage.set_read_only(Some(settings.replication.primary.clone()));
+        replica.start(storage.clone());
+        tracing::info!(primary = %settings.replication.primary, revision = applied, "running as a read replica");
+        app.replica = Some(replica);
+    }
     let app = Arc::new(app);
     if app.tokens.enabled() {
         tracing::info!(
@@ -114,9 +132,19 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     if settings.cache.warm_on_start {
         storage.start_warming();
     }
-    storage.start_sweeper();
+    // A replica's expiries come from its primary.
+    if primary.is_none() {
+        storage.start_sweeper();
+    }
     reload_on_sighup(app.clone());
-    let stop = termination();
+    let term = termination();
+    let feed = Arc::clone(storage.feed());
+    // Streams of the change feed never end by themselves: end them when
+    // the server stops, so the drain does not wait them out.
+    let stop = async move {
+        term.await;
+        feed.close();
+    };
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %settings.storage.data_dir.display(),

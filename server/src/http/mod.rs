@@ -16,6 +16,7 @@ mod backup;
 pub mod body_budget;
 mod compat;
 mod conditional;
+mod feed;
 mod kv;
 mod kv_many;
 mod kv_update;
@@ -23,6 +24,7 @@ mod managed_plugins;
 mod nested_params;
 mod openapi;
 mod plugins;
+mod replica;
 pub mod request;
 pub mod routes;
 mod stall_guard;
@@ -94,8 +96,15 @@ async fn dispatch(
         | Op::PluginRollback => request::parse_name(raw)?,
         _ => String::new(),
     };
+    if matches!(
+        op,
+        Op::KvGet | Op::KvList | Op::KvGetMany | Op::ApiRead | Op::Changes | Op::Watch
+    ) {
+        replica::wait_for_revision(app, req.headers()).await?;
+    }
     let response = match op {
         Op::Backup => return Ok(backup::stream(app).await),
+        Op::Promote => replica::promote(app, &req)?,
         Op::BackupHead => return Ok(backup::head()),
         Op::KvList => kv::list(app, &req).await?,
         Op::KvCreate => kv::create(app, req).await?,
@@ -106,6 +115,8 @@ async fn dispatch(
         Op::KvIncr => kv_update::increment(app, &req, &param).await?,
         Op::KvGetMany => kv_many::get_many(app, req).await?,
         Op::Txn => txn::transact(app, req).await?,
+        Op::Watch => return feed::watch(app, &req),
+        Op::Changes => feed::changes(app, &req).await?,
         Op::ApiRead => compat::read(app, &req).await?,
         Op::ApiWrite => compat::create_or_update(app, req).await?,
         Op::ApiCmd => compat::command(app, &req).await?,
@@ -163,6 +174,7 @@ fn ready(app: &App) -> HttpResponse {
             "warming": warming,
             "log": log,
             "unavailable_shards": unavailable,
+            "replication": app.replica.as_ref().map(|r| r.describe()),
         }),
     )
 }
@@ -173,6 +185,7 @@ fn metrics(app: &App) -> HttpResponse {
         &app.chain(),
         app.plugins.compile_stats(),
         app.body_budget.in_flight(),
+        app.replica.as_deref(),
     );
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(

@@ -29,6 +29,10 @@ pub enum Op {
     KvGetMany,
     /// `POST /v1/txn`: a transaction.
     Txn,
+    /// `GET /v1/watch`: the change feed as Server-Sent Events.
+    Watch,
+    /// `GET /v1/changes`: the change feed as a long poll.
+    Changes,
     /// `GET /api`: an ExDaas record.
     ApiRead,
     /// `POST /api`: an ExDaas create or update.
@@ -53,6 +57,8 @@ pub enum Op {
     PluginDelete,
     /// `POST /v1/admin/plugins/{name}/rollback`: an earlier version again.
     PluginRollback,
+    /// `POST /v1/admin/promote`: a replica becomes a primary.
+    Promote,
     /// `GET /v1/admin/backup`: the streamed backup.
     Backup,
     /// `HEAD /v1/admin/backup`: its headers without taking one.
@@ -120,6 +126,14 @@ pub static ROUTES: &[Route] = &[
         ops: &[(Method::POST, Op::Txn)],
     },
     Route {
+        template: "/v1/watch",
+        ops: &[(Method::GET, Op::Watch)],
+    },
+    Route {
+        template: "/v1/changes",
+        ops: &[(Method::GET, Op::Changes)],
+    },
+    Route {
         template: "/api",
         ops: &[
             (Method::GET, Op::ApiRead),
@@ -163,6 +177,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         template: "/v1/admin/plugins/{name}/rollback",
         ops: &[(Method::POST, Op::PluginRollback)],
+    },
+    Route {
+        template: "/v1/admin/promote",
+        ops: &[(Method::POST, Op::Promote)],
     },
     Route {
         template: "/v1/admin/backup",

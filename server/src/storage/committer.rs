@@ -17,7 +17,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
-use super::log::{CommitLog, FrameParts, LogRecord};
+use super::feed::Feed;
+use super::log::{CommitLog, FrameParts, LogRecord, Retention};
 use super::StoreError;
 
 /// Appends between two attempts to delete applied segments.
@@ -130,18 +131,28 @@ impl LogHandle {
     }
 }
 
+/// What the log writer keeps up to date besides the log.
+pub struct Followers {
+    /// How far each shard's writes have gone.
+    pub progress: Vec<Arc<Progress>>,
+    /// Set if an append fails.
+    pub failure: LogFailure,
+    /// Gets every synced frame's records.
+    pub feed: Arc<Feed>,
+    /// What applied segments to keep for the feed.
+    pub retention: Retention,
+}
+
 /// Starts the log writer over `log`; it stops once every handle is gone.
-/// `failure` is set if an append fails.
 pub fn start(
     log: CommitLog,
-    progress: Vec<Arc<Progress>>,
     queue_depth: usize,
-    failure: LogFailure,
+    followers: Followers,
 ) -> Result<(LogHandle, JoinHandle<()>), StoreError> {
     let (queue, requests) = sync_channel(queue_depth.max(1));
     let handle = std::thread::Builder::new()
         .name("commit-log".into())
-        .spawn(move || run(log, requests, progress, failure))
+        .spawn(move || run(log, requests, followers))
         .map_err(|e| StoreError::Io(format!("cannot start the log writer: {e}")))?;
     Ok((LogHandle { queue }, handle))
 }
@@ -160,12 +171,21 @@ fn note_logged(progress: &[Arc<Progress>], first: u64, parts: &Parts) {
     }
 }
 
-fn run(
-    mut log: CommitLog,
-    requests: Receiver<Request>,
-    progress: Vec<Arc<Progress>>,
-    failure: LogFailure,
-) {
+/// Hands the feed the records of a synced append, in revision order.
+fn publish(feed: &Feed, firsts: &[u64], batch: &[Request]) {
+    for (first, parts) in firsts.iter().zip(batch.iter().flat_map(|r| &r.frames)) {
+        let records: Vec<&LogRecord> = parts.iter().flat_map(|(_, r)| r).collect();
+        feed.publish(*first, &records);
+    }
+}
+
+fn run(mut log: CommitLog, requests: Receiver<Request>, followers: Followers) {
+    let Followers {
+        progress,
+        failure,
+        feed,
+        retention,
+    } = followers;
     let mut appends = 0u64;
     let mut carried: Option<Request> = None;
     while let Some(first) = carried.take().or_else(|| requests.recv().ok()) {
@@ -198,6 +218,7 @@ fn run(
             .collect();
         match log.append_frames(&frames) {
             Ok(firsts) => {
+                publish(&feed, &firsts, &batch);
                 let mut firsts = firsts.into_iter();
                 for request in batch {
                     let mine: Vec<u64> = firsts.by_ref().take(request.frames.len()).collect();
@@ -226,10 +247,11 @@ fn run(
         }
         appends += 1;
         if appends % TRIM_EVERY == 0 {
-            let floor = progress.iter().map(|p| p.trim_floor()).min().unwrap_or(0);
-            if let Err(e) = log.trim(floor) {
+            let applied = progress.iter().map(|p| p.trim_floor()).min().unwrap_or(0);
+            if let Err(e) = log.trim(applied.min(log.retention_floor(retention))) {
                 tracing::warn!(error = %e, "could not delete applied log segments");
             }
+            feed.set_oldest(log.oldest_revision());
         }
     }
     tracing::debug!("commit log writer stopped");

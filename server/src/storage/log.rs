@@ -7,7 +7,8 @@
 //! `[u64 first revision][u16 shard | append-start bit][u32 record count]
 //! [records]`, a record
 //! `[u8 op][u16 key length][key][u32 value length][value]` (`op` 0 put,
-//! 1 delete without a value). A record's revision is its frame's first
+//! 1 delete without a value; 2 a put that expires and 3 an expiry, each
+//! with a `[u64 instant]` after). A record's revision is its frame's first
 //! revision plus its index, so the log order is the global order of writes.
 //!
 //! Frames are appended by one thread (`LogWriter`), which writes every
@@ -68,6 +69,8 @@ const OP_PUT: u8 = 0;
 const OP_DELETE: u8 = 1;
 /// A put whose value expires: `[u64 expires at]` follows the value.
 const OP_PUT_EXPIRING: u8 = 2;
+/// The removal of a value that expired: `[u64 expired at]`, no value.
+const OP_EXPIRE: u8 = 3;
 
 /// One change to one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +79,8 @@ pub struct LogRecord {
     pub key: String,
     /// The new value; `None` deletes the key.
     pub value: Option<Bytes>,
-    /// When the value expires (ms since the Unix epoch), if it does.
+    /// When the value expires (ms since the Unix epoch), if it does; on a
+    /// delete, that this is the removal of a value that expired then.
     pub expires_at: Option<u64>,
 }
 
@@ -109,6 +113,20 @@ impl LogRecord {
             value: None,
             expires_at: None,
         }
+    }
+
+    /// The removal of `key`'s value, which expired at `at`.
+    pub fn expiry(key: String, at: u64) -> Self {
+        Self {
+            key,
+            value: None,
+            expires_at: Some(at),
+        }
+    }
+
+    /// Whether this removes a value because it expired.
+    pub fn is_expiry(&self) -> bool {
+        self.value.is_none() && self.expires_at.is_some()
     }
 }
 
@@ -225,16 +243,17 @@ fn encode_records(out: &mut Vec<u8>, records: &[LogRecord]) {
         out.push(match (&record.value, record.expires_at) {
             (Some(_), None) => OP_PUT,
             (Some(_), Some(_)) => OP_PUT_EXPIRING,
-            (None, _) => OP_DELETE,
+            (None, None) => OP_DELETE,
+            (None, Some(_)) => OP_EXPIRE,
         });
         out.extend_from_slice(&(record.key.len() as u16).to_le_bytes());
         out.extend_from_slice(record.key.as_bytes());
         if let Some(value) = &record.value {
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());
             out.extend_from_slice(value);
-            if let Some(at) = record.expires_at {
-                out.extend_from_slice(&at.to_le_bytes());
-            }
+        }
+        if let Some(at) = record.expires_at {
+            out.extend_from_slice(&at.to_le_bytes());
         }
     }
 }
@@ -329,6 +348,7 @@ fn decode_records(p: &mut Cursor<'_>, count: usize) -> Option<Vec<LogRecord>> {
                 (Some(value), expires_at)
             }
             OP_DELETE => (None, None),
+            OP_EXPIRE => (None, Some(p.u64()?)),
             _ => return None,
         };
         records.push(LogRecord {
@@ -365,6 +385,65 @@ pub struct CommitLog {
     next_revision: u64,
 }
 
+/// How much of the applied log to keep for the change feed: segments go,
+/// oldest first, while the log is larger than `bytes` or a segment holds
+/// only revisions older than the newest `revisions` (0: no bound by count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most bytes of log segments kept.
+    pub bytes: u64,
+    /// Revisions kept at least, unless `bytes` runs out first (0: any).
+    pub revisions: u64,
+}
+
+impl Retention {
+    /// Keeps nothing already applied.
+    pub const NONE: Retention = Retention {
+        bytes: 0,
+        revisions: 0,
+    };
+}
+
+/// The log's segment files in `dir`, oldest first, without touching
+/// anything: for readers beside the log writer (the change feed).
+pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(first) = first {
+            segments.push((first, path));
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Every intact frame of the segment at `path`, in order. The newest
+/// segment may be being written: a frame still being written fails its
+/// checksum and ends the read (the caller reads no revision past the
+/// committed one in any case).
+pub fn read_frames(path: &Path) -> std::io::Result<Vec<Frame>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(decode_frames(&bytes).0)
+}
+
+/// The intact frames at the start of `bytes`, and where they end.
+fn decode_frames(bytes: &[u8]) -> (Vec<Frame>, usize) {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((decoded, len)) = decode_frame(&bytes[at..]) {
+        frames.extend(decoded);
+        at += len;
+    }
+    (frames, at)
+}
+
 /// What opening the log found.
 pub struct Recovered {
     /// The log, ready to append.
@@ -393,12 +472,7 @@ fn read_segment(path: &Path) -> Result<ReadSegment, StoreError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(io(path))?;
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while let Some((decoded, len)) = decode_frame(&bytes[at..]) {
-        frames.extend(decoded);
-        at += len;
-    }
+    let (frames, at) = decode_frames(&bytes);
     let dirty_end = segment::dirty_end(&bytes[at..]).map(|d| at + d);
     Ok(ReadSegment {
         frames,
@@ -515,6 +589,17 @@ impl CommitLog {
     /// for the next revision (the stores' applied revisions + 1), for a
     /// log whose segments were all trimmed.
     pub fn open(data_dir: &Path, min_next_revision: u64) -> Result<Recovered, StoreError> {
+        Self::open_keeping(data_dir, min_next_revision, 0)
+    }
+
+    /// [`CommitLog::open`], keeping in `frames` only those with a record
+    /// at or past `keep_from` (the older ones are in every store already,
+    /// and a log kept for the change feed may be large).
+    pub fn open_keeping(
+        data_dir: &Path,
+        min_next_revision: u64,
+        keep_from: u64,
+    ) -> Result<Recovered, StoreError> {
         let dir = data_dir.join(LOG_DIR);
         if !dir.exists() {
             manifest::create_dir_durably(&dir)?;
@@ -541,6 +626,8 @@ impl CommitLog {
             if read.dirty_end.is_some() {
                 check_tail(path, &read, next_revision - 1)?;
             }
+            read.frames
+                .retain(|f| f.first_revision + f.records.len() as u64 > keep_from);
             frames.append(&mut read.frames);
             last = Some(read);
         }
@@ -671,12 +758,44 @@ impl CommitLog {
         manifest::sync_dir(&self.dir)
     }
 
-    /// Starts over with one empty segment once every record is applied
-    /// (after recovery), so a restart does not read them again.
-    pub fn reset(&mut self) -> Result<(), StoreError> {
+    /// Starts a new segment once every record is applied (after
+    /// recovery), deleting the applied segments `retention` does not keep.
+    pub fn reset(&mut self, retention: Retention) -> Result<(), StoreError> {
         self.roll()?;
         let applied = self.next_revision.saturating_sub(1);
-        self.trim(applied)
+        self.trim(applied.min(self.retention_floor(retention)))
+    }
+
+    /// The highest revision whose segment `retention` lets go: every
+    /// segment wholly at or below it may be deleted once applied. Counted
+    /// from the newest segment back; the newest always stays.
+    pub fn retention_floor(&self, retention: Retention) -> u64 {
+        let head = self.next_revision.saturating_sub(1);
+        let oldest_wanted = match retention.revisions {
+            0 => 0,
+            n => head.saturating_sub(n).saturating_add(1),
+        };
+        let mut kept = 0u64;
+        for i in (0..self.segments.len()).rev() {
+            let path = &self.segments[i].1;
+            let Some(next_first) = self.segments.get(i + 1).map(|s| s.0) else {
+                kept = kept.saturating_add(self.capacity);
+                continue;
+            };
+            let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+            let too_old = next_first <= oldest_wanted;
+            if too_old || kept.saturating_add(bytes) > retention.bytes {
+                return next_first.saturating_sub(1);
+            }
+            kept = kept.saturating_add(bytes);
+        }
+        0
+    }
+
+    /// The first revision the log still holds (or, if it holds none, the
+    /// next it will).
+    pub fn oldest_revision(&self) -> u64 {
+        self.segments.first().map_or(self.next_revision, |s| s.0)
     }
 }
 
@@ -741,7 +860,9 @@ mod tests {
                 expires_at: Some(1_800_000_000_000),
                 ..put("ttl", "1")
             },
+            LogRecord::expiry("gone".into(), 1_700_000_000_000),
         ];
+        assert!(records[3].is_expiry() && !records[1].is_expiry());
         let mut buf = Vec::new();
         encode_frame(&mut buf, 7, &[(3, &records[..])], true).unwrap();
         let (mut frames, len) = decode_frame(&buf).unwrap();
@@ -957,7 +1078,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = CommitLog::open(dir.path(), 100).unwrap().log;
         assert_eq!(log.append(&[(0, &[put("a", "1")])]).unwrap(), [100]);
-        log.reset().unwrap();
+        log.reset(Retention::NONE).unwrap();
         drop(log);
         let recovered = CommitLog::open(dir.path(), 1).unwrap();
         assert!(recovered.frames.is_empty());

@@ -24,6 +24,7 @@ pub mod bulk;
 mod cache;
 mod committer;
 pub mod expiry;
+pub mod feed;
 pub mod hash;
 mod held;
 pub mod ids;
@@ -33,6 +34,7 @@ pub mod manifest;
 mod memtable;
 pub mod metrics;
 mod recovery;
+mod replica;
 mod segment;
 mod snapshot;
 pub mod store;
@@ -101,6 +103,9 @@ pub enum StoreError {
     /// A key longer than a log record can carry.
     #[error("key is {0} bytes; the commit log carries at most {max}", max = log::MAX_KEY_BYTES)]
     KeyTooLong(usize),
+    /// This server is a read replica of the primary named; writes go there.
+    #[error("this server is a read-only replica; send writes to its primary {0}")]
+    ReadOnly(String),
 }
 
 impl StoreError {
@@ -109,7 +114,11 @@ impl StoreError {
     pub fn wrote_nothing(&self) -> bool {
         matches!(
             self,
-            Self::NoSpace(_) | Self::Unavailable(_) | Self::KeyTooLong(_) | Self::ShuttingDown
+            Self::NoSpace(_)
+                | Self::Unavailable(_)
+                | Self::KeyTooLong(_)
+                | Self::ShuttingDown
+                | Self::ReadOnly(_)
         )
     }
 }
@@ -159,6 +168,39 @@ pub struct Storage {
     pub expiry_stats: expiry::ExpiryStats,
     /// Transactions waiting to be decided together (`txn`).
     txns: txn::TxnQueue,
+    /// Every committed record, by revision, for the change feed.
+    feed: Arc<feed::Feed>,
+    /// On a replica, its primary: client writes are refused (`replica`).
+    read_only: RwLock<Option<String>>,
+}
+
+/// What the change feed keeps: how much applied log on disk, how many
+/// bytes of recent changes in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedOptions {
+    /// Applied log segments kept for readers.
+    pub retention: log::Retention,
+    /// Bytes of recent changes in memory.
+    pub buffer_bytes: usize,
+}
+
+impl FeedOptions {
+    /// From the `[feed]` settings.
+    pub fn of(settings: &crate::config::FeedSettings) -> Self {
+        Self {
+            retention: log::Retention {
+                bytes: settings.retain_bytes,
+                revisions: settings.retain_revisions,
+            },
+            buffer_bytes: usize::try_from(settings.buffer_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl Default for FeedOptions {
+    fn default() -> Self {
+        Self::of(&crate::config::FeedSettings::default())
+    }
 }
 
 /// Keys, and bytes of keys and values, a shard's memtable holds before its
@@ -312,6 +354,15 @@ impl Storage {
     /// replays the commit log into the stores (see `recovery`), and starts
     /// the log writer, one writer and one applier thread per shard.
     pub fn open(settings: &StorageSettings, cache: &CacheSettings) -> Result<Self, StoreError> {
+        Self::open_with_feed(settings, cache, FeedOptions::default())
+    }
+
+    /// [`Storage::open`], keeping what `feed` says for the change feed.
+    pub fn open_with_feed(
+        settings: &StorageSettings,
+        cache: &CacheSettings,
+        feed: FeedOptions,
+    ) -> Result<Self, StoreError> {
         let data_dir = settings.data_dir.clone();
         let found = manifest::open_or_create(&data_dir, settings.shards)?;
         log::remove_leftovers(&data_dir)?;
@@ -330,7 +381,9 @@ impl Storage {
             .map(ShardStore::last_seq)
             .collect::<Result<Vec<_>, _>>()?;
         let floor = applied.iter().copied().max().unwrap_or(0) + 1;
-        let recovered = log::CommitLog::open(&data_dir, floor)?;
+        let feed_options_retention = feed.retention;
+        let keep_from = applied.iter().copied().min().unwrap_or(0) + 1;
+        let recovered = log::CommitLog::open_keeping(&data_dir, floor, keep_from)?;
         let mut log = recovered.log;
         let (held_frames, held_files) = held::read_all(&data_dir.join(log::LOG_DIR))?;
         let mut frames = recovered.frames;
@@ -342,7 +395,13 @@ impl Storage {
                 "replayed the commit log into the stores"
             );
         }
-        log.reset()?;
+        log.reset(feed.retention)?;
+        let feed = Arc::new(feed::Feed::new(
+            data_dir.join(log::LOG_DIR),
+            log.oldest_revision(),
+            log.next_revision().saturating_sub(1),
+            feed.buffer_bytes,
+        ));
         // The stores have every held write now.
         for file in held_files {
             std::fs::remove_file(&file)
@@ -364,12 +423,13 @@ impl Storage {
             })
             .collect();
         let log_failure = LogFailure::default();
-        let (log, log_thread) = committer::start(
-            log,
-            progress.clone(),
-            settings.queue_depth,
-            log_failure.clone(),
-        )?;
+        let followers = committer::Followers {
+            progress: progress.clone(),
+            failure: log_failure.clone(),
+            feed: Arc::clone(&feed),
+            retention: feed_options_retention,
+        };
+        let (log, log_thread) = committer::start(log, settings.queue_depth, followers)?;
         let publish_gate = Arc::new(RwLock::new(()));
         let per_shard_cache = cache.capacity_bytes / count as u64;
         let mut shards = Vec::with_capacity(count);
@@ -441,7 +501,14 @@ impl Storage {
             sweeper: Mutex::new(None),
             expiry_stats: expiry::ExpiryStats::default(),
             txns: txn::TxnQueue::default(),
+            feed,
+            read_only: RwLock::new(None),
         })
+    }
+
+    /// The change feed's source.
+    pub fn feed(&self) -> &Arc<feed::Feed> {
+        &self.feed
     }
 
     /// Number of shards.
@@ -644,6 +711,7 @@ impl Storage {
     /// The key's shard, unless it takes no writes now: the log failed, or
     /// the shard did.
     fn refusal(&self, hash: hash::KeyHash) -> Result<usize, StoreError> {
+        self.refuse_if_read_only()?;
         if let Some(why) = self.log_failure.get() {
             return Err(StoreError::LogFailed(why.clone()));
         }
@@ -1207,7 +1275,11 @@ mod tests {
                 .nth(n)
                 .unwrap()
         };
-        let storage = Storage::open(&settings, &cache).unwrap();
+        let no_history = FeedOptions {
+            retention: log::Retention::NONE,
+            buffer_bytes: 0,
+        };
+        let storage = Storage::open_with_feed(&settings, &cache, no_history).unwrap();
         storage.shards[0]
             .store
             .fail_commits

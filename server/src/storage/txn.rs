@@ -347,6 +347,7 @@ impl Storage {
     }
 
     fn refuse_if_out_of_service(&self, shard: usize) -> Result<(), StoreError> {
+        self.refuse_if_read_only()?;
         if let Some(why) = self.log_failure.get() {
             return Err(StoreError::LogFailed(why.clone()));
         }
@@ -408,15 +409,32 @@ impl Storage {
         for &shard in shards {
             self.refuse_if_out_of_service(shard)?;
         }
+        let firsts = self.append_and_publish(log_frames)?;
+        for (first, placed) in firsts.into_iter().zip(order) {
+            for (offset, i) in placed.into_iter().enumerate() {
+                revisions[i] = first + offset as u64;
+            }
+        }
+        Ok(revisions)
+    }
+
+    /// Logs `frames` with one append and publishes each part to its
+    /// shard; returns each frame's first revision. The caller holds the
+    /// decision locks of the frames' shards and the publish gate, and has
+    /// made room in their memtables.
+    pub(super) fn append_and_publish(
+        &self,
+        frames: Vec<super::committer::Parts>,
+    ) -> Result<Vec<u64>, StoreError> {
         let log = self
             .log
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(StoreError::ShuttingDown)?;
-        let (firsts, logged) = log.append_frames(log_frames)?;
-        for ((first, frame), placed) in firsts.into_iter().zip(logged).zip(order) {
-            let mut revision = first;
+        let (firsts, logged) = log.append_frames(frames)?;
+        for (first, frame) in firsts.iter().zip(logged) {
+            let mut revision = *first;
             for (shard, records) in frame {
                 let s = &self.shards[shard as usize];
                 let n = records.len();
@@ -428,11 +446,8 @@ impl Storage {
                 publish(&shard, records, vec![false; n], revision);
                 revision += n as u64;
             }
-            for (offset, i) in placed.into_iter().enumerate() {
-                revisions[i] = first + offset as u64;
-            }
         }
-        Ok(revisions)
+        Ok(firsts)
     }
 }
 

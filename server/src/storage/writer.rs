@@ -577,7 +577,11 @@ impl ShardWriter {
                 }
                 (None, None) => Decision::Missing,
                 (None, Some(removed)) => {
-                    let by = decided.push(LogRecord::delete(cmd.key.clone()), false);
+                    let record = match (expiring, removed.expires_at) {
+                        (true, Some(at)) => LogRecord::expiry(cmd.key.clone(), at),
+                        _ => LogRecord::delete(cmd.key.clone()),
+                    };
+                    let by = decided.push(record, false);
                     latest.insert(&cmd.key, None);
                     Decision::Deleted {
                         removed: removed.ver,
@@ -640,14 +644,20 @@ mod tests {
     use super::*;
     use crate::storage::cache::new_cache;
     use crate::storage::committer::{self, Progress};
-    use crate::storage::log::CommitLog;
+    use crate::storage::feed::Feed;
+    use crate::storage::log::{CommitLog, Retention, LOG_DIR};
 
     /// A writer over a fresh store and log in `dir`.
     fn fixture(dir: &std::path::Path) -> (ShardWriter, mpsc::Sender<WriterMsg>, Arc<Memtable>) {
         let store = ShardStore::open(&dir.join("s.persy"), 1 << 20).unwrap();
         let log = CommitLog::open(dir, 1).unwrap().log;
-        let (log, _thread) =
-            committer::start(log, vec![Arc::new(Progress::default())], 16, Arc::default()).unwrap();
+        let followers = committer::Followers {
+            progress: vec![Arc::new(Progress::default())],
+            failure: Arc::default(),
+            feed: Arc::new(Feed::new(dir.join(LOG_DIR), 1, 0, 1 << 20)),
+            retention: Retention::NONE,
+        };
+        let (log, _thread) = committer::start(log, 16, followers).unwrap();
         let (queue, rx) = mpsc::channel(16);
         let memtable = Arc::new(Memtable::new(1000, 1 << 20));
         let writer = ShardWriter {

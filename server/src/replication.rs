@@ -1,0 +1,364 @@
+//! A read replica: its first copy (the primary's backup), following the
+//! primary's change feed, its lag, and promotion to primary (see "Read
+//! replicas" in `docs/design/write-path.md`).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::admin_client;
+use crate::backup::{self, RestoreOptions};
+use crate::config::{ReplicationSettings, Settings};
+use crate::storage::feed::{Change, ChangeKind};
+use crate::storage::{manifest, now_ms, Storage};
+
+/// Longest pause between two attempts to reach the primary.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Attempts at the first copy before the start fails.
+const BOOTSTRAP_ATTEMPTS: u32 = 30;
+
+/// What a replica knows of itself and its primary.
+pub struct Replica {
+    /// The primary's URL, for clients sent there.
+    pub primary: String,
+    addr: String,
+    token: Option<String>,
+    poll_wait: Duration,
+    /// The newest revision applied and visible to reads.
+    applied: watch::Sender<u64>,
+    /// The newest revision the primary reported.
+    primary_head: AtomicU64,
+    /// Whether the last attempt to reach the primary succeeded.
+    connected: AtomicBool,
+    /// When the replica last had everything the primary reported (ms).
+    caught_up_at_ms: AtomicU64,
+    /// Why it stopped following, if it did.
+    stopped: Mutex<Option<String>>,
+    promoted: AtomicBool,
+    follower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Replica {
+    /// A replica of `settings.primary`, having applied up to `applied`.
+    pub fn new(settings: &ReplicationSettings, addr: &str, applied: u64) -> Self {
+        Self {
+            primary: settings.primary.clone(),
+            addr: addr.to_owned(),
+            token: settings.token.clone(),
+            poll_wait: Duration::from_millis(settings.poll_wait_ms),
+            applied: watch::Sender::new(applied),
+            primary_head: AtomicU64::new(applied),
+            connected: AtomicBool::new(false),
+            caught_up_at_ms: AtomicU64::new(now_ms()),
+            stopped: Mutex::new(None),
+            promoted: AtomicBool::new(false),
+            follower: Mutex::new(None),
+        }
+    }
+
+    /// Watches the revision applied (what `X-Exdaas-Min-Revision` waits
+    /// for).
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Whether it was promoted to primary.
+    pub fn is_promoted(&self) -> bool {
+        self.promoted.load(Ordering::Acquire)
+    }
+
+    /// Revisions the primary has that this replica has not applied.
+    pub fn lag_revisions(&self) -> u64 {
+        let applied = *self.applied.borrow();
+        self.primary_head
+            .load(Ordering::Acquire)
+            .saturating_sub(applied)
+    }
+
+    /// Seconds since it last had everything the primary reported.
+    pub fn lag_seconds(&self) -> f64 {
+        if self.lag_revisions() == 0 {
+            return 0.0;
+        }
+        let since = now_ms().saturating_sub(self.caught_up_at_ms.load(Ordering::Acquire));
+        since as f64 / 1000.0
+    }
+
+    /// Whether the primary answered the last poll.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// The state `/ready` reports.
+    pub fn describe(&self) -> Value {
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        json!({
+            "role": if self.is_promoted() { "promoted" } else { "replica" },
+            "primary": self.primary,
+            "connected": self.is_connected(),
+            "applied_revision": *self.applied.borrow(),
+            "primary_revision": self.primary_head.load(Ordering::Acquire),
+            "lag_revisions": self.lag_revisions(),
+            "lag_seconds": self.lag_seconds(),
+            "stopped": stopped,
+        })
+    }
+
+    /// Starts following the primary's feed into `storage`.
+    pub fn start(self: &Arc<Self>, storage: Arc<Storage>) {
+        let replica = Arc::clone(self);
+        let task = tokio::spawn(async move { replica.follow(storage).await });
+        *self.follower.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+    }
+
+    async fn follow(&self, storage: Arc<Storage>) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.is_promoted() {
+            match self.poll_once(&storage).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(Stop(why)) => {
+                    tracing::error!(reason = %why, "replica stopped following its primary");
+                    *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    return;
+                }
+                Err(Retry(why)) => {
+                    self.connected.store(false, Ordering::Release);
+                    tracing::warn!(primary = %self.primary, error = %why, "primary not reached; reads go on");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One long poll of the primary's feed, applied.
+    async fn poll_once(&self, storage: &Arc<Storage>) -> Result<(), FollowError> {
+        let from = storage.feed().head() + 1;
+        let path = format!(
+            "/v1/changes?from={from}&values=true&limit=1000&wait={}ms",
+            self.poll_wait.as_millis()
+        );
+        let send = admin_client::send(
+            &self.addr,
+            Method::GET,
+            &path,
+            self.token.as_deref(),
+            &[],
+            Bytes::new(),
+        );
+        let answer = tokio::time::timeout(self.poll_wait + Duration::from_secs(10), send)
+            .await
+            .map_err(|_| Retry("the primary did not answer in time".into()))?
+            .map_err(|e| Retry(e.to_string()))?;
+        self.connected.store(true, Ordering::Release);
+        match answer.status {
+            200 => {}
+            410 => {
+                return Err(Stop(format!(
+                    "the primary no longer holds revision {from} (its feed retention dropped it); make a new replica from an empty data directory"
+                )))
+            }
+            status => {
+                let body = String::from_utf8_lossy(&answer.body);
+                let body = crate::logsafe::escape(&body, 512);
+                return Err(Retry(format!("the primary answered {status}: {body}")));
+            }
+        }
+        let (changes, head) = parse_changes(&answer.body).map_err(Retry)?;
+        let stored = Arc::clone(storage);
+        let applied = tokio::task::spawn_blocking(move || stored.apply_replicated(changes))
+            .await
+            .map_err(|e| Retry(e.to_string()))?
+            .map_err(|e| Stop(e.to_string()))?;
+        self.applied.send_replace(applied);
+        self.primary_head.fetch_max(head, Ordering::AcqRel);
+        if applied >= self.primary_head.load(Ordering::Acquire) {
+            self.caught_up_at_ms.store(now_ms(), Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Stops following and takes writes, unless more than `max_lag`
+    /// revisions behind the newest the primary reported. Returns the
+    /// revision it starts from.
+    pub fn promote(&self, storage: &Arc<Storage>, max_lag: u64) -> Result<u64, String> {
+        let lag = self.lag_revisions();
+        if lag > max_lag {
+            return Err(format!(
+                "{lag} revisions behind the newest the primary reported (max_lag {max_lag}); wait for it to catch up or ask with a larger max_lag"
+            ));
+        }
+        if self.promoted.swap(true, Ordering::AcqRel) {
+            return Ok(storage.feed().head());
+        }
+        if let Some(task) = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        storage.set_read_only(None);
+        storage.start_sweeper();
+        let head = storage.feed().head();
+        tracing::warn!(revision = head, "replica promoted: it takes writes now");
+        Ok(head)
+    }
+}
+
+/// Why following stopped for now, or for good.
+enum FollowError {
+    /// The primary is unreachable or answered oddly: try again.
+    Retry(String),
+    /// Going on would diverge from the primary.
+    Stop(String),
+}
+use FollowError::{Retry, Stop};
+
+#[derive(Deserialize)]
+struct Changes<'a> {
+    #[serde(borrow)]
+    events: Vec<Event<'a>>,
+    revision: u64,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    revision: u64,
+    key: String,
+    op: String,
+    #[serde(borrow, default)]
+    value: Option<&'a RawValue>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+/// A long poll's answer as changes (values byte for byte as the primary
+/// stored them) and the primary's newest revision.
+fn parse_changes(body: &[u8]) -> Result<(Vec<Change>, u64), String> {
+    let answer: Changes<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("the primary's changes: {e}"))?;
+    let mut changes = Vec::with_capacity(answer.events.len());
+    for event in answer.events {
+        let kind = match event.op.as_str() {
+            "put" => ChangeKind::Put,
+            "delete" => ChangeKind::Delete,
+            "expire" => ChangeKind::Expire,
+            other => return Err(format!("unknown change {other:?}")),
+        };
+        let expires_at = match event.expires_at {
+            Some(text) => Some(instant_ms(&text)?),
+            None => None,
+        };
+        let value = (kind == ChangeKind::Put).then(|| {
+            let text = event.value.map_or("null", RawValue::get);
+            Bytes::copy_from_slice(text.as_bytes())
+        });
+        changes.push(Change {
+            revision: event.revision,
+            key: event.key,
+            kind,
+            value,
+            expires_at,
+        });
+    }
+    Ok((changes, answer.revision))
+}
+
+fn instant_ms(text: &str) -> Result<u64, String> {
+    let at = humantime::parse_rfc3339(text).map_err(|e| format!("expires_at {text:?}: {e}"))?;
+    let since = at.duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
+    u64::try_from(since.as_millis()).map_err(|e| e.to_string())
+}
+
+/// Makes a new replica's data directory a copy of the primary's: its
+/// backup, checked whole, restored without a revision bump so the log
+/// continues where the primary's stood. Does nothing for a directory
+/// that already holds data.
+pub async fn bootstrap(settings: &Settings, addr: &str) -> anyhow::Result<()> {
+    let data_dir = settings.storage.data_dir.clone();
+    if data_dir.join(manifest::MANIFEST_FILE).exists() {
+        return Ok(());
+    }
+    let image = data_dir.with_extension("replica-bootstrap.ndjson");
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=BOOTSTRAP_ATTEMPTS {
+        match copy_backup(settings, addr, &image).await {
+            Ok(()) => break,
+            Err(e) if attempt == BOOTSTRAP_ATTEMPTS => {
+                let _ = std::fs::remove_file(&image);
+                anyhow::bail!("cannot copy the primary's backup from {addr}: {e}");
+            }
+            Err(e) => {
+                tracing::warn!(primary = %addr, error = %e, attempt, "first copy from the primary failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    let options = RestoreOptions {
+        shards: settings.storage.shards,
+        store_cache_bytes: settings.storage.store_cache_bytes,
+        bump_revision: 0,
+        plugins: None,
+    };
+    let (path, dir) = (image.clone(), data_dir.clone());
+    let restored = tokio::task::spawn_blocking(move || backup::restore(&path, &dir, &options))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot restore the primary's backup: {e}"));
+    let _ = std::fs::remove_file(&image);
+    let summary = restored?;
+    tracing::info!(records = summary.records, revision = summary.seq, primary = %addr, "replica copied its primary");
+    Ok(())
+}
+
+/// Downloads the primary's backup to `image`.
+async fn copy_backup(settings: &Settings, addr: &str, image: &Path) -> anyhow::Result<()> {
+    let mut file = std::fs::File::create(image)?;
+    let token = settings.replication.token.as_deref();
+    let status = admin_client::get(addr, "/v1/admin/backup", token, &mut file).await?;
+    if status != 200 {
+        anyhow::bail!("GET /v1/admin/backup answered {status}");
+    }
+    file.sync_all()?;
+    backup::validate(image)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn changes_parse_with_values_byte_for_byte() {
+        let body = br#"{"events":[{"revision":5,"key":"a","op":"put","version":5,"value":{ "x" : [1, 2] },"expires_at":"2025-12-06T05:46:40.123Z"},{"revision":6,"key":"a","op":"expire","expires_at":"2025-12-06T05:46:40.123Z"},{"revision":7,"key":"n","op":"put","version":7,"value":null},{"revision":8,"key":"b","op":"delete"}],"next":9,"revision":12}"#;
+        let (changes, head) = parse_changes(body).unwrap();
+        assert_eq!(head, 12);
+        assert_eq!(
+            changes[0].value.as_deref(),
+            Some(&br#"{ "x" : [1, 2] }"#[..])
+        );
+        assert_eq!(changes[0].expires_at, Some(1_765_000_000_123));
+        assert_eq!(changes[1].kind, ChangeKind::Expire);
+        assert_eq!(changes[2].value.as_deref(), Some(&b"null"[..]));
+        assert_eq!(changes[3].kind, ChangeKind::Delete);
+        assert!(
+            parse_changes(br#"{"events":[{"revision":1,"key":"a","op":"zap"}],"revision":1}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! Read replicas end to end: the first copy and following, the primary's
+//! versions on the replica, writes refused with the primary's address,
+//! read-your-writes with `X-Exdaas-Min-Revision`, a replica killed with
+//! `-9` mid-stream, a primary killed with `-9` (reads go on, lag is
+//! reported) and promotion.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{metric, temp_data_dir, Client, Options, Server};
+use serde_json::Value;
+
+fn replica_of(primary: &Server, data: &Path) -> Server {
+    let config = format!(
+        "[replication]\nprimary = \"{}\"\npoll_wait_ms = 1000\n",
+        primary.url("")
+    );
+    Server::start_with(data, Options::default().config(&config))
+}
+
+/// Waits until `replica` has applied `revision` (a read that asks for it).
+async fn caught_up(replica: &Client, revision: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = replica
+            .send(
+                "GET",
+                "/v1/kv?limit=1",
+                &[("x-exdaas-min-revision", &revision.to_string())],
+                b"",
+            )
+            .await;
+        if let Ok(r) = r {
+            if r.status == 200 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica never reached {revision}"
+        );
+    }
+}
+
+/// Every key of `c` under `prefix` with its version and value.
+async fn contents(c: &Client, prefix: &str) -> BTreeMap<String, (u64, Value)> {
+    let mut all = BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let page = c
+            .get(&format!(
+                "/v1/kv?prefix={prefix}&values=true&limit=1000&after={after}"
+            ))
+            .await
+            .json();
+        for item in page["items"].as_array().unwrap() {
+            let key = item["key"].as_str().unwrap().to_owned();
+            all.insert(
+                key,
+                (item["version"].as_u64().unwrap(), item["value"].clone()),
+            );
+        }
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return all,
+        }
+    }
+}
+
+async fn write(c: &Client, key: &str, value: &str) -> u64 {
+    let r = c.put_json(&format!("/v1/kv/{key}"), value).await;
+    assert!(r.status == 200 || r.status == 201, "{}", r.status);
+    r.json()["version"].as_u64().unwrap()
+}
+
+/// A replica started after writes copies them, follows new ones
+/// (transactions, deletes, expiries included), holds the primary's
+/// versions, refuses writes with the primary's address, and a read that
+/// names a revision waits for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_copies_follows_and_refuses_writes() {
+    let (_a, primary_data) = temp_data_dir();
+    let primary = Server::start(&primary_data);
+    let p = primary.client();
+    for n in 0..50 {
+        write(&p, &format!("k/{n}"), &format!("{{\"n\":{n}}}")).await;
+    }
+    p.delete("/v1/kv/k/7").await;
+    let (_b, replica_data) = temp_data_dir();
+    let replica = replica_of(&primary, &replica_data);
+    let r = replica.client();
+    for n in 50..80 {
+        write(&p, &format!("k/{n}"), &format!("{{\"n\":{n}}}")).await;
+    }
+    let txn = r#"{"success":[{"op":"put","key":"k/a","value":1},{"op":"delete","key":"k/3"},{"op":"incr","key":"k/c","path":"/n","by":2}]}"#;
+    let head = p.post_json("/v1/txn", txn).await.json()["revision"]
+        .as_u64()
+        .unwrap();
+    write(&p, "k/short?ttl=100ms", "1").await;
+    // Read your writes: the revision a write answered, asked of the replica.
+    let last = write(&p, "k/last", "\"x\"").await;
+    let read = r
+        .send(
+            "GET",
+            "/v1/kv/k/last",
+            &[("x-exdaas-min-revision", &last.to_string())],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.status, 200);
+    assert_eq!(read.header("etag").unwrap(), format!("\"{last}\""));
+    assert!(last > head);
+    // The expiry arrives as the primary's own write.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.get("/v1/changes?prefix=k/short&from=1").await.json()["events"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no expiry on the primary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let primary_head = p.get("/v1/changes?wait=0").await.json()["revision"]
+        .as_u64()
+        .unwrap();
+    caught_up(&r, primary_head).await;
+    assert_eq!(contents(&r, "k/").await, contents(&p, "k/").await);
+    let changes = |c: &Client| {
+        let c = c.clone();
+        async move { c.get("/v1/changes?from=1&limit=1000").await.json()["events"].clone() }
+    };
+    // The copy holds no history before its copy's revision; from there on
+    // its feed is the primary's.
+    let theirs = changes(&p).await;
+    let ours = r
+        .get(&format!("/v1/changes?from={}&limit=1000", 60))
+        .await
+        .json()["events"]
+        .clone();
+    assert_eq!(
+        ours.as_array().unwrap()[..],
+        theirs.as_array().unwrap()[59..]
+    );
+    // Writes go to the primary.
+    let json = "application/json";
+    let txn = r#"{"success":[{"op":"put","key":"x","value":1}]}"#;
+    for (method, path, body, media) in [
+        ("PUT", "/v1/kv/k/new", "1", json),
+        ("DELETE", "/v1/kv/k/1", "", json),
+        ("POST", "/v1/kv", "1", json),
+        ("POST", "/v1/txn", txn, json),
+        (
+            "PATCH",
+            "/v1/kv/k/2",
+            r#"{"m":1}"#,
+            "application/merge-patch+json",
+        ),
+        ("POST", "/v1/kv/k/2?op=incr&path=/n", "", json),
+        ("POST", "/api", r#"{"id":null,"data":{"a":1}}"#, json),
+    ] {
+        let resp = r
+            .send(method, path, &[("content-type", media)], body.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 421, "{method} {path}");
+        assert_eq!(resp.json()["error"]["code"], "read_only_replica");
+        assert_eq!(resp.json()["error"]["primary"], primary.url(""));
+    }
+    // A revision not reached in the read's wait is 503 with the replica's.
+    let far = (primary_head + 1000).to_string();
+    let resp = r
+        .send(
+            "GET",
+            "/v1/kv/k/1",
+            &[
+                ("x-exdaas-min-revision", &far),
+                ("x-exdaas-max-wait-ms", "50"),
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["error"]["code"], "behind");
+    assert_eq!(resp.json()["error"]["revision"], primary_head);
+    let ready = r.get("/ready").await.json();
+    assert_eq!(ready["replication"]["lag_revisions"], 0, "{ready}");
+    assert_eq!(ready["replication"]["connected"], true);
+}
+
+/// A replica killed with `-9` while the primary writes, and started again,
+/// resumes from its own log: every write the primary acknowledged is on
+/// it afterwards, with the primary's version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_mid_stream_resumes_and_loses_nothing() {
+    let (_a, primary_data) = temp_data_dir();
+    let primary = Server::start(&primary_data);
+    let p = primary.client();
+    write(&p, "seed", "0").await;
+    let (_b, replica_data) = temp_data_dir();
+    let mut replica = replica_of(&primary, &replica_data);
+    for round in 0..3 {
+        let writer = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                for n in 0..150 {
+                    write(&p, &format!("r{round}/{n}"), &format!("{n}")).await;
+                }
+            })
+        };
+        // Kill once the replica has applied some of this round.
+        let r = replica.client();
+        while metric(&r, "exdaas_feed_head_revision").await < 1.0 + 150.0 * round as f64 + 20.0 {
+            tokio::task::yield_now().await;
+        }
+        replica.kill9();
+        writer.await.unwrap();
+        replica = replica_of(&primary, &replica_data);
+    }
+    let head = p.get("/v1/changes").await.json()["revision"]
+        .as_u64()
+        .unwrap();
+    let r = replica.client();
+    caught_up(&r, head).await;
+    assert_eq!(contents(&r, "").await, contents(&p, "").await);
+}
+
+/// With its primary killed, a replica goes on serving reads and says it
+/// cannot reach the primary; promoted, it takes writes whose versions
+/// follow the primary's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_serves_reads_without_its_primary_and_can_be_promoted() {
+    let (_a, primary_data) = temp_data_dir();
+    let primary = Server::start(&primary_data);
+    let p = primary.client();
+    let mut last = 0;
+    for n in 0..20 {
+        last = write(&p, &format!("k/{n}"), &format!("{n}")).await;
+    }
+    let (_b, replica_data) = temp_data_dir();
+    let replica = replica_of(&primary, &replica_data);
+    let r = replica.client();
+    caught_up(&r, last).await;
+    // A primary that is not one refuses promotion.
+    assert_eq!(p.post_json("/v1/admin/promote", "").await.status, 409);
+    primary.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&r, "exdaas_replication_primary_up").await != 0.0 {
+        assert!(Instant::now() < deadline, "the replica never noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(r.get("/v1/kv/k/3").await.json(), serde_json::json!(3));
+    let ready = r.get("/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["replication"]["connected"], false);
+    assert_eq!(r.put_json("/v1/kv/k/new", "1").await.status, 421);
+    let promoted = r.post_json("/v1/admin/promote?max_lag=0", "").await;
+    assert_eq!(promoted.status, 200, "{:?}", promoted.json());
+    assert_eq!(promoted.json()["revision"], last);
+    let version = write(&r, "k/new", "1").await;
+    assert_eq!(version, last + 1);
+    assert_eq!(
+        r.get("/ready").await.json()["replication"]["role"],
+        "promoted"
+    );
+}
