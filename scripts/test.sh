@@ -12,6 +12,8 @@ fi
 command -v clang >/dev/null || need_apt+=(clang)
 # The change feed tests read streams with curl, as a user would.
 command -v curl >/dev/null || need_apt+=(curl)
+# The multi-node test runs the shipped nginx configuration.
+command -v nginx >/dev/null || need_apt+=(nginx-light)
 # The power-loss tests mount a FUSE filesystem of their own.
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v wasm-ld >/dev/null || command -v wasm-ld-14 >/dev/null || need_apt+=(lld)

@@ -402,7 +402,8 @@ impl App {
         expiry: Expiry,
     ) -> Result<(u64, u64, Bytes), ApiError> {
         for attempt in 0..MAX_ID_ATTEMPTS {
-            let id = self.storage.next_id().await?;
+            let counter = self.storage.next_id().await?;
+            let id = self.settings.cluster.id_of(counter);
             match self
                 .write(&id.to_string(), Some(json.clone()), Expect::Absent, expiry)
                 .await?
@@ -412,7 +413,7 @@ impl App {
                 }
                 (WriteOutcome::Conflict { .. }, _) => {
                     self.storage
-                        .skip_ids_past(id.saturating_add(1 << attempt))
+                        .skip_ids_past(counter.saturating_add(1 << attempt))
                         .await;
                 }
                 (other, _) => return Err(ApiError::unexpected(other)),
@@ -431,7 +432,8 @@ impl App {
             && !key.starts_with('0')
             && key.bytes().all(|b| b.is_ascii_digit());
         if let (true, Ok(id)) = (canonical, key.parse::<u64>()) {
-            self.storage.skip_ids_past(id).await;
+            let past = self.settings.cluster.counter_past(id);
+            self.storage.skip_ids_past(past).await;
         }
     }
 }

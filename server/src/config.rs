@@ -49,6 +49,43 @@ pub struct Settings {
     pub feed: FeedSettings,
     /// Running as a read replica of another server.
     pub replication: ReplicationSettings,
+    /// This server's place among several primaries (server-assigned ids).
+    pub cluster: ClusterSettings,
+}
+
+/// Several primaries, each holding part of the keys (behind a proxy that
+/// routes by key): ids they assign (`POST /v1/kv`, `POST /api`) never
+/// collide, since node `node_id` of `nodes` hands out only ids that leave
+/// remainder `node_id` when divided by `nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This node's number, `0..nodes`.
+    pub node_id: u64,
+    /// How many primaries assign ids.
+    pub nodes: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            nodes: 1,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The id the counter's `n`th value stands for on this node.
+    pub fn id_of(&self, n: u64) -> u64 {
+        n.saturating_mul(self.nodes).saturating_add(self.node_id)
+    }
+
+    /// The counter value to keep past so that no id this node hands out
+    /// is `id` or below it.
+    pub fn counter_past(&self, id: u64) -> u64 {
+        id / self.nodes.max(1)
+    }
 }
 
 /// A read replica follows its primary's change feed.
@@ -802,6 +839,16 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         "limits.max_json_depth",
         &format!("must be 1..={}", crate::ijson::MAX_DEPTH_CEILING),
     )?;
+    check(
+        (1..=1024).contains(&s.cluster.nodes),
+        "cluster.nodes",
+        "must be 1..=1024",
+    )?;
+    check(
+        s.cluster.node_id < s.cluster.nodes,
+        "cluster.node_id",
+        "must be below cluster.nodes (nodes are numbered from 0)",
+    )?;
     let primary = &s.replication;
     check(
         primary.primary.is_empty()
@@ -839,6 +886,25 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn cluster_ids_never_collide_and_skip_past_explicit_ones() {
+        let nodes: Vec<ClusterSettings> = (0..3)
+            .map(|node_id| ClusterSettings { node_id, nodes: 3 })
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for node in &nodes {
+            for n in 1..1000 {
+                assert!(seen.insert(node.id_of(n)), "{} twice", node.id_of(n));
+                assert_eq!(node.id_of(n) % 3, node.node_id);
+            }
+            for id in 0..500 {
+                assert!(node.id_of(node.counter_past(id) + 1) > id);
+            }
+        }
+        let single = ClusterSettings::default();
+        assert_eq!((single.id_of(7), single.counter_past(7)), (7, 7));
+    }
     use std::io::Write;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
