@@ -314,7 +314,7 @@ impl App {
         incoming: Incoming,
         expect: Expect,
     ) -> Result<(WriteOutcome, Option<Bytes>), ApiError> {
-        let hash = KeyHash::of(key);
+        let hash = self.storage.key_hash(key);
         let _key_lock = self.key_locks[hash.shard(KEY_LOCKS)].lock().await;
         for _ in 0..MAX_CHAIN_ATTEMPTS {
             let judged = self
@@ -343,7 +343,7 @@ impl App {
     pub(crate) async fn lock_keys(&self, keys: &[&str]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
         let mut slots: Vec<usize> = keys
             .iter()
-            .map(|k| KeyHash::of(k).shard(KEY_LOCKS))
+            .map(|k| self.storage.key_hash(k).shard(KEY_LOCKS))
             .collect();
         slots.sort_unstable();
         slots.dedup();
@@ -378,7 +378,7 @@ impl App {
             .judge(
                 &chain,
                 key,
-                KeyHash::of(key),
+                self.storage.key_hash(key),
                 Incoming::Value(Some(json), Expiry::Never),
                 &Expect::Any,
                 Record::No,

@@ -21,6 +21,7 @@ pub struct BulkLoader {
     pending: Vec<usize>,
     max_version: Vec<u64>,
     data_dir: std::path::PathBuf,
+    placement: hash::Placement,
 }
 
 impl BulkLoader {
@@ -30,7 +31,7 @@ impl BulkLoader {
         shards: u32,
         store_cache_bytes: u64,
     ) -> Result<Self, StoreError> {
-        manifest::open_or_create(data_dir, shards)?;
+        let placement = manifest::open_or_create(data_dir, shards)?.placement();
         let stores = (0..shards as usize)
             .map(|i| ShardStore::open(&manifest::shard_file(data_dir, i), store_cache_bytes))
             .collect::<Result<Vec<_>, _>>()?;
@@ -41,13 +42,14 @@ impl BulkLoader {
             pending: vec![0; n],
             max_version: vec![0; n],
             data_dir: data_dir.to_owned(),
+            placement,
         })
     }
 
     /// Adds one record (keys must be unique).
     pub fn add(&mut self, key: &str, value: &StoredValue) -> Result<(), StoreError> {
         let version = value.version;
-        let shard = hash::shard_for(key, self.stores.len());
+        let shard = self.placement.hash(key).shard(self.stores.len());
         if self.txs[shard].is_none() {
             self.txs[shard] = Some(self.stores[shard].begin()?);
         }

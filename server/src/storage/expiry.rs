@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::hash::KeyHash;
 use super::{Expect, Expiry, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// How often the sweeper looks for expired keys.
@@ -188,7 +187,7 @@ impl Storage {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut sent = 0;
         for (at, key) in due {
-            let hash = KeyHash::of(&key);
+            let hash = self.key_hash(&key);
             let state = match self.get_any_blocking(&key, hash) {
                 Ok(state) => state,
                 Err(_) => {

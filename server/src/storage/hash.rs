@@ -4,10 +4,64 @@
 //! written by one version must be readable by the next, so this is a fixed,
 //! documented algorithm (64-bit FNV-1a over the key's UTF-8 bytes, reduced
 //! modulo the shard count), never a std `Hasher` whose output may change
-//! between Rust releases. The manifest records its name (`fnv1a-64`).
+//! between Rust releases. The manifest records its name.
+//!
+//! Two placements exist. Directories made before hash tags hash the whole
+//! key (`fnv1a-64`) and keep doing so; new ones (and any `exdaas reshard`
+//! or restore writes) hash only a key's hash tag when it has one
+//! (`fnv1a-64-hashtag`): the part inside the first `{...}` with something
+//! in it, as in Redis Cluster, so `{user42}/profile` and `{user42}/cart`
+//! share a shard (and, behind `config/cluster/nginx.conf`, a node).
 
-/// Name recorded in the manifest for the placement function below.
-pub const KEY_HASH_NAME: &str = "fnv1a-64";
+/// How keys map to shards, as the manifest names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The whole key is hashed (directories made before hash tags).
+    WholeKey,
+    /// Only the key's hash tag is hashed, when it has one.
+    HashTag,
+}
+
+impl Placement {
+    /// What new directories use.
+    pub const NEW: Placement = Placement::HashTag;
+
+    /// The name the manifest records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::WholeKey => "fnv1a-64",
+            Placement::HashTag => "fnv1a-64-hashtag",
+        }
+    }
+
+    /// The placement a manifest names, if this build knows it.
+    pub fn named(name: &str) -> Option<Placement> {
+        [Placement::WholeKey, Placement::HashTag]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    /// The placement hash of `key`.
+    pub fn hash(self, key: &str) -> KeyHash {
+        match self {
+            Placement::WholeKey => KeyHash::of(key),
+            Placement::HashTag => KeyHash::of(hash_tag(key)),
+        }
+    }
+}
+
+/// The part of `key` that places it: inside the first `{` and the first
+/// `}` after it, when that is not empty; else the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    let Some(open) = key.find('{') else {
+        return key;
+    };
+    let rest = &key[open + 1..];
+    match rest.find('}') {
+        Some(close) if close > 0 => &rest[..close],
+        _ => key,
+    }
+}
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -45,6 +99,22 @@ impl KeyHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_tags_follow_redis_cluster() {
+        assert_eq!(hash_tag("{user42}/profile"), "user42");
+        assert_eq!(hash_tag("cart/{user42}"), "user42");
+        assert_eq!(hash_tag("a{b}{c}"), "b");
+        assert_eq!(hash_tag("a{}b{c}"), "a{}b{c}");
+        assert_eq!(hash_tag("a{b"), "a{b");
+        assert_eq!(hash_tag("plain"), "plain");
+        let p = Placement::HashTag;
+        assert_eq!(p.hash("{u}/a"), p.hash("{u}/b"));
+        assert_eq!(Placement::WholeKey.hash("{u}/a"), KeyHash::of("{u}/a"));
+        for placement in [Placement::WholeKey, Placement::HashTag] {
+            assert_eq!(Placement::named(placement.name()), Some(placement));
+        }
+    }
 
     #[test]
     fn matches_published_fnv1a_vectors() {

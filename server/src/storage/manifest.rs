@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::hash::KEY_HASH_NAME;
+use super::hash::Placement;
 use super::StoreError;
 
 /// File name of the manifest inside the data directory.
@@ -39,6 +39,13 @@ pub struct Manifest {
     pub shards: u32,
     /// Name of the key placement function (see `hash.rs`).
     pub key_hash: String,
+}
+
+impl Manifest {
+    /// How the directory's keys map to shards (checked when opened).
+    pub fn placement(&self) -> Placement {
+        Placement::named(&self.key_hash).unwrap_or(Placement::WholeKey)
+    }
 }
 
 /// Path of shard `index`'s store file.
@@ -81,7 +88,7 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreErr
     let wanted = Manifest {
         format_version: FORMAT_VERSION,
         shards,
-        key_hash: KEY_HASH_NAME.to_owned(),
+        key_hash: Placement::NEW.name().to_owned(),
     };
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -95,9 +102,9 @@ pub fn open_or_create(data_dir: &Path, shards: u32) -> Result<Manifest, StoreErr
                     found.format_version,
                 )));
             }
-            if found.key_hash != KEY_HASH_NAME {
+            if Placement::named(&found.key_hash).is_none() {
                 return Err(StoreError::Manifest(format!(
-                    "{}: keys were placed with {:?}, this build uses {KEY_HASH_NAME:?}",
+                    "{}: keys were placed with {:?}, which this build does not know",
                     path.display(),
                     found.key_hash
                 )));

@@ -172,6 +172,8 @@ pub struct Storage {
     feed: Arc<feed::Feed>,
     /// On a replica, its primary: client writes are refused (`replica`).
     read_only: RwLock<Option<String>>,
+    /// How this directory's keys map to shards (from its manifest).
+    placement: hash::Placement,
 }
 
 /// What the change feed keeps: how much applied log on disk, how many
@@ -503,6 +505,7 @@ impl Storage {
             txns: txn::TxnQueue::default(),
             feed,
             read_only: RwLock::new(None),
+            placement: found.placement(),
         })
     }
 
@@ -517,7 +520,13 @@ impl Storage {
     }
 
     fn shard(&self, key: &str) -> &Shard {
-        &self.shards[hash::shard_for(key, self.shards.len())]
+        &self.shards[self.key_hash(key).shard(self.shards.len())]
+    }
+
+    /// `key`'s placement hash in this directory: its shard, and the
+    /// stripe of the locks that keep writes of one key apart.
+    pub fn key_hash(&self, key: &str) -> hash::KeyHash {
+        self.placement.hash(key)
     }
 
     /// The committed value of `key`: from the cache, else from disk (off the
@@ -668,7 +677,7 @@ impl Storage {
         expect: Expect,
         expiry: Expiry,
     ) -> Result<WriteOutcome, StoreError> {
-        let index = self.refusal(hash::KeyHash::of(&key))?;
+        let index = self.refusal(self.key_hash(&key))?;
         if expiry == Expiry::Never {
             if let Some(version) = self.already_stored(index, &key, &op, &expect) {
                 return Ok(WriteOutcome::Unchanged { version });
@@ -958,7 +967,7 @@ impl Storage {
             let revision = storage.last_seq()?;
             let values = keys
                 .iter()
-                .map(|key| storage.get_blocking(key, hash::KeyHash::of(key)))
+                .map(|key| storage.get_blocking(key, storage.key_hash(key)))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((revision, values))
         })
@@ -1176,6 +1185,63 @@ mod tests {
     ) -> Result<WriteOutcome, StoreError> {
         let op = WriteOp::Put(bytes::Bytes::from_static(json));
         rt.block_on(storage.write(key.into(), op, Expect::Any))
+    }
+
+    /// A directory made before hash tags (its manifest names `fnv1a-64`)
+    /// keeps placing whole keys, across restarts; `reshard` moves it to
+    /// hash tags, which new directories use, and every key reads back.
+    #[test]
+    fn old_directories_keep_their_placement_until_resharded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (settings, cache) = small(dir.path(), 4);
+        let old = manifest::Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            shards: 4,
+            key_hash: hash::Placement::WholeKey.name().into(),
+        };
+        std::fs::create_dir_all(dir.path()).unwrap();
+        manifest::write_durably(
+            &dir.path().join(manifest::MANIFEST_FILE),
+            &serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let keys: Vec<String> = (0..16).map(|i| format!("{{user42}}/{i}")).collect();
+        let shards_of = |storage: &Storage| -> std::collections::BTreeSet<usize> {
+            keys.iter().map(|k| storage.key_hash(k).shard(4)).collect()
+        };
+        {
+            let storage = Storage::open(&settings, &cache).unwrap();
+            assert_eq!(storage.placement, hash::Placement::WholeKey);
+            for key in &keys {
+                put(&rt, &storage, key, b"1").unwrap();
+            }
+            assert!(shards_of(&storage).len() > 1, "whole keys spread");
+            storage.close();
+        }
+        {
+            let storage = Storage::open(&settings, &cache).unwrap();
+            assert_eq!(storage.placement, hash::Placement::WholeKey);
+            for key in &keys {
+                assert!(rt.block_on(storage.get(key)).unwrap().is_some(), "{key}");
+            }
+            storage.close();
+        }
+        crate::backup::reshard(dir.path(), 4, 1 << 20).unwrap();
+        let storage = Storage::open(&settings, &cache).unwrap();
+        assert_eq!(storage.placement, hash::Placement::HashTag);
+        assert_eq!(shards_of(&storage).len(), 1, "one tag, one shard");
+        for key in &keys {
+            assert!(rt.block_on(storage.get(key)).unwrap().is_some(), "{key}");
+        }
+        storage.close();
+        let fresh = tempfile::tempdir().unwrap();
+        let (settings, cache) = small(fresh.path(), 4);
+        let storage = Storage::open(&settings, &cache).unwrap();
+        assert_eq!(storage.placement, hash::Placement::NEW);
+        storage.close();
     }
 
     /// A newer state still in the memtable, whose cache entry was evicted,

@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use super::committer::Parts;
 use super::feed::{Change, ChangeKind};
-use super::hash::KeyHash;
 use super::log::LogRecord;
 use super::{Storage, StoreError};
 
@@ -40,7 +39,7 @@ impl Storage {
             return Ok(self.feed.head());
         };
         let count = self.shards.len();
-        let shard_of = |key: &str| KeyHash::of(key).shard(count);
+        let shard_of = |key: &str| self.key_hash(key).shard(count);
         let touched: BTreeSet<usize> = changes.iter().map(|c| shard_of(&c.key)).collect();
         let _locks: Vec<_> = touched
             .iter()

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::log::LogRecord;
 use super::store::StoredValue;
 use super::writer::{committed, publish, Published};
-use super::{hash, Expect, Expiry, Storage, StoreError, WriteOp, WriteOutcome};
+use super::{Expect, Expiry, Storage, StoreError, WriteOp, WriteOutcome};
 
 /// A compare: whether a key's committed state (`None`: absent) passes.
 pub type Compare = Arc<dyn Fn(Option<&StoredValue>) -> bool + Send + Sync>;
@@ -261,7 +261,7 @@ impl Storage {
         let shards_of = |plan: &TxnPlan| {
             let mut shards: Vec<usize> = plan
                 .keys()
-                .map(|k| hash::KeyHash::of(k).shard(self.shards.len()))
+                .map(|k| self.key_hash(k).shard(self.shards.len()))
                 .collect();
             shards.sort_unstable();
             shards.dedup();
@@ -381,7 +381,7 @@ impl Storage {
             let mut parts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
             for (i, record) in records.iter().enumerate().take(end).skip(start) {
                 let key = record.as_ref().map_or("", |r| r.key.as_str());
-                let shard = hash::KeyHash::of(key).shard(self.shards.len());
+                let shard = self.key_hash(key).shard(self.shards.len());
                 parts.entry(shard).or_default().push(i);
             }
             let mut placed = Vec::new();
@@ -463,7 +463,8 @@ impl Deciding<'_> {
         if let Some(state) = self.states.get(key) {
             return Ok(state.clone());
         }
-        let shard = &self.storage.shards[hash::KeyHash::of(key).shard(self.storage.shards.len())];
+        let shard =
+            &self.storage.shards[self.storage.key_hash(key).shard(self.storage.shards.len())];
         let (value, _) = committed(
             &shard.memtable,
             &shard.cache,
@@ -668,7 +669,7 @@ mod tests {
         let mut keys: Vec<Option<String>> = vec![None; storage.shard_count()];
         for i in 0.. {
             let key = format!("k{i}");
-            let shard = hash::KeyHash::of(&key).shard(storage.shard_count());
+            let shard = storage.key_hash(&key).shard(storage.shard_count());
             keys[shard].get_or_insert(key);
             if keys.iter().all(Option::is_some) {
                 break;
