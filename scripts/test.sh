@@ -25,22 +25,36 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The API conformance test drives schemathesis against a live server.
+# The API conformance test drives schemathesis against a live server. It
+# goes into a virtual environment of the project's own: Debian's Python
+# refuses global pip installs (PEP 668).
 if ! command -v schemathesis >/dev/null; then
-  echo "==> installing schemathesis"
-  python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+  venv=target/tools-venv
+  if [ ! -x "$venv/bin/schemathesis" ]; then
+    echo "==> installing schemathesis into $venv (about a minute)"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      rm -rf "$venv"
+      sudo=""
+      [ "$(id -u)" -ne 0 ] && sudo="sudo"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+  fi
+  export EXDAAS_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 fi
 
 if [ -x scripts/build-plugins.sh ]; then
-  echo "==> building example plugins"
+  echo "==> building the example plugins (about 2 minutes from a fresh clone)"
   scripts/build-plugins.sh
 fi
 
-echo "==> building"
+echo "==> building the server and the tests (about 8 minutes on 2 cores from a fresh clone)"
 cargo build --locked --workspace --all-targets
-echo "==> testing"
+echo "==> testing: unit tests, then every end-to-end test against the real binary (about 4 minutes)"
 cargo test --locked --workspace
-echo "==> testing example plugin logic natively"
+echo "==> testing the example plugins' logic natively (under a minute)"
 (cd examples && cargo test --locked)
-echo "==> checking the container image's binary"
+echo "==> checking the container image's binary (about 3 minutes)"
 scripts/check-dist-size.sh
