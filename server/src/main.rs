@@ -174,7 +174,9 @@ fn write_backup_file(
                 &mut file,
             ))?;
             if status != 200 {
-                anyhow::bail!("server at {addr} answered {status} to the backup request");
+                drop(file);
+                let why = server_reason(partial);
+                anyhow::bail!("server at {addr} refused the backup ({status}): {why}");
             }
         }
     }
@@ -215,12 +217,27 @@ fn backup_cmd(
     Ok(())
 }
 
+/// The `message` of a server's error answer saved in `path` (what it
+/// said, for the user), or its first bytes when it is not one.
+fn server_reason(path: &Path) -> String {
+    let body = std::fs::read(path).unwrap_or_default();
+    reason_of(&body)
+}
+
+fn reason_of(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    match parsed.as_ref().and_then(|v| v["error"]["message"].as_str()) {
+        Some(message) => exdaas_server::logsafe::escape(message, 1024),
+        None => exdaas_server::logsafe::escape(&String::from_utf8_lossy(body), 256),
+    }
+}
+
 fn health(loaded: &LoadedSettings, server: Option<String>) -> anyhow::Result<()> {
     let addr = target(loaded, server)?;
     let mut body = Vec::new();
     let status = runtime()?.block_on(admin_client::get(&addr, "/health", None, &mut body))?;
     if status != 200 {
-        anyhow::bail!("{addr} answered {status}");
+        anyhow::bail!("{addr} answered {status}: {}", reason_of(&body));
     }
     println!("{}", String::from_utf8_lossy(&body));
     Ok(())
@@ -297,7 +314,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let serving = matches!(command, Command::Serve);
+    let result = match command {
         Command::Kv {
             server,
             token,
@@ -378,8 +397,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "exdaas failed");
-            eprintln!("exdaas: {e:#}");
+            // Once: a server says it in its log (which may be JSON for a
+            // collector), a command on its standard error.
+            if serving {
+                tracing::error!(error = %format!("{e:#}"), "exdaas failed");
+            } else {
+                eprintln!("exdaas: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -309,3 +309,47 @@ async fn reported_values_survive_backup_and_restore_and_failures_leave_no_file()
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A command fails with one line that says what to do: a backup of a
+/// directory a running server holds names the server and the command to
+/// run instead; a backup the server refuses passes its reason on.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_failures_say_why_once_and_what_to_do() {
+    let (root, data) = temp_data_dir();
+    let tokens = r#"
+[auth]
+tokens = [{ name = "writer", token = "writer-token-0123456789", role = "write" }]
+"#;
+    let server = Server::start_with(&data, Options::default().config(tokens));
+    let out = root.path().join("b.ndjson");
+    let (code, _, err) = run_cli(
+        root.path(),
+        &[
+            "backup",
+            "--out",
+            out.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("in use by another exdaas process"), "{err}");
+    assert!(err.contains("--server HOST:PORT"), "{err}");
+    assert_eq!(err.lines().count(), 1, "said more than once: {err}");
+    let addr = server.url("").trim_start_matches("http://").to_owned();
+    let (code, _, err) = backup_from_server(
+        root.path(),
+        &out,
+        &addr,
+        &[("EXDAAS_TOKEN", "writer-token-0123456789")],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("refused the backup (403)"), "{err}");
+    assert!(
+        err.contains("admin"),
+        "the server's reason is missing: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "said more than once: {err}");
+    assert!(!out.exists() && !out.with_extension("partial").exists());
+}

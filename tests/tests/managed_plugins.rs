@@ -692,3 +692,23 @@ async fn a_plugin_that_refuses_its_configuration_is_refused() {
     let r = upload_form(&c, "schema", &example_plugin("require_fields"), form).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// A module importing what AssemblyScript adds by default (`env.abort`)
+/// is refused with the flag that leaves it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_refusal_names_the_fix() {
+    let (_root, data) = common::temp_data_dir();
+    let server = common::Server::start(&data);
+    let c = server.client();
+    let module = r#"(module
+      (import "env" "abort" (func (param i32 i32 i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "exdaas_abi_version") (result i32) (i32.const 1))
+      (func (export "exdaas_alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "exdaas_on_write") (param i32 i32 i32 i32 i32 i32 i64) (result i64) (i64.const 0)))"#;
+    let r = common::upload_module(&c, "as-plugin", module.as_bytes()).await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 422, "{text}");
+    assert!(text.contains("env.abort"), "{text}");
+    assert!(text.contains("--use abort="), "{text}");
+}

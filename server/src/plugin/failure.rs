@@ -126,7 +126,7 @@ pub enum PluginLoadError {
         error: String,
     },
     /// The module imports something the host does not provide (e.g. WASI).
-    #[error("plugin {plugin:?}: {} imports {import}, which exdaas does not provide (only exdaas.log is available; plugins run without WASI)", path.display())]
+    #[error("plugin {plugin:?}: {} imports {import}, which exdaas does not provide (only exdaas.log is available; plugins run without WASI){}", path.display(), import_fix(import))]
     Import {
         /// Plugin name.
         plugin: String,
@@ -164,4 +164,16 @@ pub enum PluginLoadError {
         /// What is wrong: each failing vector and what came back instead.
         problem: String,
     },
+}
+
+/// How to build a module without an import the host does not provide,
+/// for the imports toolchains add by default.
+fn import_fix(import: &str) -> &'static str {
+    match import {
+        "env.abort" => ": AssemblyScript adds it; compile with `--use abort=`",
+        i if i.starts_with("wasi_snapshot_preview1.") || i.starts_with("wasi_unstable.") => {
+            ": build for wasm32-unknown-unknown, not a WASI target"
+        }
+        _ => "",
+    }
 }

@@ -103,6 +103,11 @@ pub enum StoreError {
     /// A key longer than a log record can carry.
     #[error("key is {0} bytes; the commit log carries at most {max}", max = log::MAX_KEY_BYTES)]
     KeyTooLong(usize),
+    /// Another process (a running server) holds the store file.
+    #[error(
+        "{0} is in use by another exdaas process (a running server?); stop it first, or back up the running server with `exdaas backup --out FILE --server HOST:PORT`"
+    )]
+    InUse(String),
     /// This server is a read replica of the primary named; writes go there.
     #[error("this server is a read-only replica; send writes to its primary {0}")]
     ReadOnly(String),

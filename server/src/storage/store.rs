@@ -184,7 +184,10 @@ impl ShardStore {
             tx.prepare()?.commit()?;
             Ok(())
         })
-        .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        .map_err(|e| match e.error() {
+            persy::OpenError::AlreadyInUse(_) => StoreError::InUse(path.display().to_string()),
+            other => StoreError::Open(format!("{}: {other}", path.display())),
+        })?;
         Ok(Self {
             persy,
             #[cfg(test)]
