@@ -380,7 +380,7 @@ impl PluginHost {
                 limits,
                 Some(&previous),
             )
-            .map_err(|e| ManagedError::Refused(e.to_string()))
+            .map_err(|e| ManagedError::Refused(files.without_blob_paths(&e.to_string())))
             .and_then(|chain| match &probe {
                 Some(name) => probe_config(&chain, name).map(|()| chain),
                 None => Ok(chain),

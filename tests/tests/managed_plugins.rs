@@ -711,4 +711,7 @@ async fn an_import_refusal_names_the_fix() {
     assert_eq!(r.status, 422, "{text}");
     assert!(text.contains("env.abort"), "{text}");
     assert!(text.contains("--use abort="), "{text}");
+    // It names what the uploader sent, not where the server keeps it.
+    assert!(text.contains("the uploaded module (sha256 "), "{text}");
+    assert!(!text.contains("blobs"), "{text}");
 }

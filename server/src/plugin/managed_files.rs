@@ -118,6 +118,27 @@ impl ManagedFiles {
         self.dir.join(COMPILED_DIR)
     }
 
+    /// `text` (a refusal) with this directory's blob paths shown as what
+    /// they are to the uploader, `the uploaded module (sha256 ...)`: the
+    /// server's file layout is not theirs to know.
+    pub fn without_blob_paths(&self, text: &str) -> String {
+        let prefix = format!("{}/", self.blobs_dir().display());
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find(&prefix) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + prefix.len()..];
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+                .unwrap_or(after.len());
+            let hash = after[..end].split('.').next().unwrap_or("");
+            out.push_str(&format!("the uploaded module (sha256 {hash})"));
+            rest = &after[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
