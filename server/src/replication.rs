@@ -190,6 +190,18 @@ impl Replica {
         Ok(())
     }
 
+    /// Stops following (a promotion, or the server stopping).
+    pub fn stop(&self) {
+        let task = self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
+
     /// Stops following and takes writes, unless more than `max_lag`
     /// revisions behind the newest the primary reported. Returns the
     /// revision it starts from.
@@ -203,14 +215,7 @@ impl Replica {
         if self.promoted.swap(true, Ordering::AcqRel) {
             return Ok(storage.feed().head());
         }
-        if let Some(task) = self
-            .follower
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+        self.stop();
         storage.set_read_only(None);
         storage.start_sweeper();
         let head = storage.feed().head();

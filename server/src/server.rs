@@ -109,6 +109,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         app.replica = Some(replica);
     }
     let app = Arc::new(app);
+    let replica = app.replica.clone();
     if app.tokens.enabled() {
         tracing::info!(
             tokens = settings.auth.tokens.len(),
@@ -159,6 +160,10 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         Duration::from_millis(settings.server.shutdown_timeout_ms),
     )
     .await;
+    // The follower writes into the stores: it stops before they close.
+    if let Some(replica) = replica {
+        replica.stop();
+    }
     tokio::task::spawn_blocking(move || storage.close()).await?;
     tracing::info!("exdaas stopped; all writes drained and stores closed");
     Ok(())

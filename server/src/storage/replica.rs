@@ -41,15 +41,8 @@ impl Storage {
         let count = self.shards.len();
         let shard_of = |key: &str| self.key_hash(key).shard(count);
         let touched: BTreeSet<usize> = changes.iter().map(|c| shard_of(&c.key)).collect();
-        let _locks: Vec<_> = touched
-            .iter()
-            .map(|&s| {
-                self.shards[s]
-                    .decision
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-            })
-            .collect();
+        let touched: Vec<usize> = touched.into_iter().collect();
+        let _locks = self.lock_decisions(&touched);
         let expected = self.feed.head() + 1;
         let first = changes[0].revision;
         let contiguous = changes

@@ -270,16 +270,7 @@ impl Storage {
         let mut all: Vec<usize> = plans.iter().flat_map(shards_of).collect();
         all.sort_unstable();
         all.dedup();
-        // Ascending order: two holders of several never wait in a cycle.
-        let _locks: Vec<MutexGuard<'_, ()>> = all
-            .iter()
-            .map(|&s| {
-                self.shards[s]
-                    .decision
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-            })
-            .collect();
+        let _locks = self.lock_decisions(&all);
         let mut deciding = Deciding {
             storage: self,
             states: HashMap::new(),
@@ -416,6 +407,21 @@ impl Storage {
             }
         }
         Ok(revisions)
+    }
+
+    /// Takes the decision locks of `shards` (ascending, each once): two
+    /// holders of several never wait for each other in a cycle.
+    pub(super) fn lock_decisions(&self, shards: &[usize]) -> Vec<MutexGuard<'_, ()>> {
+        debug_assert!(shards.windows(2).all(|w| w[0] < w[1]));
+        shards
+            .iter()
+            .map(|&s| {
+                self.shards[s]
+                    .decision
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            })
+            .collect()
     }
 
     /// Logs `frames` with one append and publishes each part to its
