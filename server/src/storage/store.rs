@@ -63,6 +63,10 @@ impl StoredValue {
 /// record without one.
 const EXPIRING: u8 = 0x00;
 
+/// Attempts at a store file whose lock is held (50 ms apart) before
+/// reporting it in use.
+const LOCK_ATTEMPTS: u32 = 20;
+
 /// Handle to one shard's store file.
 #[derive(Clone)]
 pub struct ShardStore {
@@ -173,6 +177,22 @@ impl ShardStore {
     /// before a crash: those are exactly the writes that may have been
     /// acknowledged.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        // A lock held for a moment (a handle of this process still being
+        // released, a child between fork and exec holding the descriptor)
+        // is waited out; one a running server holds is reported.
+        let mut attempt = 0;
+        loop {
+            match Self::open_once(path, cache_bytes) {
+                Err(StoreError::InUse(_)) if attempt < LOCK_ATTEMPTS => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let mut config = Config::new();
         config.change_cache_size(cache_bytes);
         let persy = Persy::open_or_create_with(path, config, |persy| {
