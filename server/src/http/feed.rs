@@ -503,6 +503,25 @@ mod tests {
         .is_err());
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any query text parses or is refused, never panics, and what
+            /// parses keeps every bound.
+            #[test]
+            fn any_query_parses_within_bounds_or_is_refused(text in ".{0,96}", long_poll in any::<bool>()) {
+                if let Ok(q) = parse_query(Some(&text), long_poll, 16, MAX_WAIT) {
+                    prop_assert!(q.prefix.len() <= 16);
+                    prop_assert!((1..=MAX_LIMIT).contains(&q.limit));
+                    prop_assert!(q.wait <= MAX_WAIT);
+                }
+            }
+        }
+    }
+
     #[test]
     fn events_are_json_with_values_spliced_in() {
         let change = Change {
