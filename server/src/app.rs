@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::auth::TokenSet;
+use crate::auth::Tokens;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::http::body_budget::BodyBudget;
@@ -61,8 +61,8 @@ pub struct App {
     key_locks: Vec<tokio::sync::Mutex<()>>,
     /// Threads for the plugin pipeline's blocking work.
     workers: WorkerPool,
-    /// Configured bearer tokens (empty: open).
-    pub tokens: TokenSet,
+    /// The tokens in force (none: open to this machine), reloadable.
+    pub tokens: Tokens,
     /// Request counters for `/metrics`.
     pub metrics: RequestMetrics,
     /// Request body bytes the server holds at once.
@@ -86,6 +86,7 @@ impl App {
         storage: Arc<Storage>,
         plugins: PluginHost,
         workers: WorkerPool,
+        tokens: Tokens,
     ) -> Self {
         Self {
             storage,
@@ -94,7 +95,7 @@ impl App {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             workers,
-            tokens: TokenSet::new(&settings.auth.tokens, settings.auth.allow_open_remote),
+            tokens,
             metrics: RequestMetrics::default(),
             body_budget: BodyBudget::new(settings.server.max_body_bytes_in_flight),
             replica: None,
@@ -112,6 +113,23 @@ impl App {
     /// chain stays active and the error is returned.
     pub async fn reload_plugins(&self) -> Result<usize, PluginLoadError> {
         self.plugins.reload().await
+    }
+
+    /// Reads the tokens again (configuration and tokens file) and puts
+    /// them in force, or keeps the old set when an entry is bad. Logged
+    /// either way; `cause` says what asked.
+    pub fn reload_tokens(&self, cause: &str) -> Result<usize, crate::auth::SpecError> {
+        match self.tokens.reload() {
+            Ok(set) => {
+                tracing::info!(cause, tokens = set.len(), "tokens reloaded");
+                Ok(set.len())
+            }
+            Err(e) => {
+                let error = crate::logsafe::escape(&e.to_string(), 512);
+                tracing::error!(cause, %error, "token reload refused; the tokens in force stay");
+                Err(e)
+            }
+        }
     }
 
     /// Reads the key's current value, runs the chain against it and (unless

@@ -39,6 +39,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Access control.
     pub auth: AuthSettings,
+    /// Native TLS and mutual TLS on the listener.
+    pub tls: TlsSettings,
     /// WebAssembly validators and transforms, run in order on matching writes.
     pub plugins: Vec<PluginSpec>,
     /// Plugins uploaded over the API (`PUT /v1/admin/plugins/{name}`).
@@ -256,35 +258,36 @@ pub struct AuthSettings {
     /// Bearer tokens and their roles. Empty: no authentication, and only
     /// clients on this machine are served (see `allow_open_remote`).
     pub tokens: Vec<TokenSpec>,
-    /// A TOML file with more tokens (`tokens = [{ name, token, role }]`),
-    /// e.g. a container secret; they join `tokens`.
+    /// A TOML file with more tokens (`[[tokens]]` entries like those of
+    /// `auth.tokens`), e.g. a container secret; they join `tokens`, and
+    /// are read again on SIGHUP and `POST /v1/admin/auth/reload`.
     pub tokens_file: Option<PathBuf>,
     /// Without tokens, serve clients on other machines too, with no
     /// authentication at all.
     pub allow_open_remote: bool,
 }
 
-/// The contents of `auth.tokens_file`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokensFile {
-    tokens: Vec<TokenSpec>,
+/// TLS on the listener. With `cert_file` and `key_file` set the server
+/// speaks only HTTPS (TLS 1.2 and 1.3, ALPN `http/1.1`); both files are
+/// read again on SIGHUP, and connections already open keep theirs.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The certificate chain, PEM, the server's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates, PEM: set, every client must present a certificate
+    /// they signed (mutual TLS); a token entry whose `client_cert` names it
+    /// gives its rules.
+    pub client_ca_file: Option<PathBuf>,
 }
 
-/// Adds the tokens of `auth.tokens_file`, if set, to `auth.tokens`.
-fn load_tokens_file(loaded: &mut LoadedSettings) -> Result<(), ConfigError> {
-    let Some(path) = loaded.settings.auth.tokens_file.clone() else {
-        return Ok(());
-    };
-    let invalid = |message: String| ConfigError::Invalid {
-        key: "auth.tokens_file".into(),
-        origin: loaded.origin("auth.tokens_file"),
-        message: format!("{}: {message}", path.display()),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| invalid(e.to_string()))?;
-    let file: TokensFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    loaded.settings.auth.tokens.extend(file.tokens);
-    Ok(())
+impl TlsSettings {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
 }
 
 /// HTTP listener settings.
@@ -591,7 +594,6 @@ pub fn load_from(
     };
     apply_exdaas_aliases(&mut settings, env, &mut loaded.env_keys)?;
     loaded.settings = settings;
-    load_tokens_file(&mut loaded)?;
     validate(&loaded)?;
     Ok(loaded)
 }
@@ -849,6 +851,23 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         "cluster.node_id",
         "must be below cluster.nodes (nodes are numbered from 0)",
     )?;
+    check(
+        s.tls.cert_file.is_some() == s.tls.key_file.is_some(),
+        "tls.cert_file",
+        "tls.cert_file and tls.key_file go together: set both or neither",
+    )?;
+    check(
+        s.tls.client_ca_file.is_none() || s.tls.enabled(),
+        "tls.client_ca_file",
+        "needs tls.cert_file and tls.key_file: mutual TLS is part of TLS",
+    )?;
+    if s.tls.enabled() {
+        crate::tls::server_config(&s.tls).map_err(|e| ConfigError::Invalid {
+            key: e.setting.into(),
+            origin: loaded.origin(e.setting),
+            message: e.message,
+        })?;
+    }
     let primary = &s.replication;
     check(
         primary.primary.is_empty()
@@ -858,20 +877,13 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         "replication.primary",
         "must be empty (a primary) or http://host:port",
     )?;
-    for (i, token) in s.auth.tokens.iter().enumerate() {
-        if token.token.chars().count() < 16
-            || token
-                .token
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(ConfigError::Invalid {
-                key: format!("auth.tokens[{i}] ({})", token.name),
-                origin: loaded.origin("auth"),
-                message: "token must be at least 16 characters without spaces".into(),
-            });
-        }
-    }
+    // The tokens file too: a bad entry names its file and field here
+    // rather than at the first request.
+    crate::auth::TokenSet::load(&s.auth).map_err(|e| ConfigError::Invalid {
+        key: e.place.clone(),
+        origin: loaded.origin("auth"),
+        message: e.message,
+    })?;
     for (i, plugin) in s.plugins.iter().enumerate() {
         plugin.validate().map_err(|message| ConfigError::Invalid {
             key: format!("plugins[{i}] ({})", plugin.name),

@@ -203,6 +203,7 @@ impl ApiError {
                 ManagedError::InvalidUpload(_) => (StatusCode::BAD_REQUEST, "invalid_upload"),
                 ManagedError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 ManagedError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "no_such_version"),
+                ManagedError::OutOfScope(_) => (StatusCode::FORBIDDEN, "forbidden"),
                 ManagedError::Configured(_) => (StatusCode::CONFLICT, "plugin_configured"),
                 ManagedError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "module_too_large"),
                 ManagedError::Limit(_) => (StatusCode::CONFLICT, "plugin_limit"),
@@ -346,6 +347,22 @@ pub fn raw_json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// Checks a whole HTTP answer written out by hand (sent before or instead
+/// of hyper): its declared length is its body's, and the body is an error
+/// with `code`.
+#[cfg(test)]
+pub fn assert_canned_answer(raw: &[u8], code: &str) {
+    let text = std::str::from_utf8(raw).unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+    let declared = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.parse::<usize>().ok());
+    assert_eq!(declared, Some(body.len()));
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    assert_eq!(json["error"]["code"], code);
 }
 
 #[cfg(test)]

@@ -47,5 +47,7 @@ pub mod server;
 pub mod storage;
 #[cfg(test)]
 mod testgen;
+pub mod tls;
+pub mod token_cli;
 pub mod txn;
 pub mod update;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use exdaas_server::config::{self, LoadedSettings};
 use exdaas_server::plugin::compiler;
-use exdaas_server::{admin_client, backup, kv_cli, plugin_cli};
+use exdaas_server::{admin_client, backup, kv_cli, plugin_cli, token_cli};
 
 /// A durable, sharded JSON key-value server with WebAssembly write plugins.
 #[derive(Parser)]
@@ -102,12 +102,24 @@ enum Command {
         #[arg(long, value_name = "BYTES")]
         max_memory_bytes: u64,
     },
+    /// Make tokens: `exdaas token new` prints a fresh secret and the
+    /// tokens-file entry that holds only its SHA-256.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Exit 0 when the server answers /health (for container health checks).
     Health {
         /// host:port of the server (default: from server.listen).
         #[arg(long, value_name = "HOST:PORT")]
         server: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// A fresh secret and its entry for `auth.tokens_file`.
+    New(token_cli::NewToken),
 }
 
 fn init_logging() {
@@ -306,6 +318,12 @@ fn main() -> ExitCode {
         let code = compiler::run_child(&args);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    if let Some(Command::Token {
+        command: TokenCommand::New(asked),
+    }) = cli.command
+    {
+        return token_cli::run_new(asked);
+    }
     init_logging();
     let loaded = match config::load(cli.config.as_deref()) {
         Ok(loaded) => loaded,
@@ -363,7 +381,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }
         Command::Health { server } => health(&loaded, server),
-        Command::CompileModule { .. } => Ok(()), // answered above
+        Command::CompileModule { .. } | Command::Token { .. } => Ok(()), // answered above
         Command::Reshard { shards, data_dir } => {
             let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());
             backup::reshard(&dir, shards, loaded.settings.storage.store_cache_bytes)

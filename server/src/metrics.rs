@@ -97,6 +97,7 @@ impl Route {
             | Op::PluginRollback
             | Op::Backup
             | Op::Promote
+            | Op::AuthReload
             | Op::BackupHead => Route::Admin,
             Op::Health | Op::Ready => Route::Health,
             Op::Metrics => Route::Metrics,

@@ -36,8 +36,38 @@ pub struct Upload {
     /// active version's settings, vectors and placement, or the defaults
     /// for a new plugin.
     pub form: Option<UploadForm>,
-    /// Name of the uploading token.
-    pub uploaded_by: String,
+    /// Who uploads: the version's prefixes must lie in what it may write.
+    pub uploader: crate::auth::Caller,
+}
+
+/// Refuses a version whose prefixes reach keys `caller` may not write: a
+/// plugin judges (and a transform rewrites) every write under them.
+fn check_scope(
+    caller: &crate::auth::Caller,
+    name: &str,
+    prefixes: &[String],
+) -> Result<(), ManagedError> {
+    use crate::auth::scope::{Coverage, Level};
+    let everything = [String::new()];
+    let prefixes = if prefixes.is_empty() {
+        &everything[..]
+    } else {
+        prefixes
+    };
+    match prefixes
+        .iter()
+        .find(|p| caller.coverage(p, Level::Write) != Coverage::All)
+    {
+        None => Ok(()),
+        Some(p) if p.is_empty() => Err(ManagedError::OutOfScope(format!(
+            "plugin {name:?} has no prefixes, so it would run on every key, and token {:?} may not write every key; give it prefixes inside the token's rules",
+            caller.name()
+        ))),
+        Some(p) => Err(ManagedError::OutOfScope(format!(
+            "plugin {name:?} runs on keys under {p:?}, and token {:?} may not write all of them",
+            caller.name()
+        ))),
+    }
 }
 
 /// The settings part of an upload.
@@ -461,6 +491,7 @@ impl PluginHost {
         check_anchor(placement.as_ref(), &state, name)?;
         spec.name = name.to_owned();
         spec.validate().map_err(ManagedError::InvalidUpload)?;
+        check_scope(&upload.uploader, name, &spec.prefixes)?;
         tracing::info!(
             plugin = name,
             bytes = upload.module.len(),
@@ -505,7 +536,7 @@ impl PluginHost {
             size: upload.module.len() as u64,
             vectors,
             spec,
-            uploaded_by: upload.uploaded_by,
+            uploaded_by: upload.uploader.name().to_owned(),
             uploaded_ms: crate::app::now_ms(),
             placement,
         };
@@ -527,10 +558,14 @@ impl PluginHost {
         &self,
         name: &str,
         version: Option<u64>,
+        caller: &crate::auth::Caller,
     ) -> Result<Installed, ManagedError> {
         let state = self.lock().await;
         self.check_writable(&state, name)?;
         let (next, version) = state.registry.with_rollback(name, version)?;
+        if let Some(back) = next.plugin(name).and_then(|p| p.active_version()) {
+            check_scope(caller, name, &back.spec.prefixes)?;
+        }
         let sha256 = next
             .plugin(name)
             .and_then(|p| p.active_version())

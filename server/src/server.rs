@@ -12,8 +12,9 @@ use crate::config::LoadedSettings;
 use crate::plugin_host::PluginHost;
 use crate::storage::Storage;
 
-/// Reloads the plugin chain on every SIGHUP; a failed reload keeps the old one.
-/// The handler is installed before this returns (see `termination`).
+/// Reloads the plugin chain, the tokens and the TLS certificate on every
+/// SIGHUP; each that fails keeps what it had. The handler is installed
+/// before this returns (see `termination`).
 fn reload_on_sighup(app: Arc<App>) {
     #[cfg(unix)]
     {
@@ -24,10 +25,12 @@ fn reload_on_sighup(app: Arc<App>) {
         };
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP received; reloading plugins");
+                tracing::info!("SIGHUP received; reloading plugins and tokens");
                 if let Err(e) = app.reload_plugins().await {
                     tracing::error!(error = %e, "plugin reload failed; previous chain stays active");
                 }
+                // Logged either way inside.
+                let _ = app.reload_tokens("SIGHUP");
             }
         });
     }
@@ -95,7 +98,8 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         n => n,
     };
     let workers = crate::plugin::WorkerPool::new(threads)?;
-    let mut app = App::new(settings.clone(), storage.clone(), plugins, workers);
+    let tokens = crate::auth::Tokens::load(&settings.auth).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut app = App::new(settings.clone(), storage.clone(), plugins, workers, tokens);
     if let Some(primary) = &primary {
         let applied = storage.feed().head();
         let replica = Arc::new(crate::replication::Replica::new(
@@ -110,9 +114,9 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     }
     let app = Arc::new(app);
     let replica = app.replica.clone();
-    if app.tokens.enabled() {
+    if app.tokens.current().enabled() {
         tracing::info!(
-            tokens = settings.auth.tokens.len(),
+            tokens = app.tokens.current().len(),
             "access control on: bearer tokens required"
         );
     } else if settings.auth.allow_open_remote {

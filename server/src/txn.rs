@@ -254,6 +254,21 @@ pub enum OpSpec {
     },
 }
 
+impl TxnRequest {
+    /// Every key the transaction may touch, whichever branch runs, with
+    /// what it needs: compares read, operations write.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, crate::auth::scope::Level)> {
+        use crate::auth::scope::Level;
+        let compared = self.compare.iter().map(|c| (c.key.as_str(), Level::Read));
+        let written = self
+            .success
+            .iter()
+            .chain(&self.failure)
+            .map(|op| (op.key(), Level::Write));
+        compared.chain(written)
+    }
+}
+
 impl OpSpec {
     fn key(&self) -> &str {
         match self {

@@ -15,8 +15,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::access::need_key;
 use super::{nested_params, request};
 use crate::app::App;
+use crate::auth::scope::Level;
+use crate::auth::Caller;
 use crate::error::{json_response, raw_json_response, ApiError};
 use crate::storage::{Expect, WriteOutcome};
 
@@ -73,7 +76,11 @@ fn required_id(params: &Value) -> Result<u64, ApiError> {
 
 /// `POST /api`: create (no id) or create/replace (with id); replies with the
 /// record as stored.
-pub async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn create_or_update(
+    app: &App,
+    req: Request<Incoming>,
+    caller: &Caller,
+) -> Result<HttpResponse, ApiError> {
     let form = req
         .headers()
         .get(CONTENT_TYPE)
@@ -135,6 +142,16 @@ pub async fn create_or_update(app: &App, req: Request<Incoming>) -> Result<HttpR
         (id, Bytes::copy_from_slice(data.get().as_bytes()))
     };
     request::check_json_value(&json, app.settings.limits.value_limits())?;
+    match id {
+        Some(id) => need_key(caller, &id.to_string(), Level::Write)?,
+        None if !caller.may_create() => {
+            return Err(ApiError::Forbidden(format!(
+                "token {} may not create records without an id: that needs write access to every key starting with a digit",
+                crate::ijson::quote(caller.name())
+            )))
+        }
+        None => {}
+    }
     let (id, stored) = match id {
         Some(id) => {
             let (outcome, stored) = app
@@ -173,8 +190,13 @@ async fn record(app: &App, id: u64) -> Result<Value, ApiError> {
 }
 
 /// `GET /api?id=N`: the record, with `data: null` when unknown.
-pub async fn read(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn read(
+    app: &App,
+    req: &Request<Incoming>,
+    caller: &Caller,
+) -> Result<HttpResponse, ApiError> {
     let id = required_id(&query_params(req)?)?;
+    need_key(caller, &id.to_string(), Level::Read)?;
     let data = record(app, id).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -188,9 +210,14 @@ fn truthy(v: &Value) -> bool {
 }
 
 /// `GET /api/cmd?id=N&cmd[query]=...`.
-pub async fn command(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn command(
+    app: &App,
+    req: &Request<Incoming>,
+    caller: &Caller,
+) -> Result<HttpResponse, ApiError> {
     let params = query_params(req)?;
     let id = required_id(&params)?;
+    need_key(caller, &id.to_string(), Level::Read)?;
     let cmd = params.get("cmd").cloned().unwrap_or(Value::Null);
     let query = match cmd.get("query") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),

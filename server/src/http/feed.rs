@@ -14,6 +14,8 @@ use hyper::{Request, Response, StatusCode};
 
 use super::{Body, BodyError};
 use crate::app::App;
+use crate::auth::scope::Level;
+use crate::auth::Caller;
 use crate::error::{raw_json_response, ApiError};
 use crate::storage::feed::{Batch, Change, ChangeKind, Feed, FeedError, ReadBound};
 use crate::storage::Storage;
@@ -160,26 +162,37 @@ fn start_at(feed: &Feed, from: Option<u64>, last_event: Option<u64>) -> Result<u
     Ok(from)
 }
 
+/// Which changes a reader gets: those under its prefix that its caller
+/// may read (a scoped token sees only its keys' events).
+#[derive(Debug, Clone)]
+struct KeyFilter {
+    prefix: String,
+    caller: Caller,
+}
+
+impl KeyFilter {
+    fn wants(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix) && self.caller.may(key, Level::Read)
+    }
+}
+
 /// The changes from `from` on under `prefix`: from memory when the ring
 /// reaches back that far, else from the log on disk (off the async
 /// threads).
 async fn read(
     storage: &Arc<Storage>,
     from: u64,
-    prefix: &str,
+    filter: &KeyFilter,
     bound: ReadBound,
 ) -> Result<Batch, FeedError> {
     let feed = storage.feed();
-    let wanted = |key: &str| key.starts_with(prefix);
-    if let Some(batch) = feed.read_ring(from, &wanted, bound) {
+    if let Some(batch) = feed.read_ring(from, &|key: &str| filter.wants(key), bound) {
         return Ok(batch);
     }
-    let (feed, prefix) = (Arc::clone(feed), prefix.to_owned());
-    tokio::task::spawn_blocking(move || {
-        feed.read_disk(from, &|key: &str| key.starts_with(&prefix), bound)
-    })
-    .await
-    .map_err(|e| FeedError::Store(crate::storage::StoreError::Io(e.to_string())))?
+    let (feed, filter) = (Arc::clone(feed), filter.clone());
+    tokio::task::spawn_blocking(move || feed.read_disk(from, &|key: &str| filter.wants(key), bound))
+        .await
+        .map_err(|e| FeedError::Store(crate::storage::StoreError::Io(e.to_string())))?
 }
 
 /// An instant in ms since the epoch as RFC 3339.
@@ -215,11 +228,16 @@ fn event_json(change: &Change, values: bool, out: &mut BytesMut) {
 pub async fn changes(
     app: &App,
     req: &Request<Incoming>,
+    caller: Caller,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let settings = &app.settings.feed;
     let max_wait = Duration::from_millis(settings.max_wait_ms);
     let max_key = app.settings.limits.max_key_bytes;
     let q = parse_query(req.uri().query(), true, max_key, max_wait)?;
+    let filter = KeyFilter {
+        prefix: q.prefix,
+        caller,
+    };
     let feed = Arc::clone(app.storage.feed());
     let _slot = Slot::take(&feed, settings.max_subscribers)?;
     let mut cursor = start_at(&feed, q.from, None)?;
@@ -233,7 +251,7 @@ pub async fn changes(
     };
     let batch = loop {
         head.borrow_and_update();
-        let batch = read(&app.storage, cursor, &q.prefix, bound).await?;
+        let batch = read(&app.storage, cursor, &filter, bound).await?;
         cursor = batch.next;
         let done = !batch.changes.is_empty() || *closed.borrow();
         if done || tokio::time::Instant::now() >= deadline {
@@ -266,7 +284,11 @@ pub async fn changes(
 /// `GET /v1/watch`: Server-Sent Events from `from` (or after the
 /// `Last-Event-ID` a reconnecting `EventSource` sends, or after the head),
 /// each event's `id:` its revision.
-pub fn watch(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn watch(
+    app: &App,
+    req: &Request<Incoming>,
+    caller: Caller,
+) -> Result<Response<Body>, ApiError> {
     let settings = app.settings.feed.clone();
     let max_key = app.settings.limits.max_key_bytes;
     let q = parse_query(req.uri().query(), false, max_key, Duration::ZERO)?;
@@ -289,7 +311,10 @@ pub fn watch(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiEr
     let stream = Stream {
         storage: Arc::clone(&app.storage),
         feed,
-        prefix: q.prefix,
+        filter: KeyFilter {
+            prefix: q.prefix,
+            caller,
+        },
         values: q.values,
         heartbeat: Duration::from_millis(settings.heartbeat_ms),
         max_lag: settings.max_lag_revisions,
@@ -310,7 +335,7 @@ pub fn watch(app: &App, req: &Request<Incoming>) -> Result<Response<Body>, ApiEr
 struct Stream {
     storage: Arc<Storage>,
     feed: Arc<Feed>,
-    prefix: String,
+    filter: KeyFilter,
     values: bool,
     heartbeat: Duration,
     max_lag: u64,
@@ -347,7 +372,7 @@ impl Stream {
                 return;
             }
             head.borrow_and_update();
-            let batch = match read(&self.storage, cursor, &self.prefix, bound).await {
+            let batch = match read(&self.storage, cursor, &self.filter, bound).await {
                 Ok(batch) => batch,
                 Err(FeedError::Compacted { oldest, .. }) => {
                     let event = format!("event: compacted\ndata: {{\"oldest\":{oldest}}}\n\n");

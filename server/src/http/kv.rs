@@ -10,6 +10,8 @@ use serde_json::json;
 use super::conditional::{Preconditions, ReadVerdict};
 use super::request::{self, etag};
 use crate::app::App;
+use crate::auth::scope::{Coverage, Level};
+use crate::auth::Caller;
 use crate::error::{json_response, raw_json_response, ApiError};
 use crate::storage::{Expect, Expiry, PageLimits, WriteOutcome};
 
@@ -218,9 +220,23 @@ fn parse_list_query(query: Option<&str>, max_key_bytes: usize) -> Result<ListQue
     Ok(q)
 }
 
-/// `GET /v1/kv?prefix=&after=&limit=&values=`.
-pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, ApiError> {
+/// `GET /v1/kv?prefix=&after=&limit=&values=`. A caller that may read
+/// only part of the prefix gets that part, marked `"partial": true`; its
+/// pages may hold fewer keys than `limit`, and `next` goes on from the last
+/// key looked at.
+pub async fn list(
+    app: &App,
+    req: &Request<Incoming>,
+    caller: &Caller,
+) -> Result<HttpResponse, ApiError> {
     let q = parse_list_query(req.uri().query(), app.settings.limits.max_key_bytes)?;
+    let coverage = caller.coverage(&q.prefix, Level::Read);
+    if coverage == Coverage::Nothing {
+        return Ok(raw_json_response(
+            StatusCode::OK,
+            Bytes::from_static(b"{\"items\":[],\"next\":null,\"partial\":true}"),
+        ));
+    }
     let limits = PageLimits {
         limit: q.limit,
         values: q.values,
@@ -235,7 +251,11 @@ pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Ap
     // parsing and re-serialising every one.
     let mut out = BytesMut::with_capacity(64 + page.items.len() * 48);
     out.put_slice(b"{\"items\":[");
-    for (i, item) in page.items.iter().enumerate() {
+    let readable = page
+        .items
+        .iter()
+        .filter(|item| coverage == Coverage::All || caller.may(&item.key, Level::Read));
+    for (i, item) in readable.enumerate() {
         if i > 0 {
             out.put_u8(b',');
         }
@@ -252,6 +272,9 @@ pub async fn list(app: &App, req: &Request<Incoming>) -> Result<HttpResponse, Ap
     match page.items.last().filter(|_| page.more) {
         Some(item) => out.put_slice(&serde_json::to_vec(&item.key).unwrap_or_default()),
         None => out.put_slice(b"null"),
+    }
+    if coverage == Coverage::Part {
+        out.put_slice(b",\"partial\":true");
     }
     out.put_u8(b'}');
     Ok(raw_json_response(StatusCode::OK, out.freeze()))

@@ -29,7 +29,11 @@ struct Asked {
 /// [{"key", "version", "value"}...], "missing": [...]}`, items in the order
 /// asked, each as of revision R (also in `X-Exdaas-Revision`). With `?op=`
 /// in the query this is an operation on the key named `get` instead.
-pub async fn get_many(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn get_many(
+    app: &App,
+    req: Request<Incoming>,
+    caller: &crate::auth::Caller,
+) -> Result<HttpResponse, ApiError> {
     if req.uri().query().is_some_and(|q| !q.is_empty()) {
         return super::kv_update::increment(app, &req, "get").await;
     }
@@ -52,6 +56,7 @@ pub async fn get_many(app: &App, req: Request<Incoming>) -> Result<HttpResponse,
     }
     for key in &asked.keys {
         request::check_key(key, app.settings.limits.max_key_bytes)?;
+        super::access::need_key(caller, key, crate::auth::scope::Level::Read)?;
     }
     let (revision, values) = app.storage.get_many(asked.keys.clone()).await?;
     let mut out = BytesMut::with_capacity(64 + asked.keys.len() * 48);

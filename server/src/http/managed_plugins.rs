@@ -127,6 +127,7 @@ pub async fn upload(
     app: &App,
     req: Request<Incoming>,
     name: &str,
+    caller: crate::auth::Caller,
 ) -> Result<HttpResponse, ApiError> {
     let max_module = app.settings.plugin_uploads.max_module_bytes;
     let media = request::media_type(req.headers()).unwrap_or_default();
@@ -139,11 +140,6 @@ pub async fn upload(
             )))
         }
     };
-    let uploaded_by = app.tokens.name_of(
-        req.headers()
-            .get(hyper::header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    );
     let (parts, body) = req.into_parts();
     let limit = BodyLimit {
         bytes: limit,
@@ -166,7 +162,7 @@ pub async fn upload(
     let upload = Upload {
         module,
         form,
-        uploaded_by,
+        uploader: caller,
     };
     let done = app.plugins.upload(name, upload).await?;
     let status = if done.version == 1 {
@@ -202,6 +198,7 @@ pub async fn rollback(
     app: &App,
     req: Request<Incoming>,
     name: &str,
+    caller: &crate::auth::Caller,
 ) -> Result<HttpResponse, ApiError> {
     let (parts, body) = req.into_parts();
     let body =
@@ -213,7 +210,7 @@ pub async fn rollback(
         request::check_json_value(&body, app.settings.limits.value_limits())?;
         rollback_version(&body)?
     };
-    let done = app.plugins.rollback(name, version).await?;
+    let done = app.plugins.rollback(name, version, caller).await?;
     Ok(json_response(StatusCode::OK, &installed_json(name, &done)))
 }
 

@@ -10,8 +10,10 @@
 //! - `routes`: the route table the router dispatches through;
 //! - `openapi`: the served OpenAPI document;
 //! - `backup`: the streaming backup endpoint;
-//! - `stall_guard`: the write timeout on connections.
+//! - `stall_guard`: the write timeout on connections;
+//! - `access`: who a request is and what it may do.
 
+mod access;
 mod backup;
 pub mod body_budget;
 mod compat;
@@ -33,7 +35,6 @@ mod txn;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +53,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::auth::{Access, Role};
+use crate::auth::{Caller, Peer};
 use crate::error::{json_response, raw_json_response, ApiError};
 use crate::metrics::Route;
 use routes::{Op, Resolved};
@@ -79,6 +80,7 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 async fn dispatch(
     app: &Arc<App>,
     req: Request<Incoming>,
+    caller: Caller,
     op: Op,
     param: std::ops::Range<usize>,
 ) -> Result<Response<Body>, ApiError> {
@@ -96,6 +98,7 @@ async fn dispatch(
         | Op::PluginRollback => request::parse_name(raw)?,
         _ => String::new(),
     };
+    access::permit(&caller, op, &param, req.uri().query())?;
     if matches!(
         op,
         Op::KvGet | Op::KvList | Op::KvGetMany | Op::ApiRead | Op::Changes | Op::Watch
@@ -106,29 +109,30 @@ async fn dispatch(
         Op::Backup => return Ok(backup::stream(app).await),
         Op::Promote => replica::promote(app, &req)?,
         Op::BackupHead => return Ok(backup::head()),
-        Op::KvList => kv::list(app, &req).await?,
+        Op::KvList => kv::list(app, &req, &caller).await?,
         Op::KvCreate => kv::create(app, req).await?,
         Op::KvGet => kv::get(app, &req, &param).await?,
         Op::KvPut => kv::put(app, req, &param).await?,
         Op::KvDelete => kv::delete(app, &req, &param).await?,
         Op::KvPatch => kv_update::patch(app, req, &param).await?,
         Op::KvIncr => kv_update::increment(app, &req, &param).await?,
-        Op::KvGetMany => kv_many::get_many(app, req).await?,
-        Op::Txn => txn::transact(app, req).await?,
-        Op::Watch => return feed::watch(app, &req),
-        Op::Changes => feed::changes(app, &req).await?,
-        Op::ApiRead => compat::read(app, &req).await?,
-        Op::ApiWrite => compat::create_or_update(app, req).await?,
-        Op::ApiCmd => compat::command(app, &req).await?,
-        Op::PluginList => plugins::list(app, is_admin(app, &req)),
+        Op::KvGetMany => kv_many::get_many(app, req, &caller).await?,
+        Op::Txn => txn::transact(app, req, &caller).await?,
+        Op::Watch => return feed::watch(app, &req, caller),
+        Op::Changes => feed::changes(app, &req, caller).await?,
+        Op::ApiRead => compat::read(app, &req, &caller).await?,
+        Op::ApiWrite => compat::create_or_update(app, req, &caller).await?,
+        Op::ApiCmd => compat::command(app, &req, &caller).await?,
+        Op::PluginList => plugins::list(app, caller.has_role(crate::auth::Role::Admin)),
         Op::PluginDryRun => plugins::dry_run(app, req, param).await?,
         Op::PluginReload => plugins::reload(app).await?,
         Op::PluginShadow => plugins::shadow(app, &param)?,
         Op::PluginPromote => plugins::promote(app, &param).await?,
-        Op::PluginUpload => managed_plugins::upload(app, req, &param).await?,
+        Op::PluginUpload => managed_plugins::upload(app, req, &param, caller).await?,
         Op::PluginDescribe => managed_plugins::describe(app, &param).await?,
         Op::PluginDelete => managed_plugins::delete(app, &param).await?,
-        Op::PluginRollback => managed_plugins::rollback(app, req, &param).await?,
+        Op::PluginRollback => managed_plugins::rollback(app, req, &param, &caller).await?,
+        Op::AuthReload => reload_tokens(app)?,
         Op::Health => health(app),
         Op::Ready => ready(app),
         Op::Metrics => metrics(app),
@@ -179,6 +183,15 @@ fn ready(app: &App) -> HttpResponse {
     )
 }
 
+/// `POST /v1/admin/auth/reload`: the tokens file read again; a bad entry
+/// is refused with its place and the tokens in force stay.
+fn reload_tokens(app: &App) -> Result<HttpResponse, ApiError> {
+    let tokens = app.reload_tokens("api").map_err(|e| {
+        ApiError::bad_request("invalid_tokens", format!("{e}; the tokens in force stay"))
+    })?;
+    Ok(json_response(StatusCode::OK, &json!({ "tokens": tokens })))
+}
+
 fn metrics(app: &App) -> HttpResponse {
     let text = app.metrics.render(
         &app.storage,
@@ -219,64 +232,6 @@ fn strip_body_for_head(response: Response<Body>) -> Response<Body> {
     )
 }
 
-/// The role a request needs; `None` for the open health probes.
-fn required_role(method: &Method, path: &str) -> Option<Role> {
-    match path {
-        "/health" | "/ready" => None,
-        p if p.starts_with("/v1/admin/") => Some(Role::Admin),
-        _ if method == Method::GET || method == Method::HEAD => Some(Role::Read),
-        _ => Some(Role::Write),
-    }
-}
-
-/// Whether the request comes with the admin role: a token of that role,
-/// or no access control at all (every client it serves may administer).
-fn is_admin(app: &App, req: &Request<Incoming>) -> bool {
-    if !app.tokens.enabled() {
-        return true;
-    }
-    let header = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    // The peer matters only without tokens, handled above.
-    let peer = IpAddr::from([127, 0, 0, 1]);
-    matches!(
-        app.tokens.check(header, peer),
-        Access::Granted(crate::auth::Role::Admin)
-    )
-}
-
-/// Checks the request's token against the role it needs.
-fn authorize(app: &App, req: &Request<Incoming>, peer: IpAddr) -> Result<(), ApiError> {
-    let Some(needed) = required_role(req.method(), req.uri().path()) else {
-        return Ok(());
-    };
-    let header = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    match app.tokens.check(header, peer) {
-        Access::Open => Ok(()),
-        Access::LoopbackOnly => Err(ApiError::Forbidden(
-            "this server has no auth.tokens configured, so it only serves clients on its own \
-             machine; configure auth.tokens (or auth.tokens_file) and send Authorization: Bearer \
-             <token>, or set auth.allow_open_remote = true to serve everyone without authentication"
-                .into(),
-        )),
-        Access::Granted(role) if role >= needed => Ok(()),
-        Access::Granted(role) => Err(ApiError::Forbidden(format!(
-            "this token has the {} role; {} needs {}",
-            role.as_str(),
-            req.uri().path(),
-            needed.as_str()
-        ))),
-        Access::Unauthenticated => Err(ApiError::Unauthorized(
-            "missing or unknown bearer token (send Authorization: Bearer <token>)".into(),
-        )),
-    }
-}
-
 /// The request's id: the client's `x-request-id` when sensible, else a new one.
 fn request_id(req: &Request<Incoming>) -> HeaderValue {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -298,7 +253,7 @@ const X_REQUEST_ID: &str = "x-request-id";
 async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
-    peer: IpAddr,
+    peer: Peer,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = request_id(&req);
@@ -306,16 +261,23 @@ async fn handle(
     let resolved = routes::resolve(&method, req.uri().path());
     let route = Route::of(&resolved);
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
-    let answer = match (authorize(&app, &req, peer), resolved) {
+    // The health probes answer everyone; everything else, even a path
+    // that does not exist, needs a caller first.
+    let caller = match resolved {
+        Resolved::Op(Op::Health | Op::Ready, _) => Ok(Caller::Open),
+        _ => access::authenticate(&app, &req, &peer),
+    };
+    let answer = match (caller, resolved) {
         (Err(e), _) => Err(e),
-        (Ok(()), Resolved::NotFound) => Err(ApiError::NotFound(format!(
+        (Ok(_), Resolved::NotFound) => Err(ApiError::NotFound(format!(
             "no route for {}",
             crate::ijson::quote(req.uri().path())
         ))),
-        (Ok(()), Resolved::MethodNotAllowed(r)) => {
+        (Ok(_), Resolved::MethodNotAllowed(r)) => {
             Err(ApiError::MethodNotAllowed { allow: r.allow() })
         }
-        (Ok(()), Resolved::Op(op, param)) => match dispatch(&app, req, op, param).await {
+        (Ok(caller), Resolved::Op(op, param)) => match dispatch(&app, req, caller, op, param).await
+        {
             Ok(r) if method == Method::HEAD && op != Op::BackupHead => Ok(strip_body_for_head(r)),
             other => other,
         },
@@ -392,8 +354,8 @@ pub async fn serve(
                 app.metrics.connections.opened();
                 let _ = stream.set_nodelay(true);
                 let for_service = app.clone();
-                let peer = peer.ip();
-                let service = service_fn(move |req| handle(for_service.clone(), req, peer));
+                let peer = Peer::plain(peer.ip());
+                let service = service_fn(move |req| handle(for_service.clone(), req, peer.clone()));
                 let stream = stall_guard::StallGuard::new(stream, write_timeout);
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let done = app.clone();
@@ -425,16 +387,6 @@ mod tests {
 
     #[test]
     fn the_refusal_past_the_cap_is_a_well_formed_json_answer() {
-        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let declared: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(declared, body.len());
-        let json: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(json["error"]["code"], "too_many_connections");
+        crate::error::assert_canned_answer(TOO_MANY_CONNECTIONS, "too_many_connections");
     }
 }

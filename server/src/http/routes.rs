@@ -59,6 +59,8 @@ pub enum Op {
     PluginRollback,
     /// `POST /v1/admin/promote`: a replica becomes a primary.
     Promote,
+    /// `POST /v1/admin/auth/reload`: read the tokens again.
+    AuthReload,
     /// `GET /v1/admin/backup`: the streamed backup.
     Backup,
     /// `HEAD /v1/admin/backup`: its headers without taking one.
@@ -181,6 +183,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         template: "/v1/admin/promote",
         ops: &[(Method::POST, Op::Promote)],
+    },
+    Route {
+        template: "/v1/admin/auth/reload",
+        ops: &[(Method::POST, Op::AuthReload)],
     },
     Route {
         template: "/v1/admin/backup",

@@ -15,7 +15,11 @@ type HttpResponse = Response<Full<Bytes>>;
 /// `POST /v1/txn`: `200` with `{"succeeded", "revision", "results"}` once
 /// the branch that ran is durable; an operation that cannot apply fails
 /// the whole transaction with its error, `branch` and `operation` index.
-pub async fn transact(app: &App, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn transact(
+    app: &App,
+    req: Request<Incoming>,
+    caller: &crate::auth::Caller,
+) -> Result<HttpResponse, ApiError> {
     request::require_json(req.headers())?;
     let limits = &app.settings.limits;
     let (parts, body) = req.into_parts();
@@ -27,6 +31,10 @@ pub async fn transact(app: &App, req: Request<Incoming>) -> Result<HttpResponse,
     let bytes =
         request::read_body_within(&parts.headers, body, limit, timeout, &app.body_budget).await?;
     let txn = crate::txn::parse(&bytes, limits)?;
+    // Every key it may touch, whichever branch runs.
+    for (key, need) in txn.keys() {
+        super::access::need_key(caller, key, need)?;
+    }
     let answer = app.transact(txn).await?;
     let response = json_response(StatusCode::OK, &answer.body());
     Ok(match answer.revision {

@@ -43,6 +43,9 @@ pub enum ManagedError {
     /// A plugin of the configuration file has this name.
     #[error("plugin {0:?} is configured in the configuration file; change it there (managed plugins cannot shadow configured ones)")]
     Configured(String),
+    /// The plugin would judge keys its uploader may not write.
+    #[error("{0}")]
+    OutOfScope(String),
     /// The managed plugin has no such version.
     #[error("plugin {name:?} has no version {version} (kept versions: {kept})")]
     NoSuchVersion {
