@@ -67,6 +67,8 @@ pub struct App {
     pub metrics: RequestMetrics,
     /// Request body bytes the server holds at once.
     pub body_budget: BodyBudget,
+    /// The listener's TLS configuration, when it speaks TLS.
+    pub tls: Option<crate::tls::Tls>,
     /// Set when this server is a read replica.
     pub replica: Option<Arc<crate::replication::Replica>>,
 }
@@ -99,6 +101,7 @@ impl App {
             metrics: RequestMetrics::default(),
             body_budget: BodyBudget::new(settings.server.max_body_bytes_in_flight),
             replica: None,
+            tls: None,
             settings,
         }
     }
@@ -128,6 +131,19 @@ impl App {
                 let error = crate::logsafe::escape(&e.to_string(), 512);
                 tracing::error!(cause, %error, "token reload refused; the tokens in force stay");
                 Err(e)
+            }
+        }
+    }
+
+    /// Reads the TLS certificate, key and client CA again; new connections
+    /// take them, open ones keep theirs. A bad file keeps what is in force.
+    pub fn reload_tls(&self, cause: &str) {
+        let Some(tls) = &self.tls else { return };
+        match tls.reload() {
+            Ok(()) => tracing::info!(cause, "TLS certificate reloaded"),
+            Err(e) => {
+                let error = crate::logsafe::escape(&e.to_string(), 512);
+                tracing::error!(cause, %error, "TLS reload refused; the certificate in force stays");
             }
         }
     }

@@ -181,7 +181,7 @@ pub fn exit_code(status: u16) -> u8 {
 
 /// Sends one command to the server at `addr`.
 pub async fn run(
-    addr: &str,
+    addr: &admin_client::Target,
     token: Option<&str>,
     command: KvCommand,
     stdin: impl FnOnce() -> std::io::Result<String>,

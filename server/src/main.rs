@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use exdaas_server::admin_client::{Target, TlsArgs};
 use exdaas_server::config::{self, LoadedSettings};
 use exdaas_server::plugin::compiler;
 use exdaas_server::{admin_client, backup, kv_cli, plugin_cli, token_cli};
@@ -41,6 +42,8 @@ enum Command {
         /// Bearer token for the server, if it requires one.
         #[arg(long, env = "EXDAAS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Restore a backup into a new or empty data directory (the server must
     /// not be running on it). The file is checked completely first.
@@ -69,12 +72,15 @@ enum Command {
     /// Talk to a running server's key-value API (exit codes: 0 ok, 3 not
     /// found, 4 condition failed, 5 rejected, 6 not allowed, 1 other).
     Kv {
-        /// host:port of the server (default: from server.listen).
+        /// host:port or https://host:port of the server (default: from
+        /// server.listen, over TLS when the configuration has [tls]).
         #[arg(long, value_name = "HOST:PORT", global = true)]
         server: Option<String>,
         /// Bearer token, if the server requires one.
         #[arg(long, env = "EXDAAS_TOKEN", hide_env_values = true, global = true)]
         token: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(subcommand)]
         command: exdaas_server::kv_cli::KvCommand,
     },
@@ -110,9 +116,11 @@ enum Command {
     },
     /// Exit 0 when the server answers /health (for container health checks).
     Health {
-        /// host:port of the server (default: from server.listen).
+        /// host:port or https://host:port of the server (default: from server.listen).
         #[arg(long, value_name = "HOST:PORT")]
         server: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -145,11 +153,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn target(loaded: &LoadedSettings, server: Option<String>) -> anyhow::Result<String> {
-    match server {
-        Some(s) => Ok(s),
-        None => Ok(admin_client::local_target(loaded.listen_addr()?)),
-    }
+/// The server a subcommand talks to: `--server`, else this configuration's
+/// own listener (over TLS when it has `[tls]`).
+fn target(
+    loaded: &LoadedSettings,
+    server: Option<String>,
+    tls: &TlsArgs,
+) -> anyhow::Result<Target> {
+    let server = match server {
+        Some(s) => s,
+        None => admin_client::local_target(loaded.listen_addr()?),
+    };
+    Target::parse(&server, loaded.settings.tls.enabled(), tls)
 }
 
 fn check_config(loaded: &LoadedSettings) -> anyhow::Result<()> {
@@ -161,24 +176,29 @@ fn check_config(loaded: &LoadedSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a backup comes from.
+enum BackupSource {
+    /// A stopped server's data directory.
+    Stopped(PathBuf),
+    /// A running server, with its token.
+    Running(Target, Option<String>),
+}
+
 /// Writes the backup stream into `partial` and syncs it to disk.
 fn write_backup_file(
     loaded: &LoadedSettings,
     partial: &Path,
-    data_dir: Option<PathBuf>,
-    server: Option<String>,
-    token: Option<String>,
+    source: BackupSource,
 ) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::new(
         std::fs::File::create(partial)
             .map_err(|e| anyhow::anyhow!("{}: {e}", partial.display()))?,
     );
-    match data_dir {
-        Some(dir) => {
+    match source {
+        BackupSource::Stopped(dir) => {
             backup::backup_stopped(&dir, loaded.settings.storage.store_cache_bytes, &mut file)?;
         }
-        None => {
-            let addr = target(loaded, server)?;
+        BackupSource::Running(addr, token) => {
             let status = runtime()?.block_on(admin_client::get(
                 &addr,
                 "/v1/admin/backup",
@@ -197,15 +217,9 @@ fn write_backup_file(
     Ok(())
 }
 
-fn backup_cmd(
-    loaded: &LoadedSettings,
-    out: &Path,
-    data_dir: Option<PathBuf>,
-    server: Option<String>,
-    token: Option<String>,
-) -> anyhow::Result<()> {
+fn backup_cmd(loaded: &LoadedSettings, out: &Path, source: BackupSource) -> anyhow::Result<()> {
     let partial = out.with_extension("partial");
-    let written = write_backup_file(loaded, &partial, data_dir, server, token)
+    let written = write_backup_file(loaded, &partial, source)
         .and_then(|()| Ok(backup::validate(&partial)?))
         .and_then(|summary| {
             std::fs::rename(&partial, out)
@@ -244,8 +258,8 @@ fn reason_of(body: &[u8]) -> String {
     }
 }
 
-fn health(loaded: &LoadedSettings, server: Option<String>) -> anyhow::Result<()> {
-    let addr = target(loaded, server)?;
+fn health(loaded: &LoadedSettings, server: Option<String>, tls: &TlsArgs) -> anyhow::Result<()> {
+    let addr = target(loaded, server, tls)?;
     let mut body = Vec::new();
     let status = runtime()?.block_on(admin_client::get(&addr, "/health", None, &mut body))?;
     if status != 200 {
@@ -260,9 +274,10 @@ fn kv_cmd(
     loaded: &LoadedSettings,
     server: Option<String>,
     token: Option<String>,
+    tls: &TlsArgs,
     command: kv_cli::KvCommand,
 ) -> ExitCode {
-    let outcome = target(loaded, server).and_then(|addr| {
+    let outcome = target(loaded, server, tls).and_then(|addr| {
         let read_stdin = || std::io::read_to_string(std::io::stdin());
         runtime()?.block_on(kv_cli::run(&addr, token.as_deref(), command, read_stdin))
     });
@@ -338,8 +353,9 @@ fn main() -> ExitCode {
         Command::Kv {
             server,
             token,
+            tls,
             command,
-        } => return kv_cmd(&loaded, server, token, command),
+        } => return kv_cmd(&loaded, server, token, &tls, command),
         Command::Plugin { command } => return plugin_cmd(&loaded, command),
         Command::CheckConfig => check_config(&loaded),
         Command::Backup {
@@ -347,7 +363,12 @@ fn main() -> ExitCode {
             data_dir,
             server,
             token,
-        } => backup_cmd(&loaded, &out, data_dir, server, token),
+            tls,
+        } => match data_dir {
+            Some(dir) => backup_cmd(&loaded, &out, BackupSource::Stopped(dir)),
+            None => target(&loaded, server, &tls)
+                .and_then(|t| backup_cmd(&loaded, &out, BackupSource::Running(t, token))),
+        },
         Command::Restore {
             input,
             data_dir,
@@ -380,7 +401,7 @@ fn main() -> ExitCode {
                 })
                 .map_err(anyhow::Error::from)
         }
-        Command::Health { server } => health(&loaded, server),
+        Command::Health { server, tls } => health(&loaded, server, &tls),
         Command::CompileModule { .. } | Command::Token { .. } => Ok(()), // answered above
         Command::Reshard { shards, data_dir } => {
             let dir = data_dir.unwrap_or_else(|| loaded.settings.storage.data_dir.clone());

@@ -150,8 +150,9 @@ impl Replica {
             "/v1/changes?from={from}&values=true&limit=1000&wait={}ms",
             self.poll_wait.as_millis()
         );
+        let primary = admin_client::Target::plain(&self.addr);
         let send = admin_client::send(
-            &self.addr,
+            &primary,
             Method::GET,
             &path,
             self.token.as_deref(),
@@ -334,7 +335,8 @@ pub async fn bootstrap(settings: &Settings, addr: &str) -> anyhow::Result<()> {
 async fn copy_backup(settings: &Settings, addr: &str, image: &Path) -> anyhow::Result<()> {
     let mut file = std::fs::File::create(image)?;
     let token = settings.replication.token.as_deref();
-    let status = admin_client::get(addr, "/v1/admin/backup", token, &mut file).await?;
+    let primary = admin_client::Target::plain(addr);
+    let status = admin_client::get(&primary, "/v1/admin/backup", token, &mut file).await?;
     if status != 200 {
         anyhow::bail!("GET /v1/admin/backup answered {status}");
     }

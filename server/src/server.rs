@@ -31,6 +31,7 @@ fn reload_on_sighup(app: Arc<App>) {
                 }
                 // Logged either way inside.
                 let _ = app.reload_tokens("SIGHUP");
+                app.reload_tls("SIGHUP");
             }
         });
     }
@@ -100,6 +101,9 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     let workers = crate::plugin::WorkerPool::new(threads)?;
     let tokens = crate::auth::Tokens::load(&settings.auth).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut app = App::new(settings.clone(), storage.clone(), plugins, workers, tokens);
+    if settings.tls.enabled() {
+        app.tls = Some(crate::tls::Tls::load(&settings.tls)?);
+    }
     if let Some(primary) = &primary {
         let applied = storage.feed().head();
         let replica = Arc::new(crate::replication::Replica::new(
@@ -154,6 +158,8 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         data_dir = %settings.storage.data_dir.display(),
         shards = settings.storage.shards,
+        tls = settings.tls.enabled(),
+        mutual_tls = settings.tls.client_ca_file.is_some(),
         "exdaas started"
     );
     crate::http::serve(

@@ -43,7 +43,8 @@ fn read_pem(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-fn certificates(
+/// The certificates of a PEM file; `setting` names it in errors.
+pub fn certificates(
     setting: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -63,13 +64,21 @@ fn certificates(
     Ok(certs)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let setting = "tls.key_file";
+/// The private key of a PEM file; `setting` names it in errors.
+pub fn private_key(setting: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let bytes = read_pem(setting, path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError {
         setting,
         message: format!("{}: no usable PEM private key: {e}", path.display()),
     })
+}
+
+/// The cryptography: ring rather than aws-lc-rs, which builds a C library
+/// with cmake; the cost is no post-quantum key exchange (X25519 and the
+/// NIST curves remain).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The rustls configuration the settings describe: TLS 1.2 and 1.3, ALPN
@@ -82,11 +91,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
         });
     };
     let chain = certificates("tls.cert_file", cert_file)?;
-    let key = private_key(key_file)?;
-    // ring rather than aws-lc-rs, which builds a C library with cmake; the
-    // cost is no post-quantum key exchange (X25519 and the NIST curves).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = private_key("tls.key_file", key_file)?;
+    let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError {

@@ -310,6 +310,88 @@ fn refuse_connection(stream: &tokio::net::TcpStream) {
     let _ = stream.try_write(TOO_MANY_CONNECTIONS);
 }
 
+/// What serving one accepted connection needs.
+struct Connection {
+    app: Arc<App>,
+    builder: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    write_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves requests on `stream` until the client or a shutdown ends it;
+    /// with TLS, after the handshake.
+    async fn serve(self, stream: tokio::net::TcpStream, ip: std::net::IpAddr) {
+        let Some(acceptor) = self.tls.clone() else {
+            let stream = stall_guard::StallGuard::new(stream, self.write_timeout);
+            return self.run(stream, Peer::plain(ip)).await;
+        };
+        let timeout = Duration::from_millis(self.app.settings.server.header_read_timeout_ms);
+        match tokio::time::timeout(timeout, self.handshake(acceptor, stream, ip)).await {
+            Ok(Some((stream, peer))) => self.run(stream, peer).await,
+            Ok(None) => {}
+            Err(_) => self.app.metrics.refused("tls_handshake_timeout"),
+        }
+    }
+
+    /// The TLS handshake, and the names of the client's certificate. A
+    /// client that speaks plain HTTP is told to use TLS instead of being
+    /// left to guess from a closed connection.
+    async fn handshake(
+        &self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        ip: std::net::IpAddr,
+    ) -> Option<(
+        tokio_rustls::server::TlsStream<stall_guard::StallGuard<tokio::net::TcpStream>>,
+        Peer,
+    )> {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        if !crate::tls::looks_like_tls(first[0]) {
+            let _ = stream.try_write(crate::tls::PLAIN_HTTP_ANSWER);
+            self.app.metrics.refused("tls_required");
+            return None;
+        }
+        let stream = stall_guard::StallGuard::new(stream, self.write_timeout);
+        let tls = match acceptor.accept(stream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                self.app.metrics.refused("tls_handshake");
+                return None;
+            }
+        };
+        let names = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(crate::tls::certificate_names)
+            .unwrap_or_default();
+        let peer = Peer {
+            ip,
+            cert_names: Arc::from(names),
+        };
+        Some((tls, peer))
+    }
+
+    async fn run<I>(self, io: I, peer: Peer)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app;
+        let service = service_fn(move |req| handle(app.clone(), req, peer.clone()));
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops
 /// accepting and waits (at most `drain_timeout`) for in-flight requests.
 pub async fn serve(
@@ -353,17 +435,17 @@ pub async fn serve(
                 };
                 app.metrics.connections.opened();
                 let _ = stream.set_nodelay(true);
-                let for_service = app.clone();
-                let peer = Peer::plain(peer.ip());
-                let service = service_fn(move |req| handle(for_service.clone(), req, peer.clone()));
-                let stream = stall_guard::StallGuard::new(stream, write_timeout);
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                let done = app.clone();
+                let conn = Connection {
+                    app: app.clone(),
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    tls: app.tls.as_ref().map(|t| t.acceptor()),
+                    write_timeout,
+                };
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    done.metrics.connections.closed();
+                    let app = conn.app.clone();
+                    conn.serve(stream, peer.ip()).await;
+                    app.metrics.connections.closed();
                     drop(permit);
                 });
             }
