@@ -45,6 +45,21 @@ if ! command -v schemathesis >/dev/null; then
   export EXDAAS_SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 fi
 
+# The metrics test checks the classic exposition with Prometheus's own
+# promtool, unpacked from Debian's package (its server is not installed).
+if ! command -v promtool >/dev/null; then
+  promtool=target/tools/prometheus/usr/bin/promtool
+  if [ ! -x "$promtool" ]; then
+    echo "==> unpacking promtool into target/tools (about 20 MB)"
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    mkdir -p target/tools
+    (cd target/tools && apt-get download -qq prometheus 2>/dev/null && dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb)
+  fi
+  export EXDAAS_PROMTOOL="$PWD/$promtool"
+fi
+
 if [ -x scripts/build-plugins.sh ]; then
   echo "==> building the example plugins (about 2 minutes from a fresh clone)"
   scripts/build-plugins.sh

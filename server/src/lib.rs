@@ -39,6 +39,7 @@ pub mod kv_cli;
 pub mod logsafe;
 pub mod memory;
 pub mod metrics;
+pub mod metrics_text;
 pub mod plugin;
 pub mod plugin_cli;
 pub mod plugin_host;

@@ -26,9 +26,6 @@ use crate::replication::Replica;
 use crate::storage::feed::Feed;
 use crate::storage::Storage;
 
-/// The content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Which endpoint a request hit; the `route` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -328,7 +325,8 @@ impl RequestMetrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Encodes every metric (OpenMetrics text, see [`CONTENT_TYPE`]).
+    /// Encodes every metric as OpenMetrics text (`metrics_text` derives
+    /// the classic format from it).
     pub fn render(
         &self,
         storage: &Storage,

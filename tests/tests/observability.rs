@@ -115,7 +115,11 @@ async fn metrics_parse_and_move() {
     c.get("/v1/kv/x").await;
     c.get("/v1/kv/x").await;
     c.get("/v1/kv/nope").await;
-    let r = c.get("/metrics").await;
+    let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let r = c
+        .send("GET", "/metrics", &[("accept", prometheus)], b"")
+        .await
+        .unwrap();
     assert_eq!(
         r.header("content-type").unwrap(),
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -298,4 +302,68 @@ async fn the_grafana_dashboard_queries_existing_metrics() {
             }
         }
     }
+}
+
+/// Without an Accept naming OpenMetrics, `/metrics` answers the classic
+/// text format, and Prometheus's own checker accepts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_classic_format_by_default_passes_promtool() {
+    let (_root, server) = server_with_a_plugin();
+    let c = server.client();
+    c.put_json("/v1/kv/x", r#"{"a":1}"#).await;
+    c.get("/v1/kv/x").await;
+    for accept in [None, Some("text/plain;version=0.0.4"), Some("*/*")] {
+        let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+        let r = c.send("GET", "/metrics", &headers, b"").await.unwrap();
+        assert_eq!(
+            r.header("content-type").unwrap(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        let text = r.body_text();
+        assert!(!text.contains("# EOF") && !text.contains(" info\n"));
+        // Every sample's family is declared under the sample's own name
+        // (histograms by their base name).
+        let declared: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                declared.contains(&name) || declared.contains(&base),
+                "{line}"
+            );
+        }
+        assert!(text.contains("exdaas_requests_total{"));
+    }
+    let text = c.get("/metrics").await.body_text();
+    let tool = std::env::var("EXDAAS_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let mut child = std::process::Command::new(&tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (scripts/test.sh unpacks promtool)"));
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A parse error or a lint finding (naming advice) fails it.
+    assert!(out.status.success(), "promtool check metrics: {said}");
 }

@@ -135,7 +135,7 @@ async fn dispatch(
         Op::AuthReload => reload_tokens(app)?,
         Op::Health => health(app),
         Op::Ready => ready(app),
-        Op::Metrics => metrics(app),
+        Op::Metrics => metrics(app, &req),
         Op::OpenApi => raw_json_response(StatusCode::OK, openapi::document()?),
     };
     Ok(response.map(boxed))
@@ -192,7 +192,14 @@ fn reload_tokens(app: &App) -> Result<HttpResponse, ApiError> {
     Ok(json_response(StatusCode::OK, &json!({ "tokens": tokens })))
 }
 
-fn metrics(app: &App) -> HttpResponse {
+/// `GET /metrics`: OpenMetrics when the client asks for it, the classic
+/// text format otherwise (see `metrics_text`).
+fn metrics(app: &App, req: &Request<Incoming>) -> HttpResponse {
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let openmetrics = crate::metrics_text::wants_openmetrics(accept);
     let text = app.metrics.render(
         &app.storage,
         &app.chain(),
@@ -200,11 +207,17 @@ fn metrics(app: &App) -> HttpResponse {
         app.body_budget.in_flight(),
         app.replica.as_deref(),
     );
+    let (text, media) = if openmetrics {
+        (text, crate::metrics_text::OPENMETRICS)
+    } else {
+        (
+            crate::metrics_text::classic(&text),
+            crate::metrics_text::CLASSIC,
+        )
+    };
     let mut r = Response::new(Full::new(Bytes::from(text)));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-    );
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static(media));
     r
 }
 
