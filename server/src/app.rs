@@ -67,6 +67,8 @@ pub struct App {
     pub metrics: RequestMetrics,
     /// Request body bytes the server holds at once.
     pub body_budget: BodyBudget,
+    /// The audit trail, when kept.
+    pub audit: Option<crate::audit::Audit>,
     /// The listener's TLS configuration, when it speaks TLS.
     pub tls: Option<crate::tls::Tls>,
     /// Set when this server is a read replica.
@@ -102,6 +104,7 @@ impl App {
             body_budget: BodyBudget::new(settings.server.max_body_bytes_in_flight),
             replica: None,
             tls: None,
+            audit: None,
             settings,
         }
     }
@@ -132,6 +135,15 @@ impl App {
                 tracing::error!(cause, %error, "token reload refused; the tokens in force stay");
                 Err(e)
             }
+        }
+    }
+
+    /// Records an admin action taken on a signal in the audit trail.
+    pub fn audit_signal(&self, action: &str, ok: bool) {
+        if let Some(audit) = &self.audit {
+            let status = if ok { 200 } else { 400 };
+            let record = crate::audit::Record::new("SIGHUP", String::new(), action, "", status, "");
+            audit.record(record);
         }
     }
 

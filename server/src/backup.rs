@@ -887,6 +887,7 @@ mod tests {
             vectors: Some((files.put_blob(b"[]", "json").unwrap(), 0)),
             spec: crate::plugin::PluginSpec::new("p", "p.wasm".into()),
             uploaded_by: "ops".into(),
+            request_id: None,
             uploaded_ms: 5,
             placement: None,
         };

@@ -41,6 +41,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Native TLS and mutual TLS on the listener.
     pub tls: TlsSettings,
+    /// The audit trail of admin actions and refused requests.
+    pub audit: AuditSettings,
     /// WebAssembly validators and transforms, run in order on matching writes.
     pub plugins: Vec<PluginSpec>,
     /// Plugins uploaded over the API (`PUT /v1/admin/plugins/{name}`).
@@ -265,6 +267,39 @@ pub struct AuthSettings {
     /// Without tokens, serve clients on other machines too, with no
     /// authentication at all.
     pub allow_open_remote: bool,
+}
+
+/// The audit trail (`audit.rs`): every admin action and every refused
+/// request, one JSON line each, synced in batches, rotated by size.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Keep the trail.
+    pub enabled: bool,
+    /// Where its files go (default: `audit/` in the data directory).
+    pub dir: Option<PathBuf>,
+    /// Size at which `audit.log` is rotated, in bytes.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`audit.log.1` ... `audit.log.N`).
+    pub keep_files: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_file_bytes: 16 * 1024 * 1024,
+            keep_files: 4,
+        }
+    }
+}
+
+impl AuditSettings {
+    /// The directory of the trail for a server on `data_dir`.
+    pub fn dir_for(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| data_dir.join("audit"))
+    }
 }
 
 /// TLS on the listener. With `cert_file` and `key_file` set the server
@@ -850,6 +885,16 @@ fn validate(loaded: &LoadedSettings) -> Result<(), ConfigError> {
         s.cluster.node_id < s.cluster.nodes,
         "cluster.node_id",
         "must be below cluster.nodes (nodes are numbered from 0)",
+    )?;
+    check(
+        (64 * 1024..=1 << 30).contains(&s.audit.max_file_bytes),
+        "audit.max_file_bytes",
+        "must be 65536 to 1073741824",
+    )?;
+    check(
+        s.audit.keep_files <= 100,
+        "audit.keep_files",
+        "must be at most 100",
     )?;
     check(
         s.tls.cert_file.is_some() == s.tls.key_file.is_some(),

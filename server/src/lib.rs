@@ -28,6 +28,7 @@
 
 pub mod admin_client;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backup;
 pub mod config;

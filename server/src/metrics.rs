@@ -95,6 +95,7 @@ impl Route {
             | Op::Backup
             | Op::Promote
             | Op::AuthReload
+            | Op::Audit
             | Op::BackupHead => Route::Admin,
             Op::Health | Op::Ready => Route::Health,
             Op::Metrics => Route::Metrics,
@@ -217,6 +218,11 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -334,6 +340,7 @@ impl RequestMetrics {
         compiles: &CompileStats,
         body_bytes: usize,
         replica: Option<&Replica>,
+        audit: Option<&crate::audit::AuditMetrics>,
     ) -> String {
         let mut registry = Registry::default();
         registry.register(
@@ -373,6 +380,9 @@ impl RequestMetrics {
         register_feed(&mut registry, storage.feed());
         if let Some(replica) = replica {
             register_replication(&mut registry, replica);
+        }
+        if let Some(audit) = audit {
+            register_audit(&mut registry, audit);
         }
         let mut text = String::with_capacity(16 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
@@ -590,6 +600,20 @@ fn register_plugins(registry: &mut Registry, chain: &PluginChain) {
 
 /// The change feed: its readers, what they were sent, why the server
 /// ended streams, and what it holds.
+fn register_audit(registry: &mut Registry, audit: &crate::audit::AuditMetrics) {
+    let records = Family::<OutcomeLabels, Counter>::default();
+    for (outcome, count) in [("written", &audit.written), ("dropped", &audit.dropped)] {
+        records
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(count.load(Ordering::Relaxed));
+    }
+    registry.register(
+        "exdaas_audit_records",
+        "Audit trail records written, and lost to a full queue or a failed write",
+        records,
+    );
+}
+
 fn register_feed(registry: &mut Registry, feed: &Feed) {
     let m = &feed.metrics;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

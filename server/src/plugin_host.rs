@@ -38,6 +38,9 @@ pub struct Upload {
     pub form: Option<UploadForm>,
     /// Who uploads: the version's prefixes must lie in what it may write.
     pub uploader: crate::auth::Caller,
+    /// The upload's request id, kept in the version record so the audit
+    /// trail's record of the upload can be found from it.
+    pub request_id: Option<String>,
 }
 
 /// Refuses a version whose prefixes reach keys `caller` may not write: a
@@ -537,6 +540,7 @@ impl PluginHost {
             vectors,
             spec,
             uploaded_by: upload.uploader.name().to_owned(),
+            request_id: upload.request_id,
             uploaded_ms: crate::app::now_ms(),
             placement,
         };

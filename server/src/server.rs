@@ -26,11 +26,14 @@ fn reload_on_sighup(app: Arc<App>) {
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP received; reloading plugins and tokens");
-                if let Err(e) = app.reload_plugins().await {
+                let plugins = app.reload_plugins().await;
+                if let Err(e) = &plugins {
                     tracing::error!(error = %e, "plugin reload failed; previous chain stays active");
                 }
+                app.audit_signal("plugin_reload", plugins.is_ok());
                 // Logged either way inside.
-                let _ = app.reload_tokens("SIGHUP");
+                let tokens = app.reload_tokens("SIGHUP");
+                app.audit_signal("auth_reload", tokens.is_ok());
                 app.reload_tls("SIGHUP");
             }
         });
@@ -104,6 +107,12 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     if settings.tls.enabled() {
         app.tls = Some(crate::tls::Tls::load(&settings.tls)?);
     }
+    if settings.audit.enabled {
+        let dir = settings.audit.dir_for(&settings.storage.data_dir);
+        let audit = crate::audit::Audit::open(&dir, &settings.audit)
+            .map_err(|e| anyhow::anyhow!("audit.dir {}: {e}", dir.display()))?;
+        app.audit = Some(audit);
+    }
     if let Some(primary) = &primary {
         let applied = storage.feed().head();
         let replica = Arc::new(crate::replication::Replica::new(
@@ -162,6 +171,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         mutual_tls = settings.tls.client_ca_file.is_some(),
         "exdaas started"
     );
+    let app_for_close = Arc::clone(&app);
     crate::http::serve(
         listener,
         app,
@@ -173,6 +183,9 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
     // The follower writes into the stores: it stops before they close.
     if let Some(replica) = replica {
         replica.stop();
+    }
+    if let Some(audit) = &app_for_close.audit {
+        audit.close();
     }
     tokio::task::spawn_blocking(move || storage.close()).await?;
     tracing::info!("exdaas stopped; all writes drained and stores closed");

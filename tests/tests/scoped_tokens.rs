@@ -270,3 +270,111 @@ async fn tokens_change_without_a_restart_and_a_bad_file_changes_nothing() {
     assert!(r.body_text().contains("expired"), "{}", r.body_text());
     server.stop();
 }
+
+/// The audit trail's records of `GET /v1/admin/audit?QUERY`, polled until
+/// `want` of them are there.
+async fn audit_records(c: &Client, query: &str, want: usize) -> serde_json::Value {
+    let path = format!("/v1/admin/audit?{query}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = call(c, ADMIN, "GET", &path, "").await;
+        assert_eq!(page.status, 200, "{}", page.body_text());
+        let json = page.json();
+        if json["records"].as_array().unwrap().len() >= want || Instant::now() > deadline {
+            return json;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_actions_and_refusals_are_in_the_audit_trail_across_a_crash() {
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default().config(CONFIG));
+    let c = server.client();
+    let module = std::fs::read(test_plugin("accept.wat")).unwrap();
+    let headers = [
+        ("authorization", ADMIN),
+        ("content-type", "application/wasm"),
+        ("x-request-id", "upload-1"),
+    ];
+    let r = c
+        .send("PUT", "/v1/admin/plugins/checker", &headers, &module)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body_text());
+    assert_eq!(
+        call(&c, TEAM_A, "GET", "/v1/kv/team-b/x", "").await.status,
+        403
+    );
+    assert_eq!(
+        call(&c, "Bearer not-a-token-0123456789", "GET", "/v1/kv/a", "")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        call(&c, TEAM_A, "GET", "/v1/admin/audit", "").await.status,
+        403
+    );
+    // Answered without a refusal and not an admin action: not recorded.
+    assert_eq!(
+        call(&c, TEAM_A, "GET", "/v1/kv/team-a/x", "").await.status,
+        404
+    );
+    let trail = audit_records(&c, "", 4).await;
+    let records = trail["records"].as_array().unwrap();
+    let summary: Vec<(String, String, String, String)> = records
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (s("who"), s("action"), s("target"), s("outcome"))
+        })
+        .collect();
+    let expect = |who: &str, action: &str, target: &str, outcome: &str| {
+        (
+            who.to_owned(),
+            action.to_owned(),
+            target.to_owned(),
+            outcome.to_owned(),
+        )
+    };
+    assert_eq!(
+        summary[..4],
+        [
+            expect("ops", "plugin_upload", "checker", "ok"),
+            expect("team-a", "kv_get", "team-b/x", "denied"),
+            expect("unknown", "kv_get", "a", "denied"),
+            expect("team-a", "audit_read", "/v1/admin/audit", "denied"),
+        ]
+    );
+    assert_eq!(records[0]["request_id"], "upload-1");
+    assert_eq!(records[0]["peer"], "127.0.0.1");
+    // The plugin's version record names the same request.
+    let described = call(&c, ADMIN, "GET", "/v1/admin/plugins/checker", "").await;
+    assert!(described
+        .body_text()
+        .contains("\"request_id\":\"upload-1\""));
+    // Pages, and the trail outlives a kill -9: numbering goes on.
+    let first = audit_records(&c, "limit=1", 1).await;
+    assert_eq!(first["records"].as_array().unwrap().len(), 1);
+    let next = first["next"].as_u64().unwrap();
+    let second = audit_records(&c, &format!("after={next}&limit=1"), 1).await;
+    assert_eq!(second["records"][0]["seq"].as_u64(), Some(next + 1));
+    let last_seq = records.last().unwrap()["seq"].as_u64().unwrap();
+    server.kill9();
+    let server = Server::start_with(&data, Options::default().config(CONFIG));
+    let c = server.client();
+    assert_eq!(
+        call(&c, TEAM_A, "DELETE", "/v1/kv/team-b/x", "")
+            .await
+            .status,
+        403
+    );
+    let after = audit_records(&c, &format!("after={last_seq}"), 1).await;
+    let new = &after["records"].as_array().unwrap()[0];
+    assert!(new["seq"].as_u64().unwrap() > last_seq);
+    let before = audit_records(&c, "", 4).await;
+    assert_eq!(before["records"][0]["action"], "plugin_upload");
+    server.stop();
+}

@@ -103,6 +103,7 @@ pub fn permit(caller: &Caller, op: Op, param: &str, query: Option<&str>) -> Resu
         Op::Promote => need_role(caller, Role::Admin, "promote a replica"),
         Op::Backup | Op::BackupHead => need_role(caller, Role::Admin, "take backups"),
         Op::AuthReload => need_role(caller, Role::Admin, "reload tokens"),
+        Op::Audit => need_role(caller, Role::Admin, "read the audit trail"),
         Op::KvCreate
         | Op::KvList
         | Op::KvGetMany

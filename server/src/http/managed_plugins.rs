@@ -140,6 +140,11 @@ pub async fn upload(
             )))
         }
     };
+    let request_id = req
+        .extensions()
+        .get::<super::RequestId>()
+        .and_then(|id| id.0.to_str().ok())
+        .map(str::to_owned);
     let (parts, body) = req.into_parts();
     let limit = BodyLimit {
         bytes: limit,
@@ -163,6 +168,7 @@ pub async fn upload(
         module,
         form,
         uploader: caller,
+        request_id,
     };
     let done = app.plugins.upload(name, upload).await?;
     let status = if done.version == 1 {

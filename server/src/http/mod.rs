@@ -14,6 +14,7 @@
 //! - `access`: who a request is and what it may do.
 
 mod access;
+mod audit;
 mod backup;
 pub mod body_budget;
 mod compat;
@@ -133,6 +134,7 @@ async fn dispatch(
         Op::PluginDelete => managed_plugins::delete(app, &param).await?,
         Op::PluginRollback => managed_plugins::rollback(app, req, &param, &caller).await?,
         Op::AuthReload => reload_tokens(app)?,
+        Op::Audit => audit::page(app, &req).await?,
         Op::Health => health(app),
         Op::Ready => ready(app),
         Op::Metrics => metrics(app, &req),
@@ -206,6 +208,7 @@ fn metrics(app: &App, req: &Request<Incoming>) -> HttpResponse {
         app.plugins.compile_stats(),
         app.body_budget.in_flight(),
         app.replica.as_deref(),
+        app.audit.as_ref().map(|a| &*a.metrics),
     );
     let (text, media) = if openmetrics {
         (text, crate::metrics_text::OPENMETRICS)
@@ -261,15 +264,21 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
 
 const X_REQUEST_ID: &str = "x-request-id";
 
+/// The request's id, for handlers that record it (plugin versions).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
 /// Answers one request: access control, routing, metrics, request id. Errors
 /// become their JSON response here.
 async fn handle(
     app: Arc<App>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: Peer,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = request_id(&req);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut witness = audit::Witness::of(&app, &req, peer.ip);
     let method = req.method().clone();
     let resolved = routes::resolve(&method, req.uri().path());
     let route = Route::of(&resolved);
@@ -280,7 +289,10 @@ async fn handle(
         Resolved::Op(Op::Health | Op::Ready, _) => Ok(Caller::Open),
         _ => access::authenticate(&app, &req, &peer),
     };
-    let answer = match (caller, resolved) {
+    if let (Some(witness), Ok(caller)) = (&mut witness, &caller) {
+        witness.authenticated(caller);
+    }
+    let answer = match (caller, &resolved) {
         (Err(e), _) => Err(e),
         (Ok(_), Resolved::NotFound) => Err(ApiError::NotFound(format!(
             "no route for {}",
@@ -289,11 +301,14 @@ async fn handle(
         (Ok(_), Resolved::MethodNotAllowed(r)) => {
             Err(ApiError::MethodNotAllowed { allow: r.allow() })
         }
-        (Ok(caller), Resolved::Op(op, param)) => match dispatch(&app, req, caller, op, param).await
-        {
-            Ok(r) if method == Method::HEAD && op != Op::BackupHead => Ok(strip_body_for_head(r)),
-            other => other,
-        },
+        (Ok(caller), Resolved::Op(op, param)) => {
+            match dispatch(&app, req, caller, *op, param.clone()).await {
+                Ok(r) if method == Method::HEAD && *op != Op::BackupHead => {
+                    Ok(strip_body_for_head(r))
+                }
+                other => other,
+            }
+        }
     };
     if let Err(ApiError::Busy(_)) = &answer {
         app.metrics.refused("body_budget");
@@ -305,6 +320,9 @@ async fn handle(
     };
     let status = response.status().as_u16();
     app.metrics.record(route, status, started.elapsed());
+    if let Some(witness) = witness {
+        witness.answered(&app, &resolved, status, id.to_str().unwrap_or(""));
+    }
     if let Some(path) = path {
         tracing::debug!(request_id = ?id, %method, path, status, micros = started.elapsed().as_micros() as u64, "request");
     }

@@ -61,6 +61,8 @@ pub enum Op {
     Promote,
     /// `POST /v1/admin/auth/reload`: read the tokens again.
     AuthReload,
+    /// `GET /v1/admin/audit`: a page of the audit trail.
+    Audit,
     /// `GET /v1/admin/backup`: the streamed backup.
     Backup,
     /// `HEAD /v1/admin/backup`: its headers without taking one.
@@ -73,6 +75,46 @@ pub enum Op {
     Metrics,
     /// `GET /v1/openapi.json`.
     OpenApi,
+}
+
+impl Op {
+    /// Its name in the audit trail.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::KvList => "kv_list",
+            Op::KvCreate => "kv_create",
+            Op::KvGet => "kv_get",
+            Op::KvPut => "kv_put",
+            Op::KvDelete => "kv_delete",
+            Op::KvPatch => "kv_patch",
+            Op::KvIncr => "kv_incr",
+            Op::KvGetMany => "kv_get_many",
+            Op::Txn => "txn",
+            Op::Watch => "watch",
+            Op::Changes => "changes",
+            Op::ApiRead => "api_read",
+            Op::ApiWrite => "api_write",
+            Op::ApiCmd => "api_cmd",
+            Op::PluginList => "plugin_list",
+            Op::PluginDryRun => "plugin_dry_run",
+            Op::PluginReload => "plugin_reload",
+            Op::PluginShadow => "plugin_shadow",
+            Op::PluginPromote => "plugin_promote",
+            Op::PluginUpload => "plugin_upload",
+            Op::PluginDescribe => "plugin_describe",
+            Op::PluginDelete => "plugin_delete",
+            Op::PluginRollback => "plugin_rollback",
+            Op::Promote => "promote",
+            Op::AuthReload => "auth_reload",
+            Op::Audit => "audit_read",
+            Op::Backup => "backup",
+            Op::BackupHead => "backup_head",
+            Op::Health => "health",
+            Op::Ready => "ready",
+            Op::Metrics => "metrics",
+            Op::OpenApi => "openapi",
+        }
+    }
 }
 
 /// A path and its operations. A template ending in `{key}` matches any
@@ -187,6 +229,10 @@ pub static ROUTES: &[Route] = &[
     Route {
         template: "/v1/admin/auth/reload",
         ops: &[(Method::POST, Op::AuthReload)],
+    },
+    Route {
+        template: "/v1/admin/audit",
+        ops: &[(Method::GET, Op::Audit)],
     },
     Route {
         template: "/v1/admin/backup",

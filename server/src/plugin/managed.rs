@@ -101,6 +101,9 @@ pub struct VersionRecord {
     pub size: u64,
     /// Name of the token that uploaded it (`open` without access control).
     pub uploaded_by: String,
+    /// The upload's request id, as the audit trail records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// Upload time, milliseconds since the Unix epoch.
     pub uploaded_ms: i64,
     /// Hex sha256 of its test vectors (`blobs/<sha>.json`), if it has any.
@@ -175,6 +178,8 @@ pub struct NewVersion {
     pub spec: PluginSpec,
     /// Token name.
     pub uploaded_by: String,
+    /// The upload's request id (for the audit trail).
+    pub request_id: Option<String>,
     /// Upload time.
     pub uploaded_ms: i64,
     /// New placement; `None` keeps the current one (or `End` when new).
@@ -262,6 +267,7 @@ impl Registry {
             sha256: upload.sha256.clone(),
             size: upload.size,
             uploaded_by: upload.uploaded_by,
+            request_id: upload.request_id,
             uploaded_ms: upload.uploaded_ms,
             vectors_sha256,
             vectors: vectors.unwrap_or(0),
@@ -500,6 +506,7 @@ pub fn describe(plugin: &ManagedPlugin, position: Option<usize>, stats: Value) -
                 "sha256": v.sha256,
                 "size": v.size,
                 "uploaded_by": v.uploaded_by,
+                "request_id": v.request_id,
                 "uploaded_ms": v.uploaded_ms,
                 "vectors": v.vectors,
                 "prefixes": v.spec.prefixes,
@@ -541,6 +548,7 @@ mod tests {
             vectors: None,
             spec: spec("ignored"),
             uploaded_by: "admin".into(),
+            request_id: None,
             uploaded_ms: 1,
             placement,
         }

@@ -281,6 +281,7 @@ mod tests {
             vectors: Some((files.put_blob(b"[]", "json").unwrap(), 0)),
             spec: serde_json::from_str(r#"{"name":"p","path":"x"}"#).unwrap(),
             uploaded_by: "t".into(),
+            request_id: None,
             uploaded_ms: 0,
             placement: None,
         }
