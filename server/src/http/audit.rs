@@ -75,19 +75,7 @@ impl Witness {
 /// The operations recorded whatever their outcome: every `/v1/admin`
 /// route but the header-only backup probe.
 fn is_admin_action(op: Op) -> bool {
-    matches!(
-        op,
-        Op::PluginReload
-            | Op::PluginPromote
-            | Op::PluginUpload
-            | Op::PluginDescribe
-            | Op::PluginDelete
-            | Op::PluginRollback
-            | Op::Promote
-            | Op::AuthReload
-            | Op::Audit
-            | Op::Backup
-    )
+    op.is_admin() && op != Op::BackupHead
 }
 
 /// The most records one page holds.

@@ -78,6 +78,25 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether it is served under `/v1/admin` (checked against the route
+    /// table by a test).
+    pub fn is_admin(self) -> bool {
+        matches!(
+            self,
+            Op::PluginReload
+                | Op::PluginPromote
+                | Op::PluginUpload
+                | Op::PluginDescribe
+                | Op::PluginDelete
+                | Op::PluginRollback
+                | Op::Promote
+                | Op::AuthReload
+                | Op::Audit
+                | Op::Backup
+                | Op::BackupHead
+        )
+    }
+
     /// Its name in the audit trail.
     pub fn name(self) -> &'static str {
         match self {
@@ -419,6 +438,20 @@ mod tests {
                 .cloned()
                 .collect();
             assert_eq!(ours, theirs, "methods of {}", route.template);
+        }
+    }
+
+    #[test]
+    fn admin_operations_are_the_admin_routes() {
+        for route in ROUTES {
+            for (_, op) in route.ops {
+                assert_eq!(
+                    op.is_admin(),
+                    route.template.starts_with("/v1/admin/"),
+                    "{op:?} at {}",
+                    route.template
+                );
+            }
         }
     }
 
