@@ -106,6 +106,14 @@ pub enum ApiError {
     /// A promotion was refused (409).
     #[error("{0}")]
     PromoteRefused(String),
+    /// A token is past its request rate or concurrency (429, Retry-After).
+    #[error("{message}")]
+    TooManyRequests {
+        /// What limit, of which token.
+        message: String,
+        /// Seconds until a retry can succeed.
+        retry_after_s: u64,
+    },
     /// Every change feed reader slot is taken (503, Retry-After).
     #[error("{0}")]
     FeedFull(String),
@@ -180,6 +188,7 @@ impl ApiError {
             Self::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "unsupported_transfer_coding"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "body_budget"),
+            Self::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::FeedFull(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_subscribers"),
             Self::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
             Self::PromoteRefused(_) => (StatusCode::CONFLICT, "promote_refused"),
@@ -305,7 +314,16 @@ impl ApiError {
             }
             _ => {}
         }
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
         let mut response = json_response(status, &json!({ "error": body }));
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Self::MethodNotAllowed { allow } = self {
             if let Ok(allow) = HeaderValue::from_str(allow.as_str()) {
                 response.headers_mut().insert(ALLOW, allow);

@@ -218,6 +218,12 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLimitLabels {
+    token: String,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -270,6 +276,8 @@ pub struct RequestMetrics {
     pub connections: ConnectionMetrics,
     /// Connections and requests refused at a bound, by cause.
     refusals: Family<CauseLabels, Counter>,
+    /// Requests refused by a token's fair-use limits, by token and limit.
+    token_limits: Family<TokenLimitLabels, Counter>,
     started: Instant,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
@@ -286,6 +294,7 @@ impl Default for RequestMetrics {
         Self {
             connections: ConnectionMetrics::default(),
             refusals: Family::default(),
+            token_limits: Family::default(),
             started: Instant::now(),
             requests: Family::default(),
             latency: Family::new_with_constructor(request_histogram as fn() -> Histogram),
@@ -298,6 +307,16 @@ impl Default for RequestMetrics {
 }
 
 impl RequestMetrics {
+    /// A token's fair-use limit (`rate` or `in_flight`) refused a request.
+    pub fn token_limited(&self, token: &str, limit: &'static str) {
+        self.token_limits
+            .get_or_create(&TokenLimitLabels {
+                token: token.to_owned(),
+                limit,
+            })
+            .inc();
+    }
+
     /// A connection or request was refused at a bound: `connection_cap`
     /// (past `server.max_connections`), `body_budget` (no room in
     /// `server.max_body_bytes_in_flight`).
@@ -366,6 +385,11 @@ impl RequestMetrics {
             "exdaas_refused",
             "Connections and requests refused at a bound, by cause",
             self.refusals.clone(),
+        );
+        registry.register(
+            "exdaas_token_limited",
+            "Requests refused (429) by a token's rate_per_second or max_in_flight, by token and limit",
+            self.token_limits.clone(),
         );
         let in_flight = Gauge::<i64>::default();
         in_flight.set(i64::try_from(body_bytes).unwrap_or(i64::MAX));

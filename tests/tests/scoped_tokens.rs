@@ -378,3 +378,65 @@ async fn admin_actions_and_refusals_are_in_the_audit_trail_across_a_crash() {
     assert_eq!(before["records"][0]["action"], "plugin_upload");
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_past_its_rate_or_in_flight_bound_gets_429_and_others_go_on() {
+    let config = r#"
+[auth]
+tokens = [
+  { name = "ops", token = "admin-token-0123456789", role = "admin" },
+  { name = "bursty", token = "bursty-token-0123456789", role = "read", rate_per_second = 1, burst = 3 },
+  { name = "narrow", token = "narrow-token-0123456789", role = "read", max_in_flight = 1 },
+]
+"#;
+    let (_root, data) = temp_data_dir();
+    let server = Server::start_with(&data, Options::default().config(config));
+    let c = server.client();
+    let bursty = "Bearer bursty-token-0123456789";
+    for _ in 0..3 {
+        assert_eq!(call(&c, bursty, "GET", "/v1/kv/a", "").await.status, 404);
+    }
+    let r = call(&c, bursty, "GET", "/v1/kv/a", "").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "too_many_requests");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    // Another token is not held back.
+    assert_eq!(call(&c, ADMIN, "GET", "/v1/kv/a", "").await.status, 404);
+    // A long poll holds narrow's one slot until it is answered.
+    let narrow = "Bearer narrow-token-0123456789";
+    let poll = {
+        let c = c.clone();
+        tokio::spawn(async move { call(&c, narrow, "GET", "/v1/changes?wait=30s", "").await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = call(&c, narrow, "GET", "/v1/kv/a", "").await;
+        if r.status == 429 {
+            assert!(r.body_text().contains("max_in_flight"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long poll never held the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(call(&c, ADMIN, "PUT", "/v1/kv/a", "1").await.status, 201);
+    assert_eq!(poll.await.unwrap().status, 200);
+    assert_eq!(call(&c, narrow, "GET", "/v1/kv/a", "").await.status, 200);
+    let metrics = call(&c, ADMIN, "GET", "/metrics", "").await.body_text();
+    assert!(
+        metrics.contains("exdaas_token_limited_total{token=\"bursty\",limit=\"rate\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("exdaas_token_limited_total{token=\"narrow\",limit=\"in_flight\"}"));
+    let trail = audit_records(&c, "", 2).await;
+    let limited: Vec<&serde_json::Value> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == 429)
+        .collect();
+    assert!(limited.iter().any(|r| r["who"] == "bursty"));
+    server.stop();
+}

@@ -11,8 +11,10 @@
 //! request sees the old set or the new one, never a mix.
 //!
 //! - `scope`: prefix rules, coverage of a prefix, plugin-name patterns;
-//! - `spec`: tokens as configured, and their checks.
+//! - `spec`: tokens as configured, and their checks;
+//! - `fair_use`: per-token request rates and requests in flight.
 
+pub mod fair_use;
 pub mod scope;
 pub mod spec;
 
@@ -94,6 +96,8 @@ pub struct Grant {
     expires_ms: Option<u64>,
     digest: Option<[u8; 32]>,
     client_cert: Option<String>,
+    /// Its rate and in-flight limits, with their state.
+    pub limits: fair_use::Limits,
 }
 
 /// Who makes a request, once authenticated.
@@ -156,6 +160,14 @@ impl Caller {
             Caller::Token(g) => {
                 g.role == Some(Role::Admin) || g.plugins.iter().any(|p| name_matches(p, name))
             }
+        }
+    }
+
+    /// Admits one request under the caller's fair-use limits.
+    pub fn admit(&self) -> Result<fair_use::Admission, fair_use::Refusal> {
+        match self {
+            Caller::Open => Ok(None),
+            Caller::Token(g) => g.limits.admit(),
         }
     }
 
@@ -266,6 +278,7 @@ impl TokenSet {
                     message: "name: another token has this name".into(),
                 });
             }
+            let limits = fair_use::Limits::of(&spec);
             grants.push(Arc::new(Grant {
                 name: spec.name,
                 role: spec.role,
@@ -273,6 +286,7 @@ impl TokenSet {
                 plugins: spec.plugins,
                 expires_ms: checked.expires_ms,
                 digest: checked.digest,
+                limits,
                 client_cert: spec.client_cert,
             }));
         }

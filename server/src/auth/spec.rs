@@ -51,6 +51,15 @@ pub struct TokenSpec {
     /// When it stops working: RFC 3339, as a TOML date-time or a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<toml::Value>,
+    /// Requests per second it may make on average (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<u32>,
+    /// Requests it may make at once above the rate (default: the rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Requests it may have in flight at once (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 /// A token's secret as kept: its SHA-256.
@@ -68,9 +77,10 @@ pub struct Checked {
 impl TokenSpec {
     /// Checks the entry; the error names the field.
     pub fn check(&self) -> Result<Checked, String> {
-        if self.name.is_empty() || self.name.len() > 128 || self.name.chars().any(char::is_control)
-        {
-            return Err("name: must be 1 to 128 characters, no control characters".into());
+        // A name is a metric label and a log field: kept plain.
+        let plain = |c: char| c.is_ascii_alphanumeric() || "._-@:/".contains(c);
+        if self.name.is_empty() || self.name.len() > 128 || !self.name.chars().all(plain) {
+            return Err("name: must be 1 to 128 of A-Z a-z 0-9 . _ - @ : /".into());
         }
         let digest = match (&self.token, &self.token_sha256) {
             (Some(_), Some(_)) => {
@@ -90,6 +100,7 @@ impl TokenSpec {
             return Err("client_cert: must not be empty".into());
         }
         self.check_grants()?;
+        super::fair_use::check(self)?;
         let expires_ms = self.expires.as_ref().map(expiry_ms).transpose()?;
         Ok(Checked { digest, expires_ms })
     }

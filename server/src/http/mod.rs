@@ -302,12 +302,7 @@ async fn handle(
             Err(ApiError::MethodNotAllowed { allow: r.allow() })
         }
         (Ok(caller), Resolved::Op(op, param)) => {
-            match dispatch(&app, req, caller, *op, param.clone()).await {
-                Ok(r) if method == Method::HEAD && *op != Op::BackupHead => {
-                    Ok(strip_body_for_head(r))
-                }
-                other => other,
-            }
+            admitted(&app, req, caller, *op, param.clone(), &method).await
         }
     };
     if let Err(ApiError::Busy(_)) = &answer {
@@ -328,6 +323,45 @@ async fn handle(
     }
     response.headers_mut().insert(X_REQUEST_ID, id);
     Ok(response)
+}
+
+/// Answers a routed request within its caller's fair-use limits; the
+/// admission is held until the answer is ready.
+async fn admitted(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    caller: Caller,
+    op: Op,
+    param: std::ops::Range<usize>,
+    method: &Method,
+) -> Result<Response<Body>, ApiError> {
+    let _admission = caller.admit().map_err(|refusal| {
+        app.metrics.token_limited(caller.name(), refusal.label());
+        let (message, retry_after_s) = match refusal {
+            crate::auth::fair_use::Refusal::Rate { retry_after_s } => (
+                format!(
+                    "token {} is past its rate_per_second",
+                    crate::ijson::quote(caller.name())
+                ),
+                retry_after_s,
+            ),
+            crate::auth::fair_use::Refusal::InFlight { max } => (
+                format!(
+                    "token {} has {max} requests in flight, its max_in_flight",
+                    crate::ijson::quote(caller.name())
+                ),
+                1,
+            ),
+        };
+        ApiError::TooManyRequests {
+            message,
+            retry_after_s,
+        }
+    })?;
+    match dispatch(app, req, caller, op, param).await {
+        Ok(r) if method == Method::HEAD && op != Op::BackupHead => Ok(strip_body_for_head(r)),
+        other => other,
+    }
 }
 
 /// What a connection past the cap is told before it is closed.
