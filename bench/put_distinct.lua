@@ -1,7 +1,7 @@
 -- wrk script: durable writes of distinct keys with a 100-byte JSON value.
 -- STYLE picks the target's API: exdaas (PUT /v1/kv/k), floor (PUT /k),
 -- webdis (PUT /SET/k with the value as body), etcd (POST /v3/kv/put).
--- PREFIX keeps runs apart.
+-- PREFIX keeps runs apart; AUTH (optional) is sent as Authorization.
 local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 local style = os.getenv("STYLE") or "exdaas"
 local prefix = os.getenv("PREFIX") or "bench"
@@ -23,5 +23,5 @@ function request()
   elseif style == "floor" then
     return wrk.format("PUT", "/" .. key, { ["Content-Type"] = "application/json" }, value)
   end
-  return wrk.format("PUT", "/v1/kv/" .. key, { ["Content-Type"] = "application/json" }, value)
+  return wrk.format("PUT", "/v1/kv/" .. key, { ["Content-Type"] = "application/json", ["Authorization"] = os.getenv("AUTH") }, value)
 end

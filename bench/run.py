@@ -137,8 +137,8 @@ def parse_latency(text):
     return round(float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)], 3)
 
 
-def wrk(port, script, duration, env=None, conns=64, warm_up=True):
-    args = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", os.path.join(BENCH, script), f"http://127.0.0.1:{port}"]
+def wrk(port, script, duration, env=None, conns=64, warm_up=True, scheme="http"):
+    args = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", os.path.join(BENCH, script), f"{scheme}://127.0.0.1:{port}"]
     full_env = {**os.environ, **(env or {})}
     if warm_up:
         subprocess.run(args[:3] + ["-d2s"] + args[4:], env=full_env, capture_output=True)

@@ -213,6 +213,7 @@ impl ApiError {
                 ManagedError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 ManagedError::NoSuchVersion { .. } => (StatusCode::NOT_FOUND, "no_such_version"),
                 ManagedError::OutOfScope(_) => (StatusCode::FORBIDDEN, "forbidden"),
+                ManagedError::NoSuchAnchor(_) => (StatusCode::CONFLICT, "no_such_anchor"),
                 ManagedError::Configured(_) => (StatusCode::CONFLICT, "plugin_configured"),
                 ManagedError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "module_too_large"),
                 ManagedError::Limit(_) => (StatusCode::CONFLICT, "plugin_limit"),

@@ -155,7 +155,7 @@ fn check_anchor(
     if configured || managed {
         return Ok(());
     }
-    Err(ManagedError::InvalidUpload(format!(
+    Err(ManagedError::NoSuchAnchor(format!(
         "placement names {:?}, which is not a plugin in the chain",
         crate::logsafe::escape(anchor, 100)
     )))

@@ -660,7 +660,8 @@ async fn a_form_changes_only_what_it_names() {
         json!({"after": "no-such"}),
     )
     .await;
-    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "no_such_anchor");
     assert!(String::from_utf8_lossy(&r.body).contains("no-such"));
     let r = upload_form(
         &c,

@@ -65,6 +65,21 @@ pub fn parse_form(body: &[u8], limits: ValueLimits) -> Result<(Bytes, UploadForm
             ))
         }
     };
+    // JSON has one kind of number: 65536.0 is the integer 65536 (as JSON
+    // Schema says), wherever a setting or a vector's clock is an integer.
+    for (name, value) in form.iter_mut() {
+        match name.as_str() {
+            "config" => {}
+            "vectors" => {
+                for vector in value.as_array_mut().into_iter().flatten() {
+                    if let Some(now) = vector.get_mut("now_ms") {
+                        as_integer(now);
+                    }
+                }
+            }
+            _ => as_integer(value),
+        }
+    }
     let vectors = match form.remove("vectors") {
         None => None,
         Some(Value::Null) => Some(None),
@@ -90,6 +105,21 @@ pub fn parse_form(body: &[u8], limits: ValueLimits) -> Result<(Bytes, UploadForm
     ))
 }
 
+/// A number with no fractional part as an integer; anything else as it is.
+fn as_integer(value: &mut Value) {
+    let Some(f) = value.as_f64().filter(|_| value.is_f64()) else {
+        return;
+    };
+    if f.fract() != 0.0 {
+        return;
+    }
+    if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+        *value = Value::from(f as u64);
+    } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+        *value = Value::from(f as i64);
+    }
+}
+
 /// Takes `position`, `before` or `after` (at most one) out of the form.
 fn placement(form: &mut Map<String, Value>) -> Result<Option<Placement>, ApiError> {
     let given: Vec<(&str, Value)> = ["position", "before", "after"]
@@ -104,6 +134,7 @@ fn placement(form: &mut Map<String, Value>) -> Result<Option<Placement>, ApiErro
     let name = || {
         value
             .as_str()
+            .filter(|name| !name.is_empty())
             .map(str::to_owned)
             .ok_or_else(|| invalid(format!("{key} must be a plugin name")))
     };
@@ -309,6 +340,27 @@ mod tests {
         }
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert!(parse_form(deep.as_bytes(), LIMITS).is_err());
+    }
+
+    #[test]
+    fn whole_floats_are_integers_outside_config() {
+        let body = br#"{"module_base64":"AA==","timeout_ms":250.0,"position":1.0,"config":{"n":2.0},"vectors":[{"key":"k","value":1,"now_ms":5.0,"expect":{"action":"accept"}}]}"#;
+        let (_, form) = parse_form(
+            body,
+            ValueLimits {
+                max_bytes: 4096,
+                max_depth: 16,
+            },
+        )
+        .unwrap();
+        assert_eq!(form.settings["timeout_ms"], serde_json::json!(250));
+        assert!(form.settings["config"]["n"].is_f64());
+        assert_eq!(form.placement, Some(Placement::Position(1)));
+        let vectors = String::from_utf8(form.vectors.unwrap().unwrap()).unwrap();
+        assert!(vectors.contains("\"now_ms\":5,"), "{vectors}");
+        let mut half = serde_json::json!(2.5);
+        as_integer(&mut half);
+        assert!(half.is_f64());
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum ManagedError {
     /// A plugin of the configuration file has this name.
     #[error("plugin {0:?} is configured in the configuration file; change it there (managed plugins cannot shadow configured ones)")]
     Configured(String),
+    /// `before` or `after` names no plugin of the chain: the request is
+    /// well formed, the chain is not as it assumes (409).
+    #[error("{0}")]
+    NoSuchAnchor(String),
     /// The plugin would judge keys its uploader may not write.
     #[error("{0}")]
     OutOfScope(String),
