@@ -629,8 +629,59 @@ pub fn load_from(
     };
     apply_exdaas_aliases(&mut settings, env, &mut loaded.env_keys)?;
     loaded.settings = settings;
+    resolve_against_file(&mut loaded);
     validate(&loaded)?;
     Ok(loaded)
+}
+
+/// Files the configuration file names by a relative path (plugin modules
+/// and their vectors, the tokens file, TLS certificates and keys) are
+/// found beside that file, wherever the server is started from. Paths set
+/// in the environment stay relative to the working directory; so do the
+/// data and audit directories, which are places to write, not files named.
+fn resolve_against_file(loaded: &mut LoadedSettings) {
+    let Some(base) = loaded
+        .file
+        .as_ref()
+        .and_then(|f| f.parent())
+        .map(Path::to_owned)
+    else {
+        return;
+    };
+    let from_file = |loaded: &LoadedSettings, key: &str| loaded.origin(key).starts_with("file ");
+    let resolve = |path: &mut PathBuf| {
+        if path.is_relative() && !path.as_os_str().is_empty() {
+            *path = base.join(&*path);
+        }
+    };
+    if from_file(loaded, "plugins") {
+        for plugin in &mut loaded.settings.plugins {
+            resolve(&mut plugin.path);
+            if let Some(vectors) = &mut plugin.vectors {
+                resolve(vectors);
+            }
+        }
+    }
+    for key in [
+        "auth.tokens_file",
+        "tls.cert_file",
+        "tls.key_file",
+        "tls.client_ca_file",
+    ] {
+        if !from_file(loaded, key) {
+            continue;
+        }
+        let s = &mut loaded.settings;
+        let slot = match key {
+            "auth.tokens_file" => &mut s.auth.tokens_file,
+            "tls.cert_file" => &mut s.tls.cert_file,
+            "tls.key_file" => &mut s.tls.key_file,
+            _ => &mut s.tls.client_ca_file,
+        };
+        if let Some(path) = slot {
+            resolve(path);
+        }
+    }
 }
 
 fn layer_error(source_name: &str, e: config::ConfigError) -> ConfigError {
@@ -1031,6 +1082,33 @@ mod tests {
             err.contains("nope") && err.contains("EXDAAS_STORAGE__NOPE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn files_the_configuration_names_are_found_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        let file = conf.join("exdaas.toml");
+        std::fs::write(
+            &file,
+            "[[plugins]]\nname = \"p\"\npath = \"plugins/p.wasm\"\nvectors = \"/abs/p.json\"\n\n[auth]\ntokens_file = \"tokens.toml\"\n",
+        )
+        .unwrap();
+        std::fs::write(conf.join("tokens.toml"), "tokens = []\n").unwrap();
+        let s = load_from(Some(&file), &env(&[])).unwrap().settings;
+        assert_eq!(s.plugins[0].path, conf.join("plugins/p.wasm"));
+        assert_eq!(
+            s.plugins[0].vectors.as_deref(),
+            Some(Path::new("/abs/p.json"))
+        );
+        assert_eq!(s.auth.tokens_file, Some(conf.join("tokens.toml")));
+        // The data directory stays where the server runs.
+        assert_eq!(s.storage.data_dir, StorageSettings::default().data_dir);
+        // Set in the environment, a path stays relative to the working directory.
+        let from_env = env(&[("EXDAAS_AUTH__TOKENS_FILE", "elsewhere.toml")]);
+        let loaded = load_from(Some(&file), &from_env);
+        assert!(loaded.is_err_and(|e| e.to_string().contains("elsewhere.toml")));
     }
 
     #[test]

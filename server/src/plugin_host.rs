@@ -306,10 +306,18 @@ impl PluginHost {
             None,
         )
         .map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (managed plugins are recorded in {}/plugins/registry.json)",
-                settings.storage.data_dir.display()
-            )
+            // Only a managed plugin's failure names a file under the data
+            // directory's plugins/; a configured plugin's names its own path.
+            let managed = settings.storage.data_dir.join("plugins");
+            let text = e.to_string();
+            if text.contains(&managed.display().to_string()) {
+                anyhow::anyhow!(
+                    "{text} (managed plugins are recorded in {}; `exdaas plugin remove` takes one out)",
+                    managed.join("registry.json").display()
+                )
+            } else {
+                anyhow::anyhow!("{text}")
+            }
         })?;
         let versions = Arc::new(VersionHistories::default());
         link_versions(&mut chain, &registry, &versions);

@@ -157,6 +157,8 @@ fn unloadable_plugins_stop_the_server_at_start() {
     assert!(err.contains("ABI version 99"), "{err}");
     let err = start_refused(&test_plugin("does_not_exist.wasm"));
     assert!(err.contains("cannot read"), "{err}");
+    // A configured plugin's file is not the managed plugins' business.
+    assert!(!err.contains("registry.json"), "{err}");
     // An unknown plugin setting is a configuration error naming the file.
     let (root, _data) = temp_data_dir();
     let config = plugin_toml("x", &example_plugin("max_size"), "colour = \"red\"");
