@@ -172,6 +172,9 @@ pub struct Installed {
     pub vectors_passed: usize,
     /// Hex sha256 of its module.
     pub sha256: String,
+    /// Whether it runs as a canary (in shadow beside the enforcing
+    /// version) rather than as the active version.
+    pub canary: bool,
 }
 
 /// What the serialised changes edit.
@@ -210,9 +213,13 @@ type VersionHistories = Mutex<HashMap<(String, u64), History>>;
 /// ones start one), and forgets versions `registry` no longer keeps.
 fn link_versions(chain: &mut PluginChain, registry: &Registry, versions: &VersionHistories) {
     let mut kept = versions.lock().unwrap_or_else(|p| p.into_inner());
+    // A canary's history is kept under its own chain name (`NAME@V`), so
+    // its shadow verdicts stay apart from what the version does once it
+    // enforces.
     kept.retain(|(name, version), _| {
+        let managed = name.split('@').next().unwrap_or(name);
         registry
-            .plugin(name)
+            .plugin(managed)
             .is_some_and(|p| p.versions.iter().any(|v| v.version == *version))
     });
     for plugin in chain.plugins_mut() {
@@ -559,7 +566,19 @@ impl PluginHost {
                 return Err(e);
             }
         };
+        let canary = next.plugin(name).and_then(|p| p.canary) == Some(version);
         let chain = self.install(state, next, Some(name.to_owned())).await?;
+        if canary {
+            tracing::info!(plugin = name, version, %sha256, "managed plugin uploaded as a canary beside the enforcing version");
+            let mut done = installed(
+                &chain,
+                &managed::canary_name(name, version),
+                version,
+                sha256,
+            );
+            done.canary = true;
+            return Ok(done);
+        }
         tracing::info!(plugin = name, version, %sha256, "managed plugin uploaded and active");
         Ok(installed(&chain, name, version, sha256))
     }
@@ -633,8 +652,13 @@ impl PluginHost {
             let kept = self.versions.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(versions) = described["versions"].as_array_mut() {
                 for v in versions {
-                    let key = (name.to_owned(), v["version"].as_u64().unwrap_or(0));
-                    v["stats"] = kept.get(&key).map_or(Value::Null, |h| h.stats.to_json());
+                    let version = v["version"].as_u64().unwrap_or(0);
+                    let stats = |name: String| {
+                        kept.get(&(name, version))
+                            .map_or(Value::Null, |h| h.stats.to_json())
+                    };
+                    v["stats"] = stats(name.to_owned());
+                    v["shadow_stats"] = stats(managed::canary_name(name, version));
                 }
             }
             return Ok(described);
@@ -679,5 +703,6 @@ fn installed(chain: &PluginChain, name: &str, version: u64, sha256: String) -> I
         position,
         vectors_passed,
         sha256,
+        canary: false,
     }
 }

@@ -211,13 +211,19 @@ pub async fn upload(
 }
 
 fn installed_json(name: &str, done: &Installed) -> Value {
+    let plugin = if done.canary {
+        crate::plugin::managed::canary_name(name, done.version)
+    } else {
+        name.to_owned()
+    };
     json!({
-        "plugin": name,
+        "plugin": plugin,
         "version": done.version,
         "sha256": done.sha256,
         "position": done.position,
         "vectors_passed": done.vectors_passed,
-        "active": true,
+        "active": !done.canary,
+        "canary": done.canary,
     })
 }
 

@@ -38,14 +38,31 @@ fn named<'c>(
 }
 
 /// `GET /v1/plugins/{name}/shadow`: what a shadow plugin would have done.
+/// For a plugin with a canary, the canary's record: its version, and how
+/// often its verdict agreed with the enforcing version's.
 pub fn shadow(app: &App, name: &str) -> Result<HttpResponse, ApiError> {
     let chain = app.chain();
-    let plugin = named(&chain, name)?;
+    let canary = chain
+        .plugins()
+        .iter()
+        .find(|p| p.spec.canary_of.as_deref() == Some(name));
+    let plugin = match canary {
+        Some(canary) => canary,
+        None => named(&chain, name)?,
+    };
     let stats = plugin.stats.to_json();
+    let version = match plugin.spec.source {
+        crate::plugin::PluginSource::Managed { version } => Some(version),
+        crate::plugin::PluginSource::Config => None,
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({
             "plugin": plugin.name(),
+            "version": version,
+            "canary_of": plugin.spec.canary_of,
+            "agreed": plugin.spec.canary_of.as_ref().map(|_| &stats["canary_agreed"]),
+            "differed": plugin.spec.canary_of.as_ref().map(|_| &stats["canary_differed"]),
             "mode": if plugin.is_shadow() { "shadow" } else { "enforce" },
             "calls": stats["calls"],
             "would_accept": stats["accepted"],

@@ -361,8 +361,18 @@ impl PluginChain {
         let delete = value.is_none();
         let mut current = value;
         let mut steps = Vec::new();
+        // A canary's verdict, until the plugin it may replace has judged.
+        let mut canary: Option<(&LoadedPlugin, Verdict)> = None;
         for plugin in &self.plugins {
-            if !plugin.spec.applies_to(key) || (delete && !plugin.spec.run_on_delete) {
+            let applies = plugin.spec.applies_to(key) && (!delete || plugin.spec.run_on_delete);
+            let pending =
+                canary.take_if(|(c, _)| c.spec.canary_of.as_deref() == Some(plugin.name()));
+            if !applies {
+                if plugin.spec.canary_of.is_some() {
+                    canary = Some((plugin, Verdict::NotRun));
+                } else if let Some((c, theirs)) = pending {
+                    compare_canary(c, &theirs, &Verdict::NotRun, key, now_ms, record);
+                }
                 continue;
             }
             let input = CallInput {
@@ -374,7 +384,13 @@ impl PluginChain {
             };
             let (result, took) = timed(|| plugin.call(&input));
             plugin.stats.note_call_time(took);
+            if let Some((c, theirs)) = pending {
+                compare_canary(c, &theirs, &Verdict::of(&result), key, now_ms, record);
+            }
             if plugin.is_shadow() {
+                if plugin.spec.canary_of.is_some() {
+                    canary = Some((plugin, Verdict::of(&result)));
+                }
                 // Recorded, and the write goes on as if it were absent.
                 steps.push(observe_shadow(plugin, key, &result, took, now_ms, record));
                 continue;
@@ -539,6 +555,74 @@ impl Step {
         v["micros"] = Value::from(micros);
         v
     }
+}
+
+/// What a plugin decided about one write, as a canary's is compared with
+/// its enforcing version's.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// It does not run for this write (prefixes, deletes): as an accept.
+    NotRun,
+    Accept,
+    Reject(String),
+    Replace(Bytes),
+    Fail(&'static str),
+}
+
+impl Verdict {
+    fn of(result: &Result<CallVerdict, PluginFailure>) -> Self {
+        match result {
+            Ok(CallVerdict::Accept) => Verdict::Accept,
+            Ok(CallVerdict::Reject { code, .. }) => Verdict::Reject(code.clone()),
+            Ok(CallVerdict::Replace(value)) => Verdict::Replace(value.clone()),
+            Err(failure) => Verdict::Fail(failure.kind.as_str()),
+        }
+    }
+
+    /// Whether the write goes on unchanged.
+    fn keeps(&self) -> bool {
+        matches!(self, Verdict::NotRun | Verdict::Accept)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Verdict::NotRun => "does not run".into(),
+            Verdict::Accept => "accept".into(),
+            Verdict::Reject(code) => format!("reject {code}"),
+            Verdict::Replace(value) => {
+                format!("replace with {}", crate::logsafe::escape_bytes(value, 200))
+            }
+            Verdict::Fail(kind) => format!("fail {kind}"),
+        }
+    }
+}
+
+/// Counts whether a canary agreed with the version it may replace on one
+/// write, and samples the writes where it did not.
+fn compare_canary(
+    canary: &LoadedPlugin,
+    theirs: &Verdict,
+    enforcing: &Verdict,
+    key: &str,
+    now_ms: i64,
+    record: Record,
+) {
+    if record == Record::No {
+        return;
+    }
+    let same = theirs == enforcing || (theirs.keeps() && enforcing.keeps());
+    if same {
+        canary.stats.canary_agreed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    canary.stats.canary_differed.fetch_add(1, Ordering::Relaxed);
+    let detail = format!(
+        "{}: {}; enforcing version: {}",
+        canary.name(),
+        theirs.describe(),
+        enforcing.describe()
+    );
+    canary.shadow_log.push(key, "differs", &detail, now_ms);
 }
 
 /// Counts and samples what a shadow plugin would have done; returns its

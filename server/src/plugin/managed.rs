@@ -127,6 +127,11 @@ pub struct ManagedPlugin {
     pub name: String,
     /// The version in the chain.
     pub active: u64,
+    /// A newer version running in shadow beside the enforcing active one
+    /// (a canary): uploaded in shadow mode while the active version
+    /// enforces; promotion makes it the active version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u64>,
     /// The number the next upload gets.
     pub next_version: u64,
     /// Where it sits in the chain.
@@ -251,6 +256,7 @@ impl Registry {
             next.plugins.push(ManagedPlugin {
                 name: name.to_owned(),
                 active: 0,
+                canary: None,
                 next_version: 1,
                 placement: Placement::End,
                 versions: Vec::new(),
@@ -261,7 +267,17 @@ impl Registry {
         plugin.next_version = version.checked_add(1).ok_or_else(|| {
             ManagedError::Limit(format!("plugin {name:?} has no version numbers left"))
         })?;
-        plugin.active = version;
+        // A shadow version uploaded while an enforcing one runs is its
+        // canary: the enforcing version keeps judging writes meanwhile.
+        let enforcing = plugin
+            .active_version()
+            .is_some_and(|v| v.spec.mode == PluginMode::Enforce);
+        if upload.spec.mode == PluginMode::Shadow && enforcing {
+            plugin.canary = Some(version);
+        } else {
+            plugin.active = version;
+            plugin.canary = None;
+        }
         if let Some(placement) = upload.placement {
             plugin.placement = placement;
         }
@@ -282,8 +298,12 @@ impl Registry {
                 ..upload.spec
             },
         });
+        let (active, canary) = (plugin.active, plugin.canary);
         while plugin.versions.len() > quota.max_versions.max(1) {
-            let oldest = plugin.versions.iter().position(|v| v.version != version);
+            let oldest = plugin
+                .versions
+                .iter()
+                .position(|v| v.version != active && Some(v.version) != canary);
             match oldest {
                 Some(i) => drop(plugin.versions.remove(i)),
                 None => break,
@@ -325,6 +345,7 @@ impl Registry {
             });
         }
         plugin.active = target;
+        plugin.canary = None;
         Ok((next, target))
     }
 
@@ -339,11 +360,15 @@ impl Registry {
         Ok(next)
     }
 
-    /// The registry with the active version of `name` enforcing; `None`
-    /// when it already does.
+    /// The registry with the canary of `name` as its active, enforcing
+    /// version, or without a canary the active version enforcing; `None`
+    /// when that changes nothing.
     pub fn with_promotion(&self, name: &str) -> Result<Option<Registry>, ManagedError> {
         let mut next = self.clone();
         let plugin = next.plugin_mut(name)?;
+        if let Some(canary) = plugin.canary.take() {
+            plugin.active = canary;
+        }
         let active = plugin.active;
         let Some(record) = plugin.versions.iter_mut().find(|v| v.version == active) else {
             return Err(ManagedError::NotFound(name.to_owned()));
@@ -402,6 +427,14 @@ impl Registry {
                     "plugin {:?}: active version {} is not kept",
                     p.name, p.active
                 ));
+            }
+            if let Some(c) = p.canary {
+                if c == p.active || !p.versions.iter().any(|v| v.version == c) {
+                    return Err(format!(
+                        "plugin {:?}: canary version {c} is not kept",
+                        p.name
+                    ));
+                }
             }
             let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
             for v in &p.versions {
@@ -463,7 +496,34 @@ pub fn chain_specs(
         ));
         chain.push(managed_spec(plugin, record, blobs));
     }
+    // Each canary goes right before the version it may replace, once every
+    // placement is done, so it sees the very input that version judges.
+    for plugin in &registry.plugins {
+        let canary = plugin
+            .canary
+            .and_then(|c| plugin.versions.iter().find(|v| v.version == c));
+        let at = chain.iter().position(|s| s.name == plugin.name);
+        if let (Some(record), Some(at)) = (canary, at) {
+            chain.insert(at, canary_spec(plugin, record, blobs));
+        }
+    }
     (chain, warnings)
+}
+
+/// The chain name of `name`'s canary `version`: `@` is never part of a
+/// plugin's own name, so it cannot collide.
+pub fn canary_name(name: &str, version: u64) -> String {
+    format!("{name}@{version}")
+}
+
+/// A canary as a chain entry: in shadow, under its own name, comparing
+/// itself with the plugin it may replace.
+fn canary_spec(plugin: &ManagedPlugin, record: &VersionRecord, blobs: &Path) -> PluginSpec {
+    let mut spec = managed_spec(plugin, record, blobs);
+    spec.name = canary_name(&plugin.name, record.version);
+    spec.mode = PluginMode::Shadow;
+    spec.canary_of = Some(plugin.name.clone());
+    spec
 }
 
 /// Where `placement` puts a plugin in `chain`, if its anchor is there.
@@ -507,6 +567,7 @@ pub fn describe(plugin: &ManagedPlugin, position: Option<usize>, stats: Value) -
             json!({
                 "version": v.version,
                 "active": v.version == plugin.active,
+                "canary": Some(v.version) == plugin.canary,
                 "sha256": v.sha256,
                 "size": v.size,
                 "uploaded_by": v.uploaded_by,
@@ -528,6 +589,7 @@ pub fn describe(plugin: &ManagedPlugin, position: Option<usize>, stats: Value) -
         "name": plugin.name,
         "source": "managed",
         "active_version": plugin.active,
+        "canary_version": plugin.canary,
         "placement": plugin.placement,
         "position": position,
         "versions": versions,
@@ -694,6 +756,51 @@ mod tests {
             PluginMode::Enforce
         );
         assert!(promoted.with_promotion("p").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_shadow_upload_beside_an_enforcing_version_is_its_canary() {
+        let shadow = |sha| {
+            let mut up = upload(sha, None);
+            up.spec.mode = PluginMode::Shadow;
+            up
+        };
+        let (r, _) = Registry::default()
+            .with_upload("p", upload('a', None), QUOTA)
+            .unwrap();
+        let (r, v2) = r.with_upload("p", shadow('b'), QUOTA).unwrap();
+        let p = &r.plugins[0];
+        assert_eq!((p.active, p.canary), (1, Some(v2)));
+        assert!(r.check().is_ok());
+        // In the chain right before the version it may replace.
+        let (chain, _) = chain_specs(&[spec("c")], &r, Path::new("/b"));
+        let names: Vec<&str> = chain.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["c", "p@2", "p"]);
+        assert_eq!(chain[1].canary_of.as_deref(), Some("p"));
+        assert_eq!(chain[1].mode, PluginMode::Shadow);
+        // Another shadow upload replaces the canary; pruning keeps both.
+        let (r, v3) = r.with_upload("p", shadow('c'), QUOTA).unwrap();
+        let (r, v4) = r.with_upload("p", shadow('d'), QUOTA).unwrap();
+        assert_eq!((r.plugins[0].active, r.plugins[0].canary), (1, Some(v4)));
+        let kept: Vec<u64> = r.plugins[0].versions.iter().map(|v| v.version).collect();
+        assert_eq!(kept, [1, v3, v4]);
+        // Promotion: the canary enforces as the active version.
+        let promoted = r.with_promotion("p").unwrap().unwrap();
+        let p = &promoted.plugins[0];
+        assert_eq!((p.active, p.canary), (v4, None));
+        assert_eq!(p.active_version().unwrap().spec.mode, PluginMode::Enforce);
+        // A rollback ends the canary; so does an enforcing upload.
+        let (rolled, _) = r.with_rollback("p", Some(1)).unwrap();
+        assert_eq!(rolled.plugins[0].canary, None);
+        let (enforced, v5) = r.with_upload("p", upload('e', None), QUOTA).unwrap();
+        assert_eq!(
+            (enforced.plugins[0].active, enforced.plugins[0].canary),
+            (v5, None)
+        );
+        // A registry naming a canary it does not keep is refused.
+        let mut bad = r.clone();
+        bad.plugins[0].canary = Some(99);
+        assert!(bad.check().unwrap_err().contains("canary"));
     }
 
     #[test]

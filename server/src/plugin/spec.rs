@@ -75,6 +75,11 @@ pub struct PluginSpec {
     /// Where the plugin came from: the configuration, or an upload.
     #[serde(skip)]
     pub source: PluginSource,
+    /// For a canary (a new version in shadow beside the enforcing one,
+    /// named `NAME@VERSION` in the chain): the plugin it is a candidate to
+    /// replace, whose verdicts its own are compared with.
+    #[serde(skip)]
+    pub canary_of: Option<String>,
 }
 
 /// Where a plugin of the chain came from.
@@ -158,6 +163,7 @@ impl PluginSpec {
             vectors: None,
             mode: PluginMode::default(),
             source: PluginSource::default(),
+            canary_of: None,
         }
     }
 

@@ -128,6 +128,11 @@ pub struct PluginStats {
     pub latency: LatencyHistogram,
     /// Calls made on a request's own thread rather than a plugin worker.
     pub inline_calls: AtomicU64,
+    /// A canary's writes on which its verdict and its enforcing version's
+    /// were the same.
+    pub canary_agreed: AtomicU64,
+    /// A canary's writes on which they differed (sampled in its record).
+    pub canary_differed: AtomicU64,
     /// The call count before which the plugin runs only on the workers
     /// again: set past the current count by a slow call.
     inline_paused_until: AtomicU64,
@@ -188,6 +193,8 @@ impl PluginStats {
             "rejected": self.rejected.load(Ordering::Relaxed),
             "replaced": self.replaced.load(Ordering::Relaxed),
             "skipped_failures": self.skipped.load(Ordering::Relaxed),
+            "canary_agreed": self.canary_agreed.load(Ordering::Relaxed),
+            "canary_differed": self.canary_differed.load(Ordering::Relaxed),
             "failures": failures,
             "call_micros": {
                 "mean": round(self.latency.mean_micros()),
