@@ -30,14 +30,14 @@ pub fn binary() -> PathBuf {
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| {
             panic!(
-                "{} not found: run `cargo build -p exdaas-server` (or scripts/test.sh) first",
+                "{} not found: build it in the profile these tests run in (`cargo build --release -p exdaas-server` for `cargo test --release`, as scripts/test.sh does)",
                 bin.display()
             )
         });
     let newest = newest_source(&repo_root().join("server"));
     assert!(
         newest <= built,
-        "{} is older than the server sources: run `cargo build -p exdaas-server` (or scripts/test.sh) first",
+        "{} is older than the server sources: build it in the profile these tests run in (`cargo build --release -p exdaas-server` for `cargo test --release`, as scripts/test.sh does)",
         bin.display()
     );
     bin
