@@ -152,6 +152,16 @@ impl Caller {
         }
     }
 
+    /// The prefixes a listing of `prefix` needs to scan for the keys the
+    /// caller may read (see [`Scope::granted_under`]).
+    pub fn readable_under(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Caller::Token(g) if g.role.is_none() => g.scope.granted_under(prefix, Level::Read),
+            _ if self.may(prefix, Level::Read) => vec![prefix.to_owned()],
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether the caller may change (upload, roll back, promote, delete)
     /// the plugin `name`: admins any, others the names their patterns match.
     pub fn may_manage_plugin(&self, name: &str) -> bool {

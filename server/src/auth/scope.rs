@@ -89,6 +89,32 @@ impl Scope {
         }
     }
 
+    /// Prefixes that hold every key under `prefix` with at least `need`,
+    /// in key order and not nested in one another: `prefix` itself when its
+    /// own rule grants `need` (carve-outs below it still to be filtered),
+    /// else the longer rules under it that grant `need`. A listing scans
+    /// only these, not every key under `prefix`.
+    pub fn granted_under(&self, prefix: &str, need: Level) -> Vec<String> {
+        if self.level(prefix) >= need {
+            return vec![prefix.to_owned()];
+        }
+        let mut under: Vec<&str> = self
+            .rules
+            .iter()
+            .filter(|r| r.prefix.len() > prefix.len() && r.prefix.starts_with(prefix))
+            .filter(|r| r.access >= need)
+            .map(|r| r.prefix.as_str())
+            .collect();
+        under.sort_unstable();
+        let mut out: Vec<String> = Vec::with_capacity(under.len());
+        for p in under {
+            if !out.last().is_some_and(|kept| p.starts_with(kept.as_str())) {
+                out.push(p.to_owned());
+            }
+        }
+        out
+    }
+
     /// Whether the rules are empty.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
@@ -179,6 +205,22 @@ mod tests {
     }
 
     #[test]
+    fn the_prefixes_a_listing_scans() {
+        let scope = Scope::new(&[
+            rule("team-a/", Level::Write),
+            rule("team-a/x/", Level::Read),
+            rule("team-a/secrets/", Level::None),
+            rule("shared/", Level::Read),
+            rule("b/", Level::None),
+        ]);
+        assert_eq!(scope.granted_under("", Level::Read), ["shared/", "team-a/"]);
+        assert_eq!(scope.granted_under("team-a/", Level::Read), ["team-a/"]);
+        assert_eq!(scope.granted_under("t", Level::Read), ["team-a/"]);
+        assert_eq!(scope.granted_under("", Level::Write), ["team-a/"]);
+        assert!(scope.granted_under("b/", Level::Read).is_empty());
+    }
+
+    #[test]
     fn plugin_name_patterns() {
         assert!(name_matches("team-a-*", "team-a-schema"));
         assert!(name_matches("team-a-*", "team-a-"));
@@ -214,6 +256,26 @@ mod tests {
                 Coverage::All => prop_assert!(suffixes.iter().all(granted)),
                 Coverage::Nothing => prop_assert!(!suffixes.iter().any(granted)),
                 Coverage::Part => {}
+            }
+        }
+
+        /// Every key under the prefix that the scope lets through lies
+        /// under one of the prefixes a listing scans.
+        #[test]
+        fn a_listing_scans_every_granted_key(
+            rules in proptest::collection::btree_map("[ab/]{0,3}", 0u8..3, 0..6),
+            prefix in "[ab]{0,2}",
+            suffixes in proptest::collection::vec("[ab/]{0,4}", 1..16),
+        ) {
+            let levels = [Level::None, Level::Read, Level::Write];
+            let rules: Vec<_> = rules.into_iter().map(|(p, l)| rule(&p, levels[l as usize])).collect();
+            let scope = Scope::new(&rules);
+            let scanned = scope.granted_under(&prefix, Level::Read);
+            for s in &suffixes {
+                let key = format!("{prefix}{s}");
+                if scope.level(&key) >= Level::Read {
+                    prop_assert!(scanned.iter().any(|p| key.starts_with(p.as_str())), "{key} not scanned");
+                }
             }
         }
 

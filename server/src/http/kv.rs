@@ -220,6 +220,46 @@ fn parse_list_query(query: Option<&str>, max_key_bytes: usize) -> Result<ListQue
     Ok(q)
 }
 
+/// One page over only the prefixes under `q.prefix` that `caller` may read
+/// (in key order, so `after` and `next` work as for any listing): a token
+/// with one small prefix does not walk every key to list its own.
+async fn list_granted(
+    app: &App,
+    caller: &Caller,
+    q: &ListQuery,
+    limits: PageLimits,
+) -> Result<crate::storage::Listing, ApiError> {
+    let mut items = Vec::new();
+    let after = q.after.as_deref();
+    for scanned in caller.readable_under(&q.prefix) {
+        // Ranges wholly before the cursor are done; the one it is in goes
+        // on after it; later ones start from their beginning.
+        let from = match after {
+            Some(a) if a.starts_with(&scanned) => Some(a),
+            Some(a) if a > scanned.as_str() => continue,
+            _ => None,
+        };
+        let value_bytes: usize = items
+            .iter()
+            .map(|i: &crate::storage::ListedKey| i.json.as_ref().map_or(0, |j| j.len()))
+            .sum();
+        let left = PageLimits {
+            limit: limits.limit - items.len(),
+            max_value_bytes: limits.max_value_bytes.saturating_sub(value_bytes),
+            ..limits
+        };
+        if left.limit == 0 || (limits.values && left.max_value_bytes == 0) {
+            return Ok(crate::storage::Listing { items, more: true });
+        }
+        let page = app.storage.list(&scanned, from, left).await?;
+        items.extend(page.items);
+        if page.more {
+            return Ok(crate::storage::Listing { items, more: true });
+        }
+    }
+    Ok(crate::storage::Listing { items, more: false })
+}
+
 /// `GET /v1/kv?prefix=&after=&limit=&values=`. A caller that may read
 /// only part of the prefix gets that part, marked `"partial": true`; its
 /// pages may hold fewer keys than `limit`, and `next` goes on from the last
@@ -243,10 +283,14 @@ pub async fn list(
         max_value_bytes: MAX_PAGE_VALUE_BYTES,
         now_ms: crate::storage::now_ms(),
     };
-    let page = app
-        .storage
-        .list(&q.prefix, q.after.as_deref(), limits)
-        .await?;
+    let page = match coverage {
+        Coverage::All => {
+            app.storage
+                .list(&q.prefix, q.after.as_deref(), limits)
+                .await?
+        }
+        _ => list_granted(app, caller, &q, limits).await?,
+    };
     // Values are stored as JSON text already; splice them in rather than
     // parsing and re-serialising every one.
     let mut out = BytesMut::with_capacity(64 + page.items.len() * 48);
