@@ -277,10 +277,14 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = request_id(&req);
-    req.extensions_mut().insert(RequestId(id.clone()));
     let mut witness = audit::Witness::of(&app, &req, peer.ip);
     let method = req.method().clone();
     let resolved = routes::resolve(&method, req.uri().path());
+    // Only an upload records its request id (in the version record); the
+    // extension map costs an allocation, so no other request gets one.
+    if matches!(resolved, Resolved::Op(Op::PluginUpload, _)) {
+        req.extensions_mut().insert(RequestId(id.clone()));
+    }
     let route = Route::of(&resolved);
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().to_owned());
     // The health probes answer everyone; everything else, even a path
