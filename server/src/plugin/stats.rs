@@ -134,8 +134,10 @@ pub struct PluginStats {
     /// A canary's writes on which they differed (sampled in its record).
     pub canary_differed: AtomicU64,
     /// The call count before which the plugin runs only on the workers
-    /// again: set past the current count by a slow call.
+    /// again: set past the current count by a second slow call.
     inline_paused_until: AtomicU64,
+    /// One past the call count at the latest slow call (0: none yet).
+    last_slow_call: AtomicU64,
 }
 
 /// Calls a plugin makes on the workers before it may run on a request's
@@ -143,11 +145,19 @@ pub struct PluginStats {
 const INLINE_WARMUP_CALLS: u64 = 100;
 /// The mean call time up to which a plugin runs on a request's thread.
 const INLINE_MAX_MEAN_MICROS: f64 = 50.0;
-/// A call slower than this sends its plugin back to the workers for the
-/// next [`INLINE_PAUSE_CALLS`] calls, so a value that makes a plugin slow
-/// can hold an async thread once in that many calls at most. Above a
-/// scheduler time slice, so a call the OS merely preempted rarely counts.
+/// A call slower than this is a slow call. Two within
+/// [`INLINE_SLOW_WINDOW`] calls of each other send the plugin back to the
+/// workers for the next [`INLINE_PAUSE_CALLS`] calls, so values that make a
+/// plugin slow can hold an async thread twice in that many calls at most.
+///
+/// Why two: the time is wall-clock time, and on a busy machine the OS
+/// preempts a few calls in a hundred thousand for longer than this (six
+/// of 275,000 under a saturating PUT load on 2 cores). One such call used
+/// to pause running inline for 10,000 calls, sending a tenth of all calls
+/// through the worker hop; a slow value repeated by a client is caught by
+/// its second call instead of its first.
 const INLINE_SLOW_CALL: Duration = Duration::from_millis(5);
+const INLINE_SLOW_WINDOW: u64 = 1_000;
 const INLINE_PAUSE_CALLS: u64 = 10_000;
 
 impl PluginStats {
@@ -171,10 +181,17 @@ impl PluginStats {
             && self.latency.mean_micros() <= INLINE_MAX_MEAN_MICROS
     }
 
-    /// Notes a call's time: a slow one pauses running inline.
+    /// Notes a call's time: a slow one soon after another pauses running
+    /// inline.
     pub fn note_call_time(&self, took: Duration) {
-        if took > INLINE_SLOW_CALL {
-            let calls = self.calls.load(Ordering::Relaxed);
+        if took <= INLINE_SLOW_CALL {
+            return;
+        }
+        let calls = self.calls.load(Ordering::Relaxed);
+        let previous = self
+            .last_slow_call
+            .swap(calls.saturating_add(1), Ordering::Relaxed);
+        if previous != 0 && calls.saturating_add(1) - previous <= INLINE_SLOW_WINDOW {
             self.inline_paused_until
                 .store(calls.saturating_add(INLINE_PAUSE_CALLS), Ordering::Relaxed);
         }
@@ -237,8 +254,28 @@ mod tests {
         assert!(!stats.runs_inline(), "not before its mean is known");
         call(Duration::from_micros(5));
         assert!(stats.runs_inline());
+        // Enough fast calls that the slow ones below leave the mean low.
+        for _ in 0..INLINE_SLOW_WINDOW {
+            call(Duration::from_micros(5));
+        }
         call(Duration::from_millis(6));
-        assert!(!stats.runs_inline(), "a slow call pauses it");
+        assert!(
+            stats.runs_inline(),
+            "one slow call is taken for a preemption"
+        );
+        for _ in 0..INLINE_SLOW_WINDOW {
+            call(Duration::from_micros(5));
+        }
+        call(Duration::from_millis(6));
+        assert!(stats.runs_inline(), "nor is another, far from the first");
+        for _ in 0..INLINE_SLOW_WINDOW / 2 {
+            call(Duration::from_micros(5));
+        }
+        call(Duration::from_millis(6));
+        assert!(
+            !stats.runs_inline(),
+            "a second slow call soon after pauses it"
+        );
         for _ in 0..INLINE_PAUSE_CALLS {
             call(Duration::from_micros(5));
         }
