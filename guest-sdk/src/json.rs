@@ -70,6 +70,7 @@ impl Value {
     /// ```
     pub fn parse(text: &str) -> Result<Value, ParseError> {
         let mut p = Parser {
+            text,
             s: text.as_bytes(),
             i: 0,
         };
@@ -381,6 +382,7 @@ impl MemberNames {
 }
 
 struct Parser<'a> {
+    text: &'a str,
     s: &'a [u8],
     i: usize,
 }
@@ -524,10 +526,13 @@ impl<'a> Parser<'a> {
                 return Err(self.err("expected exponent digits"));
             }
         }
-        let text =
-            std::str::from_utf8(&self.s[start..self.i]).map_err(|_| self.err("bad number"))?;
+        let text = &self.text[start..self.i];
         // I-JSON: a number must fit a double (the server refuses 1e400).
-        if !matches!(text.parse::<f64>(), Ok(f) if f.is_finite()) {
+        // An integer of at most 16 characters always does, and most
+        // numbers are such integers: they skip the float parse.
+        let short_integer =
+            text.len() <= 16 && !text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'));
+        if !short_integer && !matches!(text.parse::<f64>(), Ok(f) if f.is_finite()) {
             self.i = start;
             return Err(self.err("number out of range"));
         }
@@ -561,10 +566,9 @@ impl<'a> Parser<'a> {
                 }
                 self.i += 1;
             }
-            out.push_str(
-                std::str::from_utf8(&self.s[start..self.i])
-                    .map_err(|_| self.err("invalid UTF-8"))?,
-            );
+            // The text is a `str` and the run stops at an ASCII byte, so
+            // the slice is on character boundaries: no new UTF-8 check.
+            out.push_str(&self.text[start..self.i]);
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {

@@ -29,6 +29,8 @@
 pub mod json;
 
 use json::{ParseError, Value};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// The ABI version this SDK implements; the host refuses other versions.
 ///
@@ -185,6 +187,43 @@ impl<'a> Write<'a> {
     pub fn config_json(&self) -> Result<Value, ParseError> {
         Value::parse(self.config)
     }
+
+    /// The plugin configuration, parsed on the first call and kept while
+    /// the host passes the same text. The host passes a plugin's settings
+    /// with every write, so a validator that reads them this way parses
+    /// them once per instance instead of once per write (in the
+    /// require-fields example that was a third of its time).
+    ///
+    /// ```
+    /// let w = exdaas_guest::Write::put("k", "1").with_config("{\"max\":3}");
+    /// let first = w.config_value().unwrap();
+    /// assert_eq!(first.get("max").and_then(|v| v.as_i64()), Some(3));
+    /// assert!(std::rc::Rc::ptr_eq(&first, &w.config_value().unwrap()), "parsed once");
+    /// let other = exdaas_guest::Write::put("k", "1").with_config("{\"max\":4}");
+    /// assert_eq!(other.config_value().unwrap().get("max").and_then(|v| v.as_i64()), Some(4));
+    /// assert!(exdaas_guest::Write::put("k", "1").with_config("{").config_value().is_err());
+    /// ```
+    pub fn config_value(&self) -> Result<Rc<Value>, ParseError> {
+        PARSED_CONFIG.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if let Some((text, parsed)) = slot.as_ref() {
+                if text == self.config {
+                    return parsed.clone();
+                }
+            }
+            let parsed = Value::parse(self.config).map(Rc::new);
+            *slot = Some((self.config.to_string(), parsed.clone()));
+            parsed
+        })
+    }
+}
+
+/// The configuration text last parsed by [`Write::config_value`] and what
+/// it parsed to. A guest runs one call at a time, so one slot suffices.
+type ParsedConfig = Option<(String, Result<Rc<Value>, ParseError>)>;
+
+thread_local! {
+    static PARSED_CONFIG: RefCell<ParsedConfig> = const { RefCell::new(None) };
 }
 
 /// A plugin's answer.

@@ -8,7 +8,7 @@ use exdaas_guest::{Outcome, Write};
 
 /// Checks one write against the stored value.
 pub fn immutable_fields(write: &Write) -> Outcome {
-    let config = match write.config_json() {
+    let config = match write.config_value() {
         Ok(c) => c,
         Err(_) => return Outcome::reject("bad_config", "plugin config is not JSON"),
     };

@@ -79,7 +79,7 @@ fn redact_path(value: &mut Value, path: &str) -> bool {
 
 /// Redacts one write.
 pub fn redact(write: &Write) -> Outcome {
-    let config = match write.config_json() {
+    let config = match write.config_value() {
         Ok(c) => c,
         Err(_) => return Outcome::reject("bad_config", "plugin config is not JSON"),
     };

@@ -17,7 +17,7 @@ fn type_matches(value: &Value, wanted: &str) -> bool {
 
 /// Checks one write.
 pub fn require_fields(write: &Write) -> Outcome {
-    let config = match write.config_json() {
+    let config = match write.config_value() {
         Ok(c) => c,
         Err(_) => return Outcome::reject("bad_config", "plugin config is not JSON"),
     };
@@ -34,14 +34,16 @@ pub fn require_fields(write: &Write) -> Outcome {
     }
     for (field, wanted) in required {
         let wanted = wanted.as_str().unwrap_or("any");
-        let path = format!("$.{}", field);
+        // Paths and messages are built only for a refusal: accepting
+        // allocates nothing beyond the parsed value.
+        let path = || format!("$.{}", field);
         match value.get(field) {
-            None => return Outcome::reject_at("missing_field", &format!("field {} is required", field), &path),
+            None => return Outcome::reject_at("missing_field", &format!("field {} is required", field), &path()),
             Some(v) if !type_matches(v, wanted) => {
                 return Outcome::reject_at(
                     "wrong_type",
                     &format!("field {} must be of type {}, got {}", field, wanted, v.type_name()),
-                    &path,
+                    &path(),
                 )
             }
             Some(_) => {}

@@ -9,7 +9,7 @@ use exdaas_guest::{Outcome, Write};
 
 /// Stamps one write with the next revision.
 pub fn revision(write: &Write) -> Outcome {
-    let config = write.config_json().unwrap_or(Value::Null);
+    let config = write.config_value().unwrap_or_else(|_| std::rc::Rc::new(Value::Null));
     let field = config.get("field").and_then(Value::as_str).unwrap_or("revision").to_string();
     let mut value = match write.value_json() {
         Ok(v) if v.as_object().is_some() => v,

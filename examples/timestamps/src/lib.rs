@@ -38,7 +38,7 @@ pub fn iso8601(ms: i64) -> String {
 
 /// Stamps one write.
 pub fn timestamps(write: &Write) -> Outcome {
-    let config = write.config_json().unwrap_or(Value::Null);
+    let config = write.config_value().unwrap_or_else(|_| std::rc::Rc::new(Value::Null));
     let field = |name: &str, default: &'static str| -> String {
         config.get(name).and_then(Value::as_str).unwrap_or(default).to_string()
     };
