@@ -5,9 +5,12 @@ machine's drift hits both alike, and, with --backup-under-load, the pause a
 storage cut costs the writers (from the server's own "storage cut taken"
 log lines) while a backup streams during the PUT load, and, with --plugin,
 durable PUTs through the require-fields validator (reported as a ratio to
-the same binary's plain PUTs, the plugin path's cost).
+the same binary's plain PUTs, the plugin path's cost). --before-module and
+--after-module give each side its own build of the validator (by default
+both run examples/dist/require_fields.wasm), for changes to the guest SDK.
 
-    python3 bench/before_after.py --before OLD_BIN --after NEW_BIN [--rounds 3] [--duration 10] [--plugin]
+    python3 bench/before_after.py --before OLD_BIN --after NEW_BIN [--rounds 3] [--duration 10]
+        [--plugin [--before-module OLD.wasm] [--after-module NEW.wasm]]
 
 Prints each round's figures and the after/before ratio of the medians.
 Servers run on loopback with fresh data directories and are stopped by PID.
@@ -27,13 +30,13 @@ import run  # noqa: E402  (the shared helpers: start, stop, wrk, free_port)
 HOT = '{"name":"benchmark user","email":"user@example.com","age":42}'
 
 
-def measure_plugin_put(binary, label, duration):
+def measure_plugin_put(binary, module, label, duration):
     """Durable PUTs of distinct keys through the require-fields validator."""
     run.EXDAAS = binary
     port = run.free_port()
     config = (
         '[[plugins]]\nname = "require-fields"\npath = "%s"\n'
-        'config = { required = { name = "string", email = "string", age = "number" } }\n' % run.PLUGIN
+        'config = { required = { name = "string", email = "string", age = "number" } }\n' % module
     )
     server = run.start_exdaas(label + "-plugin", port, config=config)
     put = run.wrk(port, "put_distinct.lua", duration, {"STYLE": "exdaas", "PREFIX": label})
@@ -82,7 +85,10 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--backup-under-load", action="store_true")
     parser.add_argument("--plugin", action="store_true")
+    parser.add_argument("--before-module", default=run.PLUGIN)
+    parser.add_argument("--after-module", default=run.PLUGIN)
     args = parser.parse_args()
+    modules = {"before": args.before_module, "after": args.after_module}
     results = {"before": ([], [], []), "after": ([], [], [])}
     for r in range(args.rounds):
         order = [("before", args.before), ("after", args.after)]
@@ -94,7 +100,7 @@ def main():
             results[name][1].append(get)
             line = f"round {r} {name:6}: PUT {put['rps']:9.0f}/s p99 {put['p99_ms']} ms | GET {get['rps']:9.0f}/s p99 {get['p99_ms']} ms"
             if args.plugin:
-                plugin = measure_plugin_put(binary, f"{name}-{r}", args.duration)
+                plugin = measure_plugin_put(binary, modules[name], f"{name}-{r}", args.duration)
                 results[name][2].append(plugin)
                 line += f" | plugin PUT {plugin['rps']:9.0f}/s ({plugin['rps'] / put['rps']:.3f} of PUT)"
             if pauses:

@@ -13,7 +13,7 @@ THROUGHPUT = [
     ("put_vs_etcd", "put_durable", "put_durable", "etcd", 5.0),
     ("overwrite_vs_webdis", "put_overwrite", "put_overwrite", "webdis_redis", 1.0),
     ("delete_vs_webdis", "delete", "delete", "webdis_redis", 1.0),
-    ("plugin_put_vs_put", "put_durable_plugin", "put_durable", "exdaas", 0.90),
+    ("plugin_put_vs_put", "put_durable_plugin", "put_durable_paired", "exdaas", 0.90),
     ("seed_vs_floor", "seed_ab", "seed_ab", "http_floor", 0.80),
 ]
 
@@ -26,6 +26,7 @@ SCENARIO_NAMES = {
     "delete": "DELETE of existing keys",
     "put_durable_batch1": "PUT, one write per commit",
     "put_durable_plugin": "PUT through a wasm validator",
+    "put_durable_paired": "PUT of new keys, beside the validator runs",
     "mix_90_10": "90% GET / 10% PUT",
 }
 

@@ -90,15 +90,29 @@ def request(port, method, path, body=None, headers=None, timeout=5):
     return resp.status, data
 
 
-def wait_port(port, seconds=30):
+def wait_port(port, seconds=30, proc=None, name=None):
+    """Waits for a listener on `port`; a server that exits first, or never
+    listens, stops the run with the end of its log (the work directory
+    goes when the run ends)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode} before listening on port {port}:\n{log_tail(name)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.02)
-    raise SystemExit(f"nothing listens on port {port} after {seconds}s (logs in {WORK})")
+    tail = log_tail(name) if name else ""
+    raise SystemExit(f"nothing listens on port {port} after {seconds}s:\n{tail}")
+
+
+def log_tail(name, lines=20):
+    try:
+        with open(os.path.join(WORK, name + ".log")) as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError as e:
+        return f"(no log: {e})"
 
 
 def start_exdaas(name, port, extra_env=None, config="", data_dir=None):
@@ -112,7 +126,7 @@ def start_exdaas(name, port, extra_env=None, config="", data_dir=None):
         **(extra_env or {}),
     }
     proc = start(name, [EXDAAS, "--config", cfg], env)
-    wait_port(port)
+    wait_port(port, proc=proc, name=name)
     return proc
 
 
@@ -294,6 +308,38 @@ def at_scale(keys, d, record, results, with_mix):
     shutil.rmtree(data, ignore_errors=True)
 
 
+PLUGIN_PAIRS = 3
+
+
+def plugin_pairs(d, record, results):
+    """PUTs through the require-fields validator, each run beside a plain
+    PUT run on a fresh server, the pair's order alternating: the plugin
+    goal compares figures taken a few seconds apart, not a minute, so the
+    machine's drift does not decide it. `put_durable_paired` and
+    `put_durable_plugin` are the median runs; `plugin_put_pairs` keeps each
+    pair's ratio."""
+    config = (
+        '[[plugins]]\nname = "require-fields"\npath = "%s"\n'
+        'config = { required = { name = "string", email = "string", age = "number" } }\n' % PLUGIN
+    )
+    runs = {"plain": [], "plugin": []}
+    for i in range(PLUGIN_PAIRS):
+        order = ["plain", "plugin"] if i % 2 == 0 else ["plugin", "plain"]
+        for kind in order:
+            port = free_port()
+            server = start_exdaas(f"exdaas-{kind}-{i}", port, config=config if kind == "plugin" else "")
+            runs[kind].append(wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas", "PREFIX": f"{kind}{i}"}))
+            if kind == "plugin" and i == PLUGIN_PAIRS - 1:
+                status, body = request(port, "GET", "/v1/plugins")
+                results["plugin_stats"] = json.loads(body)["plugins"][0]["stats"] if status == 200 else None
+            stop(server)
+    median = lambda figures: sorted(figures, key=lambda f: f["rps"])[len(figures) // 2]
+    record("put_durable_paired", "exdaas", median(runs["plain"]))
+    record("put_durable_plugin", "exdaas", median(runs["plugin"]))
+    results["plugin_put_pairs"] = [round(p["rps"] / q["rps"], 3) for p, q in zip(runs["plugin"], runs["plain"])]
+    print(f"  plugin PUT / plain PUT by pair: {results['plugin_put_pairs']}", flush=True)
+
+
 def rss_kib(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -357,16 +403,7 @@ def main():
     stop(server)
 
     if os.path.exists(PLUGIN):
-        port = free_port()
-        config = (
-            '[[plugins]]\nname = "require-fields"\npath = "%s"\n'
-            'config = { required = { name = "string", email = "string", age = "number" } }\n' % PLUGIN
-        )
-        server = start_exdaas("exdaas-plugin", port, config=config)
-        record("put_durable_plugin", "exdaas", wrk(port, "put_distinct.lua", d, {"STYLE": "exdaas"}))
-        status, body = request(port, "GET", "/v1/plugins")
-        results["plugin_stats"] = json.loads(body)["plugins"][0]["stats"] if status == 200 else None
-        stop(server)
+        plugin_pairs(d, record, results)
 
     # --- cost as the key count grows; the mix, restart and RSS at --keys ----
     counts = sorted({int(k) for k in args.growth.split(",") if k.strip()} | {args.keys})
@@ -494,7 +531,11 @@ def report(results, args):
         lines.append(f"| {name} | {value} | {cmp + ' ' + str(goal) if cmp else '-'} | {met} |")
     if results.get("plugin_stats"):
         calls = results["plugin_stats"]["call_micros"]
-        lines += ["", f"require-fields plugin call time during its run: mean {calls['mean']} us, p50 {calls['p50']} us, p99 {calls['p99']} us."]
+        lines += ["", f"require-fields plugin call time during its last run: mean {calls['mean']} us, p50 {calls['p50']} us, p99 {calls['p99']} us."]
+    if results.get("plugin_put_pairs"):
+        lines += ["", f"plugin_put_vs_put compares the median of {PLUGIN_PAIRS} plugin PUT runs with the median of "
+                      f"{PLUGIN_PAIRS} plain PUT runs, each plain run on a fresh server right beside a plugin run; "
+                      f"the pairs' own ratios were {', '.join(map(str, results['plugin_put_pairs']))}."]
     text = "\n".join(lines) + "\n"
     print()
     print(text)
