@@ -207,8 +207,16 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// An answer whose body went past the cap its caller set.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer's body is over {0} bytes")]
+pub struct AnswerTooLarge(pub usize);
+
 /// Sends one request with `body` and extra `headers`, and reads the whole
-/// answer (for small API answers; backups stream through [`get`]).
+/// answer (for API answers; backups stream through [`get`]), at most
+/// `max_body` bytes of its body: past that the call fails with
+/// [`AnswerTooLarge`], so a client holds no more than what it asked for
+/// can be.
 pub async fn send(
     addr: &Target,
     method: Method,
@@ -216,6 +224,7 @@ pub async fn send(
     token: Option<&str>,
     headers: &[(&str, String)],
     body: Bytes,
+    max_body: usize,
 ) -> anyhow::Result<Answer> {
     let resp = request(addr, method, path, token, headers, body).await?;
     let status = resp.status().as_u16();
@@ -224,7 +233,14 @@ pub async fn send(
         .get(hyper::header::ETAG)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = resp.into_body().collect().await?.to_bytes();
+    let body = http_body_util::Limited::new(resp.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => anyhow::Error::new(AnswerTooLarge(max_body)),
+            Err(other) => anyhow::anyhow!(other),
+        })?
+        .to_bytes();
     Ok(Answer { status, etag, body })
 }
 

@@ -22,6 +22,9 @@ pub mod exit {
     pub const DENIED: u8 = 6;
 }
 
+/// The most of one answer `exdaas kv` reads: above the largest a server
+/// gives (a multi-get's 16 MiB).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 /// Characters a key keeps unescaped in a path.
 const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -307,7 +310,8 @@ pub async fn run(
             )
         }
     };
-    let answer = admin_client::send(addr, method, &path, token, &headers, body).await?;
+    let answer =
+        admin_client::send(addr, method, &path, token, &headers, body, MAX_ANSWER_BYTES).await?;
     let code = exit_code(answer.status);
     if code != 0 {
         return Ok(Outcome {

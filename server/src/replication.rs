@@ -3,7 +3,7 @@
 //! replicas" in `docs/design/write-path.md`).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,7 +16,8 @@ use tokio::sync::watch;
 
 use crate::admin_client;
 use crate::backup::{self, RestoreOptions};
-use crate::config::{ReplicationSettings, Settings};
+use crate::config::{LimitSettings, ReplicationSettings, Settings};
+use crate::http::feed::{MAX_LIMIT, READ_BYTES};
 use crate::storage::feed::{Change, ChangeKind};
 use crate::storage::{manifest, now_ms, Storage};
 
@@ -24,6 +25,22 @@ use crate::storage::{manifest, now_ms, Storage};
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Attempts at the first copy before the start fails.
 const BOOTSTRAP_ATTEMPTS: u32 = 30;
+/// Bytes of framing one event of the feed adds at most (revision, op,
+/// version, expiry and the JSON around them).
+const EVENT_FRAMING_BYTES: usize = 256;
+
+/// The most a replica reads of one answer of its primary: what a primary
+/// with the same limits sends for one poll at worst. Its events carry at
+/// most `READ_BYTES` of keys and values plus one more event, a key's JSON
+/// escaping takes at most six bytes per byte, and each event adds its
+/// framing. A faulty or hostile primary cannot make the replica hold more.
+pub fn max_answer_bytes(limits: &LimitSettings) -> usize {
+    READ_BYTES
+        .saturating_add(limits.max_value_bytes)
+        .saturating_add(limits.max_key_bytes)
+        .saturating_mul(6)
+        .saturating_add(MAX_LIMIT * EVENT_FRAMING_BYTES)
+}
 
 /// What a replica knows of itself and its primary.
 pub struct Replica {
@@ -32,6 +49,11 @@ pub struct Replica {
     addr: String,
     token: Option<String>,
     poll_wait: Duration,
+    /// See [`max_answer_bytes`].
+    max_answer_bytes: usize,
+    /// Events the next poll asks for: halved after an answer over
+    /// `max_answer_bytes`, doubled back after one that fits.
+    poll_events: AtomicUsize,
     /// The newest revision applied and visible to reads.
     applied: watch::Sender<u64>,
     /// The newest revision the primary reported.
@@ -47,13 +69,21 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica of `settings.primary`, having applied up to `applied`.
-    pub fn new(settings: &ReplicationSettings, addr: &str, applied: u64) -> Self {
+    /// A replica of `settings.primary`, having applied up to `applied`,
+    /// whose stored values are held to `limits`.
+    pub fn new(
+        settings: &ReplicationSettings,
+        limits: &LimitSettings,
+        addr: &str,
+        applied: u64,
+    ) -> Self {
         Self {
             primary: settings.primary.clone(),
             addr: addr.to_owned(),
             token: settings.token.clone(),
             poll_wait: Duration::from_millis(settings.poll_wait_ms),
+            max_answer_bytes: max_answer_bytes(limits),
+            poll_events: AtomicUsize::new(MAX_LIMIT),
             applied: watch::Sender::new(applied),
             primary_head: AtomicU64::new(applied),
             connected: AtomicBool::new(false),
@@ -146,8 +176,9 @@ impl Replica {
     /// One long poll of the primary's feed, applied.
     async fn poll_once(&self, storage: &Arc<Storage>) -> Result<(), FollowError> {
         let from = storage.feed().head() + 1;
+        let events = self.poll_events.load(Ordering::Relaxed);
         let path = format!(
-            "/v1/changes?from={from}&values=true&limit=1000&wait={}ms",
+            "/v1/changes?from={from}&values=true&limit={events}&wait={}ms",
             self.poll_wait.as_millis()
         );
         let primary = admin_client::Target::plain(&self.addr);
@@ -158,11 +189,14 @@ impl Replica {
             self.token.as_deref(),
             &[],
             Bytes::new(),
+            self.max_answer_bytes,
         );
         let answer = tokio::time::timeout(self.poll_wait + Duration::from_secs(10), send)
             .await
             .map_err(|_| Retry("the primary did not answer in time".into()))?
-            .map_err(|e| Retry(e.to_string()))?;
+            .map_err(|e| self.answer_failed(&e, events))?;
+        self.poll_events
+            .store((events * 2).min(MAX_LIMIT), Ordering::Relaxed);
         self.connected.store(true, Ordering::Release);
         match answer.status {
             200 => {}
@@ -189,6 +223,28 @@ impl Replica {
             self.caught_up_at_ms.store(now_ms(), Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Why a poll that asked for `events` failed. An answer over the cap
+    /// is asked again for half as many events; one event over it stops
+    /// following, as no retry can fetch it.
+    fn answer_failed(&self, error: &anyhow::Error, events: usize) -> FollowError {
+        if error
+            .downcast_ref::<admin_client::AnswerTooLarge>()
+            .is_none()
+        {
+            return Retry(error.to_string());
+        }
+        if events > 1 {
+            self.poll_events.store(events / 2, Ordering::Relaxed);
+            return Retry(format!(
+                "{error} for {events} changes; asking for {} next",
+                events / 2
+            ));
+        }
+        Stop(format!(
+            "{error} for one change: the primary holds a key or value past this replica's limits; give the replica the primary's [limits] and restart it"
+        ))
     }
 
     /// Stops following (a promotion, or the server stopping).

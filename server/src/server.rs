@@ -117,6 +117,7 @@ pub async fn run(loaded: LoadedSettings) -> anyhow::Result<()> {
         let applied = storage.feed().head();
         let replica = Arc::new(crate::replication::Replica::new(
             &settings.replication,
+            &settings.limits,
             primary,
             applied,
         ));

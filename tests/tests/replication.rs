@@ -270,3 +270,87 @@ async fn a_replica_serves_reads_without_its_primary_and_can_be_promoted() {
         "promoted"
     );
 }
+
+/// A stand-in for a primary on `addr`: answers every request with a 200
+/// whose chunked body sends `bytes` and then waits, and reports each
+/// request line on the channel.
+fn endless_primary(addr: &str, bytes: usize) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let _ = tx.send(line.trim_end().to_owned());
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = [b' '; 65536];
+                for _ in 0..bytes / chunk.len() {
+                    let sent = stream
+                        .write_all(b"10000\r\n")
+                        .and_then(|_| stream.write_all(&chunk))
+                        .and_then(|_| stream.write_all(b"\r\n"));
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                // Hold the answer open, unfinished, until the replica hangs up.
+                let _ = reader.read_line(&mut line);
+            });
+        }
+    });
+    rx
+}
+
+/// A replica reads no more of one answer than a primary with its limits
+/// can send for one poll (about 30 MiB by default): a primary sending
+/// without end is cut off there, the next poll asks for half as many
+/// changes, and the replica reports itself disconnected.
+#[tokio::test]
+async fn a_replica_reads_no_more_of_an_answer_than_a_primary_can_send() {
+    let (_a, primary_data) = temp_data_dir();
+    let primary = Server::start(&primary_data);
+    let last = write(&primary.client(), "k/1", "1").await;
+    let (_b, replica_data) = temp_data_dir();
+    let replica = replica_of(&primary, &replica_data);
+    let r = replica.client();
+    caught_up(&r, last).await;
+    let addr = primary.url("").trim_start_matches("http://").to_owned();
+    primary.stop();
+    let before_kib = common::rss_kib(replica.pid());
+    let polls = endless_primary(&addr, 256 << 20);
+    let mut peak_kib = before_kib;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "polls seen: {seen:?}");
+        peak_kib = peak_kib.max(common::rss_kib(replica.pid()));
+        if let Ok(line) = polls.recv_timeout(Duration::from_millis(5)) {
+            seen.push(line);
+        }
+    }
+    let grown_mib = peak_kib.saturating_sub(before_kib) / 1024;
+    assert!(
+        grown_mib < 100,
+        "the replica grew by {grown_mib} MiB on an answer of 256 MiB"
+    );
+    assert!(seen[0].contains("limit=1000"), "{seen:?}");
+    assert!(seen[1].contains("limit=500"), "{seen:?}");
+    assert!(replica.logged("over "), "the cut-off answer is logged");
+    assert_eq!(
+        r.get("/ready").await.json()["replication"]["connected"],
+        false
+    );
+    assert_eq!(r.get("/v1/kv/k/1").await.json(), serde_json::json!(1));
+}

@@ -25,7 +25,7 @@ pub const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 /// Most key and value bytes one read takes (a batch of a stream, the
 /// events of a long poll): what a reader holds in memory at most.
-const READ_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const READ_BYTES: usize = 4 * 1024 * 1024;
 /// Events one read of a stream takes.
 const STREAM_BATCH: usize = 256;
 /// Changes one read looks at, matching or not.

@@ -19,7 +19,7 @@ mod backup;
 pub mod body_budget;
 mod compat;
 mod conditional;
-mod feed;
+pub(crate) mod feed;
 mod kv;
 mod kv_many;
 mod kv_update;
