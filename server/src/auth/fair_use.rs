@@ -1,7 +1,9 @@
 //! Per-token fair use: a request rate (a GCRA token bucket from
 //! `governor`) and a bound on requests in flight. A token past either gets
 //! `429` with `Retry-After`, so one busy team cannot starve the others.
-//! The state lives with the token set: a reload starts it afresh.
+//! A reload of the tokens keeps a token's state when its name and limits
+//! stay the same, so a reload is no way to reset a bucket or to slip
+//! past the requests already in flight.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -17,6 +19,9 @@ use super::TokenSpec;
 pub struct Limits {
     rate: Option<DefaultDirectRateLimiter>,
     in_flight: Option<(Arc<Semaphore>, u32)>,
+    /// The spec's `rate_per_second`, `burst` and `max_in_flight`: a
+    /// reloaded token with the same ones keeps this state.
+    asked: [Option<u32>; 3],
 }
 
 /// Why a request was not admitted.
@@ -79,7 +84,24 @@ impl Limits {
         let in_flight = spec
             .max_in_flight
             .map(|max| (Arc::new(Semaphore::new(max as usize)), max));
-        Self { rate, in_flight }
+        Self {
+            rate,
+            in_flight,
+            asked: Self::asked_by(spec),
+        }
+    }
+
+    /// The limits a spec asks for, kept from `previous` (the same token's
+    /// before a reload) when they are the same ones.
+    pub fn carried_over(spec: &TokenSpec, previous: Option<&Arc<Limits>>) -> Arc<Self> {
+        match previous {
+            Some(old) if old.asked == Self::asked_by(spec) => Arc::clone(old),
+            _ => Arc::new(Self::of(spec)),
+        }
+    }
+
+    fn asked_by(spec: &TokenSpec) -> [Option<u32>; 3] {
+        [spec.rate_per_second, spec.burst, spec.max_in_flight]
     }
 
     /// Admits one request now, or says why not.
@@ -136,6 +158,29 @@ mod tests {
         assert!(limits.admit().is_ok());
         drop(b);
         assert!(Limits::default().admit().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_same_limits_keep_their_state_and_new_ones_start_afresh() {
+        let spec = TokenSpec {
+            rate_per_second: Some(1),
+            burst: Some(2),
+            max_in_flight: Some(1),
+            ..TokenSpec::default()
+        };
+        let before = Limits::carried_over(&spec, None);
+        let _held = before.admit().unwrap();
+        let kept = Limits::carried_over(&spec, Some(&before));
+        assert_eq!(kept.admit().unwrap_err(), Refusal::InFlight { max: 1 });
+        let changed = TokenSpec {
+            max_in_flight: Some(2),
+            ..spec
+        };
+        let fresh = Limits::carried_over(&changed, Some(&before));
+        assert!(
+            fresh.admit().is_ok(),
+            "new limits start with their own state"
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub struct Grant {
     digest: Option<[u8; 32]>,
     client_cert: Option<String>,
     /// Its rate and in-flight limits, with their state.
-    pub limits: fair_use::Limits,
+    pub limits: Arc<fair_use::Limits>,
 }
 
 /// Who makes a request, once authenticated.
@@ -276,6 +276,12 @@ fn collect(settings: &AuthSettings) -> Result<Vec<(String, TokenSpec)>, SpecErro
 impl TokenSet {
     /// Builds the set from the settings (reading the tokens file).
     pub fn load(settings: &AuthSettings) -> Result<Self, SpecError> {
+        Self::load_after(settings, None)
+    }
+
+    /// [`TokenSet::load`], a token keeping its fair-use state from
+    /// `previous` when its name and limits are unchanged.
+    fn load_after(settings: &AuthSettings, previous: Option<&TokenSet>) -> Result<Self, SpecError> {
         let mut grants: Vec<Arc<Grant>> = Vec::new();
         for (place, spec) in collect(settings)? {
             let checked = spec.check().map_err(|message| SpecError {
@@ -288,7 +294,10 @@ impl TokenSet {
                     message: "name: another token has this name".into(),
                 });
             }
-            let limits = fair_use::Limits::of(&spec);
+            let before = previous
+                .and_then(|set| set.grants.iter().find(|g| g.name == spec.name))
+                .map(|g| &g.limits);
+            let limits = fair_use::Limits::carried_over(&spec, before);
             grants.push(Arc::new(Grant {
                 name: spec.name,
                 role: spec.role,
@@ -401,7 +410,7 @@ impl Tokens {
     /// Reads the tokens again (the tokens file may have changed) and puts
     /// the new set in force; a bad entry keeps the old set.
     pub fn reload(&self) -> Result<Arc<TokenSet>, SpecError> {
-        let fresh = Arc::new(TokenSet::load(&self.settings)?);
+        let fresh = Arc::new(TokenSet::load_after(&self.settings, Some(&self.current()))?);
         let mut current = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),

@@ -211,6 +211,44 @@ fn a_reload_with_a_bad_file_keeps_the_tokens_in_force() {
 }
 
 #[test]
+fn a_reload_keeps_fair_use_state_while_the_limits_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let entry = |name: &str, in_flight: u32| {
+        format!("[[tokens]]\nname = \"{name}\"\ntoken = \"team-secret-123456\"\nrole = \"read\"\nmax_in_flight = {in_flight}\n")
+    };
+    std::fs::write(&file, entry("team", 1)).unwrap();
+    let tokens = Tokens::load(&AuthSettings {
+        tokens_file: Some(file.clone()),
+        ..AuthSettings::default()
+    })
+    .unwrap();
+    let caller = |tokens: &Tokens| {
+        tokens
+            .current()
+            .authenticate(Some(b"Bearer team-secret-123456"), &Peer::plain(LOCAL), NOW)
+            .unwrap()
+    };
+    let _held = caller(&tokens).admit().unwrap();
+    tokens.reload().unwrap();
+    assert_eq!(
+        caller(&tokens).admit().unwrap_err(),
+        fair_use::Refusal::InFlight { max: 1 },
+        "a reload is no way past the requests in flight"
+    );
+    std::fs::write(&file, entry("team", 2)).unwrap();
+    tokens.reload().unwrap();
+    let _also = caller(&tokens).admit().expect("new limits, new state");
+    // One of the two new slots is taken; a renamed entry is a new token.
+    std::fs::write(&file, entry("renamed", 2)).unwrap();
+    tokens.reload().unwrap();
+    let (_a, _b) = (
+        caller(&tokens).admit().unwrap(),
+        caller(&tokens).admit().unwrap(),
+    );
+}
+
+#[test]
 fn fresh_secrets_are_long_and_distinct() {
     let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
     assert_eq!(a.len(), 43);
