@@ -88,7 +88,8 @@ def main():
     parser.add_argument("--before-module", default=run.PLUGIN)
     parser.add_argument("--after-module", default=run.PLUGIN)
     args = parser.parse_args()
-    modules = {"before": args.before_module, "after": args.after_module}
+    # Servers run in the work directory: the modules' paths must not be relative.
+    modules = {"before": os.path.abspath(args.before_module), "after": os.path.abspath(args.after_module)}
     results = {"before": ([], [], []), "after": ([], [], [])}
     for r in range(args.rounds):
         order = [("before", args.before), ("after", args.after)]
