@@ -275,6 +275,7 @@ impl Storage {
             storage: self,
             states: HashMap::new(),
             records: Vec::new(),
+            undo: Vec::new(),
         };
         let mut outcomes: Vec<Option<Result<TxnOutcome, StoreError>>> = Vec::new();
         let mut decided = Vec::new();
@@ -286,7 +287,7 @@ impl Storage {
                 outcomes.push(Some(Err(e)));
                 continue;
             }
-            let saved = (deciding.states.clone(), deciding.records.len());
+            let mark = deciding.begin();
             let ended = match deciding.decide_txn(plan) {
                 Ok(Ok(txn)) => {
                     decided.push((outcomes.len(), txn));
@@ -297,8 +298,7 @@ impl Storage {
                 Err(e) => Err(e),
             };
             // Nothing of it is written: forget what it changed.
-            deciding.states = saved.0;
-            deciding.records.truncate(saved.1);
+            deciding.roll_back(mark);
             outcomes.push(Some(ended));
         }
         let frames: Vec<(usize, usize)> = decided.iter().map(|(_, t)| (t.start, t.end)).collect();
@@ -462,9 +462,32 @@ struct Deciding<'a> {
     storage: &'a Storage,
     states: HashMap<String, State>,
     records: Vec<LogRecord>,
+    /// What the transaction being decided replaced in `states`, oldest
+    /// first, for [`Deciding::roll_back`]. A journal of its own changes
+    /// rather than a copy of every state before each transaction, which
+    /// made a batch cost the square of its size.
+    undo: Vec<(String, Option<State>)>,
 }
 
 impl Deciding<'_> {
+    /// Starts deciding a transaction; the mark to roll back to.
+    fn begin(&mut self) -> usize {
+        self.undo.clear();
+        self.records.len()
+    }
+
+    /// Forgets what the transaction begun at `mark` changed. States read
+    /// from the stores stay: the decision locks keep them true.
+    fn roll_back(&mut self, mark: usize) {
+        while let Some((key, before)) = self.undo.pop() {
+            match before {
+                Some(state) => self.states.insert(key, state),
+                None => self.states.remove(&key),
+            };
+        }
+        self.records.truncate(mark);
+    }
+
     fn state(&mut self, key: &str) -> Result<State, StoreError> {
         if let Some(state) = self.states.get(key) {
             return Ok(state.clone());
@@ -622,7 +645,8 @@ impl Deciding<'_> {
             json,
             expires_at,
         };
-        self.states.insert(key.to_owned(), state);
+        let before = self.states.insert(key.to_owned(), state);
+        self.undo.push((key.to_owned(), before));
         record
     }
 }
@@ -801,6 +825,57 @@ mod tests {
         assert!(matches!(ops[2].outcome, WriteOutcome::Replaced { .. }));
         let v = rt.block_on(storage.get(&keys[3])).unwrap().unwrap();
         assert_eq!((&v.json[..], Some(v.version)), (&b"3"[..], revision));
+        storage.close();
+    }
+
+    /// In one batch, a transaction that ends without writing leaves the
+    /// states as the ones before it left them, for the ones after it.
+    #[test]
+    fn a_declined_transaction_in_a_batch_leaves_the_states_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(dir.path());
+        let keys = spread(&storage);
+        let incr: crate::storage::Derivation = Arc::new(|cur| {
+            let n: i64 = cur.map_or(0, |c| std::str::from_utf8(c).unwrap().parse().unwrap());
+            Some(Bytes::from((n + 1).to_string()))
+        });
+        let decline: crate::storage::Derivation = Arc::new(|_| None);
+        let every = |last: Option<TxnOp>| TxnPlan {
+            success: keys
+                .iter()
+                .map(|k| (k.clone(), WriteOp::Derive(incr.clone())).into())
+                .chain(last)
+                .collect(),
+            ..TxnPlan::default()
+        };
+        let declining = (keys[0].clone(), WriteOp::Derive(decline.clone())).into();
+        let delete_then_decline = TxnPlan {
+            success: vec![
+                (keys[0].clone(), WriteOp::Delete).into(),
+                (keys[1].clone(), WriteOp::Derive(decline)).into(),
+            ],
+            ..TxnPlan::default()
+        };
+        let outcomes = storage.commit_batch(vec![
+            every(None),
+            every(Some(declining)),
+            delete_then_decline,
+            every(None),
+        ]);
+        let kinds: Vec<_> = outcomes
+            .into_iter()
+            .map(|o| match o.unwrap() {
+                TxnOutcome::Done { .. } => "done".to_owned(),
+                TxnOutcome::Declined { index, .. } => format!("declined at {index}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["done", "declined at 4", "declined at 1", "done"]);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for key in &keys {
+            let v = rt.block_on(storage.get(key)).unwrap().unwrap();
+            assert_eq!(&v.json[..], b"2", "{key}");
+        }
         storage.close();
     }
 
