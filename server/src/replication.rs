@@ -54,6 +54,9 @@ pub struct Replica {
     /// Events the next poll asks for: halved after an answer over
     /// `max_answer_bytes`, doubled back after one that fits.
     poll_events: AtomicUsize,
+    /// The changes of a unit an answer cut short, held back until the
+    /// rest of it arrives (a replica never shows part of a transaction).
+    held: Mutex<Vec<Change>>,
     /// The newest revision applied and visible to reads.
     applied: watch::Sender<u64>,
     /// The newest revision the primary reported.
@@ -84,6 +87,7 @@ impl Replica {
             poll_wait: Duration::from_millis(settings.poll_wait_ms),
             max_answer_bytes: max_answer_bytes(limits),
             poll_events: AtomicUsize::new(MAX_LIMIT),
+            held: Mutex::new(Vec::new()),
             applied: watch::Sender::new(applied),
             primary_head: AtomicU64::new(applied),
             connected: AtomicBool::new(false),
@@ -173,9 +177,11 @@ impl Replica {
         }
     }
 
-    /// One long poll of the primary's feed, applied.
+    /// One long poll of the primary's feed, applied up to the end of the
+    /// last unit it completes.
     async fn poll_once(&self, storage: &Arc<Storage>) -> Result<(), FollowError> {
-        let from = storage.feed().head() + 1;
+        let held_last = self.lock_held().last().map(|c| c.revision);
+        let from = held_last.unwrap_or_else(|| storage.feed().head()) + 1;
         let events = self.poll_events.load(Ordering::Relaxed);
         let path = format!(
             "/v1/changes?from={from}&values=true&limit={events}&wait={}ms",
@@ -211,7 +217,21 @@ impl Replica {
                 return Err(Retry(format!("the primary answered {status}: {body}")));
             }
         }
-        let (changes, head) = parse_changes(&answer.body).map_err(Retry)?;
+        let (mut changes, head) = parse_changes(&answer.body).map_err(Retry)?;
+        let changes = {
+            let mut held = self.lock_held();
+            let mut all = std::mem::take(&mut *held);
+            all.append(&mut changes);
+            *held = all.split_off(whole_units(&all));
+            let held_bytes: usize = held.iter().map(Change::weight).sum();
+            if held_bytes > self.max_answer_bytes {
+                return Err(Stop(format!(
+                    "the primary sent {held_bytes} bytes of one unit without its end, more than this replica reads of one answer ({}); give the replica the primary's [limits] and restart it",
+                    self.max_answer_bytes
+                )));
+            }
+            all
+        };
         let stored = Arc::clone(storage);
         let applied = tokio::task::spawn_blocking(move || stored.apply_replicated(changes))
             .await
@@ -245,6 +265,10 @@ impl Replica {
         Stop(format!(
             "{error} for one change: the primary holds a key or value past this replica's limits; give the replica the primary's [limits] and restart it"
         ))
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Vec<Change>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stops following (a promotion, or the server stopping).
@@ -306,6 +330,8 @@ struct Event<'a> {
     value: Option<&'a RawValue>,
     #[serde(default)]
     expires_at: Option<String>,
+    #[serde(default)]
+    unit_end: Option<u64>,
 }
 
 /// A long poll's answer as changes (values byte for byte as the primary
@@ -335,9 +361,24 @@ fn parse_changes(body: &[u8]) -> Result<(Vec<Change>, u64), String> {
             kind,
             value,
             expires_at,
+            unit_end: event.unit_end.unwrap_or(0).max(event.revision),
         });
     }
     Ok((changes, answer.revision))
+}
+
+/// How many of `changes` (consecutive revisions) a replica may apply
+/// now: those up to the end of the last unit they hold whole.
+fn whole_units(changes: &[Change]) -> usize {
+    let mut unit_end = 0;
+    let mut whole = 0;
+    for (i, change) in changes.iter().enumerate() {
+        unit_end = unit_end.max(change.unit_end);
+        if change.revision >= unit_end {
+            whole = i + 1;
+        }
+    }
+    whole
 }
 
 fn instant_ms(text: &str) -> Result<u64, String> {
@@ -423,5 +464,34 @@ mod tests {
             parse_changes(br#"{"events":[{"revision":1,"key":"a","op":"zap"}],"revision":1}"#)
                 .is_err()
         );
+    }
+
+    /// A replica applies up to the end of the last unit an answer holds
+    /// whole, whatever the cut, and never past it.
+    #[test]
+    fn only_whole_units_are_applied() {
+        // Units: 1 | 2..=4 | 5 | 6..=7 (a later event may name a unit's end
+        // too low; the highest seen decides).
+        let ends = [1, 4, 4, 4, 5, 7, 6];
+        let changes: Vec<Change> = ends
+            .iter()
+            .enumerate()
+            .map(|(i, &unit_end)| Change {
+                revision: i as u64 + 1,
+                key: "k".into(),
+                kind: ChangeKind::Delete,
+                value: None,
+                expires_at: None,
+                unit_end,
+            })
+            .collect();
+        let whole: Vec<usize> = (0..=changes.len())
+            .map(|cut| whole_units(&changes[..cut]))
+            .collect();
+        assert_eq!(whole, [0, 1, 1, 1, 4, 5, 5, 7]);
+        let body = br#"{"events":[{"revision":3,"key":"a","op":"delete","unit_end":4},{"revision":4,"key":"b","op":"delete","unit_end":2}],"revision":4}"#;
+        let (parsed, _) = parse_changes(body).unwrap();
+        let read: Vec<u64> = parsed.iter().map(|c| c.unit_end).collect();
+        assert_eq!(read, [4, 4], "an end below its own revision is its own");
     }
 }

@@ -230,6 +230,14 @@ async fn every_committed_write_appears_once_in_revision_order() {
         txn_revisions.last().unwrap(),
     );
     assert_eq!(high - low, 2, "{txn_revisions:?}");
+    // All but the last say where their transaction ends; writes alone
+    // say nothing.
+    for e in &events {
+        let revision = e["revision"].as_u64().unwrap();
+        let expected = (txn_revisions.contains(&revision) && revision < *high)
+            .then_some(serde_json::json!(high));
+        assert_eq!(e.get("unit_end").cloned(), expected, "{e}");
+    }
     assert!(events
         .iter()
         .any(|e| e["value"] == serde_json::json!({"color":"blue"})));

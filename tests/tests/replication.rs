@@ -271,11 +271,44 @@ async fn a_replica_serves_reads_without_its_primary_and_can_be_promoted() {
     );
 }
 
+/// A replica that has applied its primary's one write (revision 1, to
+/// `key`), and the address its stopped primary listened on, for a
+/// stand-in to take.
+async fn replica_without_its_primary(key: &str) -> ([tempfile::TempDir; 2], Server, String) {
+    let (a, primary_data) = temp_data_dir();
+    let primary = Server::start(&primary_data);
+    assert_eq!(write(&primary.client(), key, "0").await, 1);
+    let (b, replica_data) = temp_data_dir();
+    let replica = replica_of(&primary, &replica_data);
+    caught_up(&replica.client(), 1).await;
+    let addr = primary.url("").trim_start_matches("http://").to_owned();
+    primary.stop();
+    ([a, b], replica, addr)
+}
+
+/// Reads a request's line (reported on `lines`) and headers from
+/// `stream`; returns the reader, to read on or not.
+fn read_request(
+    stream: &std::net::TcpStream,
+    lines: &std::sync::mpsc::Sender<String>,
+) -> std::io::BufReader<std::net::TcpStream> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    let _ = reader.read_line(&mut line);
+    let _ = lines.send(line.trim_end().to_owned());
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        header.clear();
+    }
+    reader
+}
+
 /// A stand-in for a primary on `addr`: answers every request with a 200
 /// whose chunked body sends `bytes` and then waits, and reports each
 /// request line on the channel.
 fn endless_primary(addr: &str, bytes: usize) -> std::sync::mpsc::Receiver<String> {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, Write};
     let listener = std::net::TcpListener::bind(addr).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -283,14 +316,7 @@ fn endless_primary(addr: &str, bytes: usize) -> std::sync::mpsc::Receiver<String
             let Ok(mut stream) = stream else { return };
             let tx = tx.clone();
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                let _ = tx.send(line.trim_end().to_owned());
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    header.clear();
-                }
+                let mut reader = read_request(&stream, &tx);
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
                 if stream.write_all(head.as_bytes()).is_err() {
                     return;
@@ -306,7 +332,7 @@ fn endless_primary(addr: &str, bytes: usize) -> std::sync::mpsc::Receiver<String
                     }
                 }
                 // Hold the answer open, unfinished, until the replica hangs up.
-                let _ = reader.read_line(&mut line);
+                let _ = reader.read_line(&mut String::new());
             });
         }
     });
@@ -319,15 +345,8 @@ fn endless_primary(addr: &str, bytes: usize) -> std::sync::mpsc::Receiver<String
 /// changes, and the replica reports itself disconnected.
 #[tokio::test]
 async fn a_replica_reads_no_more_of_an_answer_than_a_primary_can_send() {
-    let (_a, primary_data) = temp_data_dir();
-    let primary = Server::start(&primary_data);
-    let last = write(&primary.client(), "k/1", "1").await;
-    let (_b, replica_data) = temp_data_dir();
-    let replica = replica_of(&primary, &replica_data);
+    let (_dirs, replica, addr) = replica_without_its_primary("k/1").await;
     let r = replica.client();
-    caught_up(&r, last).await;
-    let addr = primary.url("").trim_start_matches("http://").to_owned();
-    primary.stop();
     let before_kib = common::rss_kib(replica.pid());
     let polls = endless_primary(&addr, 256 << 20);
     let mut peak_kib = before_kib;
@@ -352,5 +371,95 @@ async fn a_replica_reads_no_more_of_an_answer_than_a_primary_can_send() {
         r.get("/ready").await.json()["replication"]["connected"],
         false
     );
-    assert_eq!(r.get("/v1/kv/k/1").await.json(), serde_json::json!(1));
+    assert_eq!(r.get("/v1/kv/k/1").await.json(), serde_json::json!(0));
+}
+
+/// A stand-in for a primary on `addr` that answers its `n`th request with
+/// `answers[n]` (JSON) once `gates[n]` lets it (an empty answer past the
+/// list, after a pause), and reports each request line.
+fn scripted_primary(
+    addr: &str,
+    answers: Vec<String>,
+    mut gates: Vec<std::sync::mpsc::Receiver<()>>,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            read_request(&stream, &tx);
+            if let Some(gate) = gates.get_mut(n) {
+                let _ = gate.recv();
+            }
+            let body = answers.get(n).cloned().unwrap_or_else(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                r#"{"events":[],"next":6,"revision":5}"#.to_owned()
+            });
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    rx
+}
+
+/// A primary transaction cut short by a long poll's answer is held back
+/// by the replica until the rest of it arrives: its readers never see
+/// part of it, while the change before it shows at once.
+#[tokio::test]
+async fn a_replica_never_shows_part_of_a_transaction() {
+    let (_dirs, replica, addr) = replica_without_its_primary("k/0").await;
+    let r = replica.client();
+    // Revision 2 alone, then a transaction of 3..=5 whose last change the
+    // first answer leaves out.
+    let first = r#"{"events":[
+        {"revision":2,"key":"x/1","op":"put","version":2,"value":1},
+        {"revision":3,"key":"t/a","op":"put","version":3,"value":1,"unit_end":5},
+        {"revision":4,"key":"t/b","op":"put","version":4,"value":1,"unit_end":5}],
+        "next":5,"revision":5}"#;
+    let rest = r#"{"events":[
+        {"revision":5,"key":"t/c","op":"put","version":5,"value":1,"unit_end":5}],
+        "next":6,"revision":5}"#;
+    let (open_second, second_gate) = std::sync::mpsc::channel();
+    // The first answer goes at once: its gate's sender is gone.
+    let (_, first_gate) = std::sync::mpsc::channel::<()>();
+    let polls = scripted_primary(
+        &addr,
+        vec![first.to_owned(), rest.to_owned()],
+        vec![first_gate, second_gate],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "polls: {seen:?}");
+        if let Ok(line) = polls.recv_timeout(Duration::from_millis(50)) {
+            seen.push(line);
+        }
+    }
+    assert!(seen[1].contains("from=5"), "it asks for the rest: {seen:?}");
+    // The second answer is held back: the replica shows revision 2 and
+    // nothing of the transaction.
+    assert_eq!(r.get("/v1/kv/x/1").await.json(), serde_json::json!(1));
+    for key in ["t/a", "t/b", "t/c"] {
+        assert_eq!(r.get(&format!("/v1/kv/{key}")).await.status, 404, "{key}");
+    }
+    open_second.send(()).unwrap();
+    caught_up(&r, 5).await;
+    for key in ["t/a", "t/b", "t/c"] {
+        let got = r.get(&format!("/v1/kv/{key}")).await;
+        assert_eq!(got.status, 200, "{key}");
+    }
+    // The replica's own feed keeps the unit.
+    let events = r.get("/v1/changes?from=3").await.json()["events"].clone();
+    let ends: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["unit_end"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(ends, [5, 5, 0], "{events}");
 }

@@ -204,7 +204,8 @@ fn rfc3339(at_ms: u64) -> String {
 }
 
 /// One event as JSON: `{"revision","key","op"[,"version"][,"value"]
-/// [,"expires_at"]}`. Values are stored JSON text, spliced in as is.
+/// [,"expires_at"][,"unit_end"]}`. Values are stored JSON text, spliced
+/// in as is; `unit_end` only when other changes were committed with it.
 fn event_json(change: &Change, values: bool, out: &mut BytesMut) {
     out.put_slice(format!("{{\"revision\":{},\"key\":", change.revision).as_bytes());
     out.put_slice(&serde_json::to_vec(&change.key).unwrap_or_default());
@@ -218,6 +219,9 @@ fn event_json(change: &Change, values: bool, out: &mut BytesMut) {
     }
     if let Some(at) = change.expires_at {
         out.put_slice(format!(",\"expires_at\":\"{}\"", rfc3339(at)).as_bytes());
+    }
+    if change.unit_end > change.revision {
+        out.put_slice(format!(",\"unit_end\":{}", change.unit_end).as_bytes());
     }
     out.put_u8(b'}');
 }
@@ -555,6 +559,7 @@ mod tests {
             kind: ChangeKind::Put,
             value: Some(Bytes::from_static(b"{\"n\":1}")),
             expires_at: Some(1_765_000_000_123),
+            unit_end: 9,
         };
         let mut out = BytesMut::new();
         event_json(&change, true, &mut out);
@@ -569,6 +574,7 @@ mod tests {
                 kind: ChangeKind::Delete,
                 value: None,
                 expires_at: None,
+                unit_end: 12,
                 ..change
             },
             true,
@@ -577,7 +583,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"revision":9,"key":"a\"b","op":"delete"})
+            serde_json::json!({"revision":9,"key":"a\"b","op":"delete","unit_end":12})
         );
     }
 }

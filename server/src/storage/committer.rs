@@ -36,9 +36,6 @@ type Appended = Result<(u64, Vec<LogRecord>), StoreError>;
 /// per shard for a transaction).
 pub type Parts = Vec<(u16, Vec<LogRecord>)>;
 
-/// What a transaction gets back: its first revision and its parts.
-type AppendedParts = Result<(u64, Parts), StoreError>;
-
 /// What a batch of transactions gets back: each frame's first revision,
 /// and the frames.
 type AppendedFrames = Result<(Vec<u64>, Vec<Parts>), StoreError>;
@@ -47,6 +44,9 @@ type AppendedFrames = Result<(Vec<u64>, Vec<Parts>), StoreError>;
 /// transaction for a batch of them), and where their answer goes.
 struct Request {
     frames: Vec<Parts>,
+    /// Whether each frame was committed whole (transactions, a replica's
+    /// units) rather than being one shard writer's batch.
+    units: bool,
     /// Key and value bytes of all frames.
     bytes: usize,
     reply: SyncSender<AppendedFrames>,
@@ -95,24 +95,25 @@ impl LogHandle {
     /// Makes `records` durable; returns the revision of the first (the rest
     /// follow in order) and the records. Blocks until the log is synced.
     pub fn append(&self, shard: usize, records: Vec<LogRecord>) -> Appended {
-        let (first, mut parts) = self.append_parts(vec![(shard as u16, records)])?;
-        Ok((first, parts.pop().map(|(_, r)| r).unwrap_or_default()))
-    }
-
-    /// Makes a transaction's records durable as one frame, all or none:
-    /// `parts` in ascending shard order, each shard once. Returns the first
-    /// revision (they run on through the parts in order) and the parts.
-    pub fn append_parts(&self, parts: Parts) -> AppendedParts {
-        let (firsts, mut frames) = self.append_frames(vec![parts])?;
-        match (firsts.first(), frames.pop()) {
-            (Some(first), Some(parts)) => Ok((*first, parts)),
+        let (firsts, mut frames) = self.submit(vec![vec![(shard as u16, records)]], false)?;
+        match (
+            firsts.first(),
+            frames.pop().and_then(|mut parts| parts.pop()),
+        ) {
+            (Some(first), Some((_, records))) => Ok((*first, records)),
             _ => Err(StoreError::Corrupt("the log answered no frame".into())),
         }
     }
 
-    /// Makes several frames durable with one append (each whole or not
-    /// at all); returns each frame's first revision and the frames.
+    /// Makes several units durable with one append, each one frame, whole
+    /// or not at all (transactions; a replica's units): each frame's parts
+    /// in revision order. Returns each frame's first revision (they run on
+    /// through its parts in order) and the frames.
     pub fn append_frames(&self, frames: Vec<Parts>) -> AppendedFrames {
+        self.submit(frames, true)
+    }
+
+    fn submit(&self, frames: Vec<Parts>, units: bool) -> AppendedFrames {
         let (reply, answer) = sync_channel(1);
         let bytes = frames
             .iter()
@@ -121,6 +122,7 @@ impl LogHandle {
             .sum();
         let request = Request {
             frames,
+            units,
             bytes,
             reply,
         };
@@ -173,9 +175,12 @@ fn note_logged(progress: &[Arc<Progress>], first: u64, parts: &Parts) {
 
 /// Hands the feed the records of a synced append, in revision order.
 fn publish(feed: &Feed, firsts: &[u64], batch: &[Request]) {
-    for (first, parts) in firsts.iter().zip(batch.iter().flat_map(|r| &r.frames)) {
+    let frames = batch
+        .iter()
+        .flat_map(|r| r.frames.iter().map(move |parts| (parts, r.units)));
+    for (first, (parts, unit)) in firsts.iter().zip(frames) {
         let records: Vec<&LogRecord> = parts.iter().flat_map(|(_, r)| r).collect();
-        feed.publish(*first, &records);
+        feed.publish(*first, &records, unit);
     }
 }
 
@@ -208,12 +213,13 @@ fn run(mut log: CommitLog, requests: Receiver<Request>, followers: Followers) {
         }
         let frames: Vec<FrameParts<'_>> = batch
             .iter()
-            .flat_map(|r| &r.frames)
-            .map(|parts| {
-                parts
+            .flat_map(|r| r.frames.iter().map(move |parts| (parts, r.units)))
+            .map(|(parts, unit)| FrameParts {
+                parts: parts
                     .iter()
                     .map(|(s, recs)| (*s, recs.as_slice()))
-                    .collect()
+                    .collect(),
+                unit,
             })
             .collect();
         match log.append_frames(&frames) {

@@ -55,10 +55,14 @@ pub struct Change {
     /// When the stored value expires (puts), or expired (expiries), in
     /// milliseconds since the Unix epoch.
     pub expires_at: Option<u64>,
+    /// The revision of the last change of its unit: the log frame it came
+    /// in, which a crash keeps or loses whole (a transaction, or a shard
+    /// writer's batch). Its own revision when it is a unit by itself.
+    pub unit_end: u64,
 }
 
 impl Change {
-    fn of(revision: u64, record: &LogRecord) -> Self {
+    fn of(revision: u64, record: &LogRecord, unit_end: u64) -> Self {
         let kind = match (&record.value, record.is_expiry()) {
             (Some(_), _) => ChangeKind::Put,
             (None, true) => ChangeKind::Expire,
@@ -70,11 +74,12 @@ impl Change {
             kind,
             value: record.value.clone(),
             expires_at: record.expires_at,
+            unit_end,
         }
     }
 
-    /// Memory it takes in the ring, roughly.
-    fn weight(&self) -> usize {
+    /// Memory it takes, roughly.
+    pub fn weight(&self) -> usize {
         CHANGE_OVERHEAD + self.key.len() + self.value.as_ref().map_or(0, Bytes::len)
     }
 }
@@ -210,9 +215,10 @@ impl Feed {
         }
     }
 
-    /// Adds a synced frame's records (the first at `first`) and moves the
-    /// committed revision past them. The log writer's only cost.
-    pub fn publish(&self, first: u64, records: &[&LogRecord]) {
+    /// Adds a synced frame's records (the first at `first`; a `unit`
+    /// when the frame was committed whole) and moves the committed
+    /// revision past them. The log writer's only cost.
+    pub fn publish(&self, first: u64, records: &[&LogRecord], unit: bool) {
         if records.is_empty() {
             return;
         }
@@ -220,7 +226,9 @@ impl Feed {
         {
             let mut ring = self.lock_ring();
             for (i, record) in records.iter().enumerate() {
-                ring.push(Change::of(first + i as u64, record));
+                let revision = first + i as u64;
+                let unit_end = if unit { last } else { revision };
+                ring.push(Change::of(revision, record, unit_end));
             }
         }
         self.head.send_replace(last);
@@ -346,7 +354,8 @@ impl Feed {
                     }
                     scanned += 1;
                     if wanted(&record.key) {
-                        let change = Change::of(revision, record);
+                        let unit_end = frame.unit_last.unwrap_or(revision);
+                        let change = Change::of(revision, record, unit_end);
                         bytes += change.weight();
                         batch.changes.push(change);
                     }
@@ -418,8 +427,8 @@ mod tests {
         let feed = Feed::new(dir.path().into(), 1, 0, 5 * (CHANGE_OVERHEAD + 3));
         let records: Vec<LogRecord> = (0..8).map(|i| put(&format!("k{i}"))).collect();
         let refs: Vec<&LogRecord> = records.iter().collect();
-        feed.publish(1, &refs[..4]);
-        feed.publish(5, &refs[4..]);
+        feed.publish(1, &refs[..4], false);
+        feed.publish(5, &refs[4..], false);
         assert_eq!(feed.head(), 8);
         // Five fit: revisions 4..=8.
         assert!(feed.read_ring(3, &|_| true, ALL).is_none());
@@ -472,5 +481,39 @@ mod tests {
                 oldest: 3
             })
         ));
+    }
+
+    /// A unit's changes say where it ends, from the ring and from the
+    /// segments alike; a batch's changes are units each.
+    #[test]
+    fn changes_say_where_their_unit_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = log::CommitLog::open(dir.path(), 1).unwrap().log;
+        let records: Vec<LogRecord> = (0..6).map(|i| put(&format!("k{i}"))).collect();
+        fn frame(parts: Vec<(u16, &[LogRecord])>, unit: bool) -> log::FrameParts<'_> {
+            log::FrameParts { parts, unit }
+        }
+        log.append_frames(&[
+            frame(vec![(0, &records[0..2])], false),
+            frame(vec![(0, &records[2..3]), (1, &records[3..5])], true),
+            frame(vec![(1, &records[5..6])], true),
+        ])
+        .unwrap();
+        let disk = Feed::new(dir.path().join(log::LOG_DIR), 1, 6, 0);
+        let ring = Feed::new(dir.path().join("unused"), 1, 0, 1 << 20);
+        let refs: Vec<&LogRecord> = records.iter().collect();
+        ring.publish(1, &refs[0..2], false);
+        ring.publish(3, &refs[2..5], true);
+        ring.publish(6, &refs[5..6], true);
+        let from_disk = disk.read_disk(1, &|_| true, ALL).unwrap();
+        let from_ring = ring.read_ring(1, &|_| true, ALL).unwrap();
+        for batch in [from_disk, from_ring] {
+            let ends: Vec<(u64, u64)> = batch
+                .changes
+                .iter()
+                .map(|c| (c.revision, c.unit_end))
+                .collect();
+            assert_eq!(ends, [(1, 1), (2, 2), (3, 5), (4, 5), (5, 5), (6, 6)]);
+        }
     }
 }

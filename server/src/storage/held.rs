@@ -57,6 +57,7 @@ pub fn write(
             &mut buf,
             state.revision,
             &[(shard as u16, &[record][..])],
+            false,
             true,
         )?;
     }

@@ -150,6 +150,10 @@ pub struct Frame {
     pub starts_append: bool,
     /// Its records, in order.
     pub records: Vec<LogRecord>,
+    /// For a unit (a transaction frame), the revision of its last record,
+    /// past `records` when this is one of its parts; `None` for a batch,
+    /// whose records are units each.
+    pub unit_last: Option<u64>,
 }
 
 /// An I/O error on `path`; a full disk is told apart, as the one failure
@@ -166,12 +170,21 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// One frame's records: one shard's batch, or a transaction's records on
-/// several shards (ascending, each shard once).
-pub type FrameParts<'a> = Vec<(u16, &'a [LogRecord])>;
+/// One frame to log.
+#[derive(Debug, Clone)]
+pub struct FrameParts<'a> {
+    /// Its records by shard: one shard's batch, or a transaction's records
+    /// (ascending, each shard once).
+    pub parts: Vec<(u16, &'a [LogRecord])>,
+    /// Whether it was committed as a whole (a transaction) rather than as
+    /// a batch of writes that happen to share a frame. A unit is written
+    /// as a transaction frame even on one shard, so that a reader of the
+    /// log knows it (see "Units" in the design note).
+    pub unit: bool,
+}
 
 /// Appends the encoding of one frame to `out`: an ordinary frame for one
-/// part, a transaction frame for more.
+/// part that is not a unit, a transaction frame otherwise.
 ///
 /// Refuses (writing nothing) a record whose key or value is longer than
 /// its length field can say.
@@ -179,6 +192,7 @@ pub fn encode_frame(
     out: &mut Vec<u8>,
     first_revision: u64,
     parts: &[(u16, &[LogRecord])],
+    unit: bool,
     starts_append: bool,
 ) -> Result<(), StoreError> {
     for (shard, records) in parts {
@@ -189,8 +203,9 @@ pub fn encode_frame(
         }
         check_lengths(records)?;
     }
+    let plain = !unit && parts.len() == 1;
     let (shard, head_count) = match parts {
-        [(shard, records)] => (*shard, records.len()),
+        [(shard, records)] if plain => (*shard, records.len()),
         _ => (TXN_FRAME, parts.len()),
     };
     let shard = if starts_append {
@@ -204,7 +219,7 @@ pub fn encode_frame(
     out.extend_from_slice(&shard.to_le_bytes());
     out.extend_from_slice(&(head_count as u32).to_le_bytes());
     match parts {
-        [(_, records)] => encode_records(out, records),
+        [(_, records)] if plain => encode_records(out, records),
         _ => {
             for (shard, records) in parts {
                 out.extend_from_slice(&shard.to_le_bytes());
@@ -313,8 +328,13 @@ pub fn decode_frame(bytes: &[u8]) -> Option<(Vec<Frame>, usize)> {
                 shard,
                 starts_append: starts_append && frames.is_empty(),
                 records,
+                unit_last: None,
             });
             revision = next;
+        }
+        let unit_last = revision.checked_sub(1);
+        for frame in &mut frames {
+            frame.unit_last = unit_last;
         }
     } else {
         frames.push(Frame {
@@ -322,6 +342,7 @@ pub fn decode_frame(bytes: &[u8]) -> Option<(Vec<Frame>, usize)> {
             shard,
             starts_append,
             records: decode_records(&mut p, count)?,
+            unit_last: None,
         });
     }
     if p.at != payload.len() {
@@ -665,7 +686,13 @@ impl CommitLog {
     /// (a batch it cannot frame, a new segment it could not make): the log
     /// takes appends again. Any other error is a failed write or sync.
     pub fn append(&mut self, batches: &[(u16, &[LogRecord])]) -> Result<Vec<u64>, StoreError> {
-        let frames: Vec<FrameParts<'_>> = batches.iter().map(|b| vec![*b]).collect();
+        let frames: Vec<FrameParts<'_>> = batches
+            .iter()
+            .map(|b| FrameParts {
+                parts: vec![*b],
+                unit: false,
+            })
+            .collect();
         self.append_frames(&frames)
     }
 
@@ -675,10 +702,10 @@ impl CommitLog {
         let mut buf = Vec::new();
         let mut firsts = Vec::with_capacity(frames.len());
         let mut revision = self.next_revision;
-        for (i, parts) in frames.iter().enumerate() {
-            encode_frame(&mut buf, revision, parts, i == 0)?;
+        for (i, frame) in frames.iter().enumerate() {
+            encode_frame(&mut buf, revision, &frame.parts, frame.unit, i == 0)?;
             firsts.push(revision);
-            revision += parts.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+            revision += frame.parts.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
         }
         if self.file_bytes > 0 && self.file_bytes + buf.len() as u64 > self.capacity {
             self.roll().map_err(not_written)?;
@@ -864,7 +891,7 @@ mod tests {
         ];
         assert!(records[3].is_expiry() && !records[1].is_expiry());
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 7, &[(3, &records[..])], true).unwrap();
+        encode_frame(&mut buf, 7, &[(3, &records[..])], false, true).unwrap();
         let (mut frames, len) = decode_frame(&buf).unwrap();
         let frame = frames.remove(0);
         assert_eq!(len, buf.len());
@@ -891,14 +918,25 @@ mod tests {
         let a = [put("a", "1"), put("b", "2")];
         let b = [LogRecord::delete("c".into())];
         let mut buf = Vec::new();
-        encode_frame(&mut buf, 10, &[(0, &a[..]), (3, &b[..])], true).unwrap();
+        encode_frame(&mut buf, 10, &[(0, &a[..]), (3, &b[..])], true, true).unwrap();
         let (frames, len) = decode_frame(&buf).unwrap();
         assert_eq!(len, buf.len());
-        let read: Vec<(u64, u16, bool, usize)> = frames
+        let read: Vec<(u64, u16, bool, usize, Option<u64>)> = frames
             .iter()
-            .map(|f| (f.first_revision, f.shard, f.starts_append, f.records.len()))
+            .map(|f| {
+                (
+                    f.first_revision,
+                    f.shard,
+                    f.starts_append,
+                    f.records.len(),
+                    f.unit_last,
+                )
+            })
             .collect();
-        assert_eq!(read, [(10, 0, true, 2), (12, 3, false, 1)]);
+        assert_eq!(
+            read,
+            [(10, 0, true, 2, Some(12)), (12, 3, false, 1, Some(12))]
+        );
         assert_eq!(frames[1].records, b);
         for cut in 0..buf.len() {
             assert!(decode_frame(&buf[..cut]).is_none(), "cut at {cut}");
@@ -913,21 +951,45 @@ mod tests {
         let mut log = CommitLog::open(dir.path(), 1).unwrap().log;
         let firsts = log
             .append_frames(&[
-                vec![(1, &b[..])],
-                vec![(0, &a[..]), (2, &b[..])],
-                vec![(2, &a[..])],
+                FrameParts {
+                    parts: vec![(1, &b[..])],
+                    unit: false,
+                },
+                FrameParts {
+                    parts: vec![(0, &a[..]), (2, &b[..])],
+                    unit: true,
+                },
+                FrameParts {
+                    parts: vec![(2, &a[..])],
+                    unit: false,
+                },
+                FrameParts {
+                    parts: vec![(1, &a[..])],
+                    unit: true,
+                },
             ])
             .unwrap();
-        assert_eq!(firsts, [1, 2, 5]);
+        assert_eq!(firsts, [1, 2, 5, 7]);
         drop(log);
         let recovered = CommitLog::open(dir.path(), 1).unwrap();
-        let read: Vec<(u64, u16)> = recovered
+        let read: Vec<(u64, u16, Option<u64>)> = recovered
             .frames
             .iter()
-            .map(|f| (f.first_revision, f.shard))
+            .map(|f| (f.first_revision, f.shard, f.unit_last))
             .collect();
-        assert_eq!(read, [(1, 1), (2, 0), (4, 2), (5, 2)]);
-        assert_eq!(recovered.log.next_revision(), 7);
+        // A batch's records are units each; a transaction is one unit,
+        // also on one shard.
+        assert_eq!(
+            read,
+            [
+                (1, 1, None),
+                (2, 0, Some(4)),
+                (4, 2, Some(4)),
+                (5, 2, None),
+                (7, 1, Some(8))
+            ]
+        );
+        assert_eq!(recovered.log.next_revision(), 9);
     }
 
     /// Writes `bytes` where the next frame of `log`'s newest segment goes,
@@ -954,7 +1016,7 @@ mod tests {
         assert_eq!(log.append(&[(2, &b)]).unwrap(), [4]);
         // A crash in the middle of the next append.
         let mut torn = Vec::new();
-        encode_frame(&mut torn, 5, &[(0, &[put("d", "4")][..])], true).unwrap();
+        encode_frame(&mut torn, 5, &[(0, &[put("d", "4")][..])], false, true).unwrap();
         leave_behind(&log, &torn[..torn.len() - 3]);
         drop(log);
         let recovered = CommitLog::open(dir.path(), 1).unwrap();
@@ -1004,10 +1066,10 @@ mod tests {
         // A two-frame batch of which only the second reached the disk
         // whole: the first is damaged, the second intact.
         let mut lost = Vec::new();
-        encode_frame(&mut lost, 2, &[(0, &[put("b", "2")][..])], true).unwrap();
+        encode_frame(&mut lost, 2, &[(0, &[put("b", "2")][..])], false, true).unwrap();
         let damaged = lost.len();
         lost[damaged - 1] ^= 1;
-        encode_frame(&mut lost, 3, &[(1, &[put("c", "3")][..])], false).unwrap();
+        encode_frame(&mut lost, 3, &[(1, &[put("c", "3")][..])], false, false).unwrap();
         leave_behind(&log, &lost);
         drop(log);
         let mut log = CommitLog::open(dir.path(), 1).unwrap().log;

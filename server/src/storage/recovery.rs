@@ -90,6 +90,7 @@ mod tests {
                     expires_at: None,
                 })
                 .collect(),
+            unit_last: None,
         }
     }
 

@@ -30,9 +30,10 @@ impl Storage {
     }
 
     /// Logs and publishes `changes`, the primary's, which must continue
-    /// this log without a gap: each gets the revision the primary gave it.
-    /// One append for all (one frame per run of changes on one shard), under
-    /// the decision locks of their shards and the publish gate, as a
+    /// this log without a gap and end at a unit's end: each gets the
+    /// revision the primary gave it. One append for all, one frame per
+    /// unit (so a crash keeps or loses a unit whole, as on the primary),
+    /// under the decision locks of their shards and the publish gate, as a
     /// transaction. Returns the last revision applied.
     pub fn apply_replicated(&self, changes: Vec<Change>) -> Result<u64, StoreError> {
         let Some(last) = changes.last().map(|c| c.revision) else {
@@ -54,7 +55,12 @@ impl Storage {
                 "the primary's changes start at revision {first}, not {expected}, or have gaps; this replica no longer follows its primary"
             )));
         }
-        let frames = runs_by_shard(changes, shard_of);
+        if changes.iter().any(|c| c.unit_end > last) {
+            return Err(StoreError::Corrupt(format!(
+                "the primary's changes up to revision {last} end inside a unit"
+            )));
+        }
+        let frames = frames_by_unit(changes, shard_of);
         for (shard, records) in frames.iter().flat_map(|f| f.iter()) {
             let s = &self.shards[*shard as usize];
             s.memtable
@@ -80,12 +86,19 @@ impl Storage {
     }
 }
 
-/// The changes as log frames: one per run of consecutive changes on one
-/// shard, so the log's revisions follow the changes' order.
-fn runs_by_shard(changes: Vec<Change>, shard_of: impl Fn(&str) -> usize) -> Vec<Parts> {
+/// The changes as log frames: one per unit, its parts the runs of its
+/// consecutive changes on one shard, so the log's revisions follow the
+/// changes' order.
+fn frames_by_unit(changes: Vec<Change>, shard_of: impl Fn(&str) -> usize) -> Vec<Parts> {
     let mut frames: Vec<Parts> = Vec::new();
+    // The end of the unit the last frame holds.
+    let mut unit_end = 0;
     for change in changes {
         let shard = shard_of(&change.key) as u16;
+        if change.revision > unit_end {
+            frames.push(Vec::new());
+            unit_end = change.unit_end;
+        }
         let record = match change.kind {
             ChangeKind::Put => LogRecord {
                 key: change.key,
@@ -95,9 +108,12 @@ fn runs_by_shard(changes: Vec<Change>, shard_of: impl Fn(&str) -> usize) -> Vec<
             ChangeKind::Delete => LogRecord::delete(change.key),
             ChangeKind::Expire => LogRecord::expiry(change.key, change.expires_at.unwrap_or(0)),
         };
-        match frames.last_mut().and_then(|f| f.last_mut()) {
+        let Some(frame) = frames.last_mut() else {
+            continue;
+        };
+        match frame.last_mut() {
             Some((s, records)) if *s == shard => records.push(record),
-            _ => frames.push(vec![(shard, vec![record])]),
+            _ => frame.push((shard, vec![record])),
         }
     }
     frames
@@ -126,7 +142,49 @@ mod tests {
             kind: ChangeKind::Put,
             value: Some(Bytes::from_static(value.as_bytes())),
             expires_at: None,
+            unit_end: revision,
         }
+    }
+
+    /// A unit of the primary's is one unit here too, in the replica's own
+    /// feed from memory and from its log after a restart; changes that
+    /// end inside a unit are refused and write nothing.
+    #[test]
+    fn a_unit_is_applied_whole_as_one_frame() {
+        use super::super::feed::ReadBound;
+        let dir = tempfile::tempdir().unwrap();
+        let all = ReadBound {
+            changes: 100,
+            bytes: 1 << 20,
+            scan: 100,
+        };
+        let unit = |revision: u64, key: &str| Change {
+            unit_end: 4,
+            ..put(revision, key, "2")
+        };
+        let ends = |batch: super::super::feed::Batch| -> Vec<(u64, u64)> {
+            batch
+                .changes
+                .iter()
+                .map(|c| (c.revision, c.unit_end))
+                .collect()
+        };
+        {
+            let storage = open(dir.path());
+            storage.set_read_only(Some("http://primary".into()));
+            let cut = vec![put(1, "x", "1"), unit(2, "a"), unit(3, "b")];
+            assert!(storage.apply_replicated(cut).is_err());
+            assert_eq!(storage.feed().head(), 0, "nothing of a cut unit is written");
+            let whole = vec![put(1, "x", "1"), unit(2, "a"), unit(3, "b"), unit(4, "c")];
+            assert_eq!(storage.apply_replicated(whole).unwrap(), 4);
+            let from_ring = storage.feed().read_ring(1, &|_| true, all).unwrap();
+            assert_eq!(ends(from_ring), [(1, 1), (2, 4), (3, 4), (4, 4)]);
+            storage.close();
+        }
+        let storage = open(dir.path());
+        let from_log = storage.feed().read_disk(1, &|_| true, all).unwrap();
+        assert_eq!(ends(from_log), [(1, 1), (2, 4), (3, 4), (4, 4)]);
+        storage.close();
     }
 
     /// Changes get the primary's revisions, as versions and in the feed,
@@ -151,6 +209,7 @@ mod tests {
                 kind: ChangeKind::Delete,
                 value: None,
                 expires_at: None,
+                unit_end: 42,
             });
             storage.apply_replicated(more).unwrap();
             assert!(storage.apply_replicated(vec![put(44, "k3", "3")]).is_err());
