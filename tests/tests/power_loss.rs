@@ -1,9 +1,11 @@
 //! Durability under power loss, not only `kill -9`: the server runs on a
 //! FUSE filesystem (`exdaas_tests::powerfs`) that forgets everything not
-//! fsynced when told to. Under concurrent PUT, DELETE and POST load the
-//! server is killed at a random moment and the unsynced data dropped;
+//! fsynced when told to. Under concurrent PUT, DELETE and POST load (some
+//! PUTs with a short TTL, so the sweeper logs expiries among the writes)
+//! the server is killed at a random moment and the unsynced data dropped;
 //! after a restart every acknowledged write must be there, with its
-//! version, and no id may be handed out twice.
+//! version, no expired value may come back, and no id may be handed out
+//! twice.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -50,10 +52,19 @@ struct KeyState {
     /// The last acknowledged state (`None`: absent) and its version.
     acked: Option<String>,
     version: u64,
+    /// Whether the acknowledged value was written with a TTL (long past
+    /// by the time it is checked).
+    expiring: bool,
     /// A write sent but not answered when the power went: it may or may
     /// not have happened.
     in_flight: Option<Option<String>>,
+    /// Whether that write has a TTL.
+    in_flight_expiring: bool,
 }
+
+/// The TTL of the PUTs that expire: the sweeper (every 250 ms) logs their
+/// expiries while the load runs.
+const TTL: &str = "50ms";
 
 #[derive(Default)]
 struct Model {
@@ -73,6 +84,7 @@ async fn writer(server: common::Client, w: u64, seed: u64, model: Arc<Mutex<Mode
         let key = format!("w{w}/k{}", rng.below(12));
         let value = format!("{{\"w\":{w},\"n\":{n}}}");
         let op = rng.below(10);
+        let expiring = op == 5;
         let target = match op {
             0..=5 => Some(value.clone()),
             6 | 7 => None,
@@ -88,14 +100,16 @@ async fn writer(server: common::Client, w: u64, seed: u64, model: Arc<Mutex<Mode
                 }
             }
         };
-        model
-            .lock()
-            .unwrap()
-            .keys
-            .entry(key.clone())
-            .or_default()
-            .in_flight = Some(target.clone());
-        let path = format!("/v1/kv/{key}");
+        {
+            let mut model = model.lock().unwrap();
+            let state = model.keys.entry(key.clone()).or_default();
+            state.in_flight = Some(target.clone());
+            state.in_flight_expiring = expiring;
+        }
+        let path = match expiring {
+            true => format!("/v1/kv/{key}?ttl={TTL}"),
+            false => format!("/v1/kv/{key}"),
+        };
         let answer = match &target {
             Some(v) => {
                 let json = [("content-type", "application/json")];
@@ -110,8 +124,12 @@ async fn writer(server: common::Client, w: u64, seed: u64, model: Arc<Mutex<Mode
             200 | 201 => {
                 state.version = r.json()["version"].as_u64().unwrap();
                 state.acked = target;
+                state.expiring = expiring;
             }
-            204 | 404 => state.acked = None,
+            204 | 404 => {
+                state.acked = None;
+                state.expiring = false;
+            }
             _ => return,
         }
         state.in_flight = None;
@@ -131,12 +149,15 @@ async fn verify(server: &Server, model: &Mutex<Model>) {
         .collect();
     for (key, state) in snapshot {
         let r = c.get(&format!("/v1/kv/{key}")).await;
-        let found = match r.status {
+        let mut found = match r.status {
             200 => Some(String::from_utf8(r.body.to_vec()).unwrap()),
             404 => None,
             other => panic!("GET {key}: {other}"),
         };
-        let allowed = found == state.acked || Some(&found) == state.in_flight.as_ref();
+        // A value written with a TTL has expired by now, whether the
+        // sweeper's expiry survived or not.
+        let expired = found.is_none() && (state.expiring || state.in_flight_expiring);
+        let allowed = found == state.acked || Some(&found) == state.in_flight.as_ref() || expired;
         assert!(
             allowed,
             "key {key}: found {found:?}, acknowledged {state:?}"
@@ -144,13 +165,23 @@ async fn verify(server: &Server, model: &Mutex<Model>) {
         let version: u64 = r
             .header("etag")
             .map_or(0, |t| t.trim_matches('"').parse().unwrap());
+        let expiring = found.is_some()
+            && ((found == state.acked && state.expiring)
+                || (Some(&found) == state.in_flight.as_ref() && state.in_flight_expiring));
         if found.is_some() && found == state.acked && state.in_flight.is_none() {
             assert_eq!(version, state.version, "key {key} lost its version");
+        }
+        if expiring {
+            // Written with a TTL: it goes once its instant is read back
+            // (a value whose expiry was lost would stay).
+            wait_until_absent(&c, &key).await;
+            found = None;
         }
         let mut m = model.lock().unwrap();
         let entry = m.keys.get_mut(&key).unwrap();
         entry.acked = found;
         entry.version = version;
+        entry.expiring = false;
         entry.in_flight = None;
     }
     let posted: Vec<(u64, String)> = model
@@ -164,6 +195,18 @@ async fn verify(server: &Server, model: &Mutex<Model>) {
         let r = c.get(&format!("/v1/kv/{id}")).await;
         assert_eq!(r.status, 200, "acknowledged POST id {id} is gone");
         assert_eq!(r.body, value.as_bytes(), "POST id {id}");
+    }
+}
+
+/// Polls `key` until it is absent; fails if it is still there after 10 s.
+async fn wait_until_absent(c: &common::Client, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.get(&format!("/v1/kv/{key}")).await.status != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "key {key}: a value written with a {TTL} TTL is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -217,6 +260,21 @@ async fn acknowledged_writes_survive_power_loss() {
     }
     let (file_syncs, dir_syncs) = fs.syncs();
     assert!(file_syncs > 0 && dir_syncs > 0);
+    // The sweeper's expiries were logged among the writes that the power
+    // losses cut and the restarts replayed.
+    let mut from = 1;
+    loop {
+        let page = c
+            .get(&format!("/v1/changes?from={from}&limit=1000&wait=1ms"))
+            .await
+            .json();
+        let events = page["events"].as_array().unwrap();
+        if events.iter().any(|e| e["op"] == "expire") {
+            break;
+        }
+        assert!(!events.is_empty(), "no expiry was logged (seed {seed})");
+        from = page["next"].as_u64().unwrap();
+    }
 }
 
 /// A failed log write stops writes on every shard, and `/ready` says so
