@@ -716,6 +716,20 @@ fn register_replication(registry: &mut Registry, replica: &Replica) {
         "1 when the primary answered the last poll of its feed",
         up,
     );
+    let held = Gauge::<i64>::default();
+    held.set(i64::try_from(replica.held_changes()).unwrap_or(i64::MAX));
+    registry.register(
+        "exdaas_replication_held_changes",
+        "Changes of a transaction an answer cut short, held back until the rest of it arrives",
+        held,
+    );
+    let over = Counter::<u64>::default();
+    over.inc_by(replica.answers_over_cap());
+    registry.register(
+        "exdaas_replication_answers_over_cap",
+        "Answers of the primary cut off at what this replica reads of one (its next poll asks for fewer changes)",
+        over,
+    );
 }
 
 /// Plugin compiles: how many, how long, how large the largest child grew,

@@ -57,6 +57,8 @@ pub struct Replica {
     /// The changes of a unit an answer cut short, held back until the
     /// rest of it arrives (a replica never shows part of a transaction).
     held: Mutex<Vec<Change>>,
+    /// Answers cut off at `max_answer_bytes`.
+    answers_over_cap: AtomicU64,
     /// The newest revision applied and visible to reads.
     applied: watch::Sender<u64>,
     /// The newest revision the primary reported.
@@ -88,6 +90,7 @@ impl Replica {
             max_answer_bytes: max_answer_bytes(limits),
             poll_events: AtomicUsize::new(MAX_LIMIT),
             held: Mutex::new(Vec::new()),
+            answers_over_cap: AtomicU64::new(0),
             applied: watch::Sender::new(applied),
             primary_head: AtomicU64::new(applied),
             connected: AtomicBool::new(false),
@@ -124,6 +127,16 @@ impl Replica {
         }
         let since = now_ms().saturating_sub(self.caught_up_at_ms.load(Ordering::Acquire));
         since as f64 / 1000.0
+    }
+
+    /// Changes held back until the rest of their transaction arrives.
+    pub fn held_changes(&self) -> usize {
+        self.lock_held().len()
+    }
+
+    /// Answers of the primary cut off at this replica's cap.
+    pub fn answers_over_cap(&self) -> u64 {
+        self.answers_over_cap.load(Ordering::Relaxed)
     }
 
     /// Whether the primary answered the last poll.
@@ -255,6 +268,7 @@ impl Replica {
         {
             return Retry(error.to_string());
         }
+        self.answers_over_cap.fetch_add(1, Ordering::Relaxed);
         if events > 1 {
             self.poll_events.store(events / 2, Ordering::Relaxed);
             return Retry(format!(

@@ -367,6 +367,7 @@ async fn a_replica_reads_no_more_of_an_answer_than_a_primary_can_send() {
     assert!(seen[0].contains("limit=1000"), "{seen:?}");
     assert!(seen[1].contains("limit=500"), "{seen:?}");
     assert!(replica.logged("over "), "the cut-off answer is logged");
+    assert!(metric(&r, "exdaas_replication_answers_over_cap_total").await >= 1.0);
     assert_eq!(
         r.get("/ready").await.json()["replication"]["connected"],
         false
@@ -447,8 +448,10 @@ async fn a_replica_never_shows_part_of_a_transaction() {
     for key in ["t/a", "t/b", "t/c"] {
         assert_eq!(r.get(&format!("/v1/kv/{key}")).await.status, 404, "{key}");
     }
+    assert_eq!(metric(&r, "exdaas_replication_held_changes").await, 2.0);
     open_second.send(()).unwrap();
     caught_up(&r, 5).await;
+    assert_eq!(metric(&r, "exdaas_replication_held_changes").await, 0.0);
     for key in ["t/a", "t/b", "t/c"] {
         let got = r.get(&format!("/v1/kv/{key}")).await;
         assert_eq!(got.status, 200, "{key}");
