@@ -230,21 +230,8 @@ impl Replica {
                 return Err(Retry(format!("the primary answered {status}: {body}")));
             }
         }
-        let (mut changes, head) = parse_changes(&answer.body).map_err(Retry)?;
-        let changes = {
-            let mut held = self.lock_held();
-            let mut all = std::mem::take(&mut *held);
-            all.append(&mut changes);
-            *held = all.split_off(whole_units(&all));
-            let held_bytes: usize = held.iter().map(Change::weight).sum();
-            if held_bytes > self.max_answer_bytes {
-                return Err(Stop(format!(
-                    "the primary sent {held_bytes} bytes of one unit without its end, more than this replica reads of one answer ({}); give the replica the primary's [limits] and restart it",
-                    self.max_answer_bytes
-                )));
-            }
-            all
-        };
+        let (changes, head) = parse_changes(&answer.body).map_err(Retry)?;
+        let changes = self.whole_units_of(changes)?;
         let stored = Arc::clone(storage);
         let applied = tokio::task::spawn_blocking(move || stored.apply_replicated(changes))
             .await
@@ -256,6 +243,23 @@ impl Replica {
             self.caught_up_at_ms.store(now_ms(), Ordering::Release);
         }
         Ok(())
+    }
+
+    /// The changes held back and `new` ones, up to the end of the last
+    /// unit they hold whole; the rest is held back for the next answer.
+    fn whole_units_of(&self, mut new: Vec<Change>) -> Result<Vec<Change>, FollowError> {
+        let mut held = self.lock_held();
+        let mut all = std::mem::take(&mut *held);
+        all.append(&mut new);
+        *held = all.split_off(whole_units(&all));
+        let held_bytes: usize = held.iter().map(Change::weight).sum();
+        if held_bytes > self.max_answer_bytes {
+            return Err(Stop(format!(
+                "the primary sent {held_bytes} bytes of one unit without its end, more than this replica reads of one answer ({}); give the replica the primary's [limits] and restart it",
+                self.max_answer_bytes
+            )));
+        }
+        Ok(all)
     }
 
     /// Why a poll that asked for `events` failed. An answer over the cap
