@@ -6,7 +6,7 @@ import { Write, Outcome, register } from "exdaas-guest/assembly";
 export { exdaas_abi_version, exdaas_alloc, exdaas_on_write } from "exdaas-guest/assembly";
 
 function check(w: Write): Outcome {
-  const config = w.configJson();
+  const config = w.configValue();
   if (config == null || !config.isObject()) return Outcome.reject("bad_config", "plugin config is not a JSON object");
   const fieldValue = config.get("field");
   const allowed = config.get("allowed");

@@ -56,7 +56,23 @@ export class Write {
   oldJson(): Value | null { const o = this.old; return o == null ? null : parse(o); }
   /** The config parsed (null when it is not JSON). */
   configJson(): Value | null { return parse(this.config); }
+  /**
+   * The config parsed on the first call and kept while the host passes the
+   * same text (it passes it with every write): one parse per instance, not
+   * per write. The value is shared between calls: read it, do not change it.
+   */
+  configValue(): Value | null {
+    if (parsedConfigText == null || parsedConfigText != this.config) {
+      parsedConfig = parse(this.config);
+      parsedConfigText = this.config;
+    }
+    return parsedConfig;
+  }
 }
+
+/** The config text `configValue` last parsed, and what it parsed to. */
+let parsedConfigText: string | null = null;
+let parsedConfig: Value | null = null;
 
 export enum Action { Accept, Reject, Replace }
 
