@@ -512,4 +512,33 @@ mod tests {
         let read: Vec<u64> = parsed.iter().map(|c| c.unit_end).collect();
         assert_eq!(read, [4, 4], "an end below its own revision is its own");
     }
+
+    proptest::proptest! {
+        /// Whatever the units and wherever an answer cuts them, what is
+        /// applied ends at a unit's end and nothing whole is held back.
+        #[test]
+        fn whole_units_never_split_one(sizes in proptest::collection::vec(1u64..6, 0..20), cut in 0usize..100) {
+            let mut changes = Vec::new();
+            for size in sizes {
+                let first = changes.len() as u64 + 1;
+                for revision in first..first + size {
+                    changes.push(Change {
+                        revision,
+                        key: "k".into(),
+                        kind: ChangeKind::Delete,
+                        value: None,
+                        expires_at: None,
+                        unit_end: first + size - 1,
+                    });
+                }
+            }
+            let cut = cut.min(changes.len());
+            let whole = whole_units(&changes[..cut]);
+            proptest::prop_assert!(whole <= cut);
+            // Applied: every unit it touches ends inside it.
+            proptest::prop_assert!(changes[..whole].iter().all(|c| c.unit_end <= whole as u64));
+            // Held: the start of one unit that the cut left unfinished.
+            proptest::prop_assert!(changes[whole..cut].iter().all(|c| c.unit_end > cut as u64));
+        }
+    }
 }
