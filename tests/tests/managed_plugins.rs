@@ -73,6 +73,17 @@ async fn admin_get(c: &Client, path: &str) -> Value {
     r.json()
 }
 
+/// `POST /v1/admin/plugins/{name}/promote` as the admin.
+async fn promote(c: &Client, name: &str) -> Resp {
+    let path = format!("/v1/admin/plugins/{name}/promote");
+    send(c, "POST", &path, ADMIN, "", b"").await
+}
+
+/// Names of the running chain, in order.
+async fn chain_names(c: &Client) -> Vec<String> {
+    chain(c).await.into_iter().map(|(n, _)| n).collect()
+}
+
 /// Names of the running chain, in order, with their sources.
 async fn chain(c: &Client) -> Vec<(String, String)> {
     let listed = admin_get(c, "/v1/plugins").await;
@@ -436,15 +447,7 @@ async fn shadow_uploads_count_and_promotion_lasts() {
     );
     assert_eq!(record["samples"][0]["key"], "k/1");
 
-    let r = send(
-        &c,
-        "POST",
-        "/v1/admin/plugins/schema/promote",
-        ADMIN,
-        "",
-        b"",
-    )
-    .await;
+    let r = promote(&c, "schema").await;
     assert_eq!(r.status, 200);
     assert_eq!(
         (
@@ -648,7 +651,7 @@ async fn a_form_changes_only_what_it_names() {
     let r = upload_form(&c, "gate", &module, json!({"mode": "shadow"})).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(put(&c, "items/2", "{}").await.status, 422);
-    let r = send(&c, "POST", "/v1/admin/plugins/gate/promote", ADMIN, "", b"").await;
+    let r = promote(&c, "gate").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(put(&c, "other/2", "{}").await.status, 201);
     assert_eq!(put(&c, "items/3", "{}").await.status, 422);
@@ -795,21 +798,13 @@ async fn a_shadow_upload_is_a_canary_beside_the_enforcing_version() {
     let server = Server::start_with(&data, opts);
     let c = server.client();
     assert_eq!(put(&c, "k/4", r#"{"a":1}"#).await.status, 201);
-    let names: Vec<String> = chain(&c).await.into_iter().map(|(n, _)| n).collect();
+    let names = chain_names(&c).await;
     assert_eq!(names, ["schema@2", "schema"]);
     // Promotion: version 2 enforces, and the canary is gone.
-    let r = send(
-        &c,
-        "POST",
-        "/v1/admin/plugins/schema/promote",
-        ADMIN,
-        "",
-        b"",
-    )
-    .await;
+    let r = promote(&c, "schema").await;
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(put(&c, "k/5", r#"{"a":1}"#).await.status, 422);
-    let names: Vec<String> = chain(&c).await.into_iter().map(|(n, _)| n).collect();
+    let names = chain_names(&c).await;
     assert_eq!(names, ["schema"]);
     let described = admin_get(&c, "/v1/admin/plugins/schema").await;
     assert_eq!(
